@@ -1,0 +1,3 @@
+module github.com/anvilproject/anvil
+
+go 1.26

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Anvil's test suite needs on a fresh Debian 12 machine.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+  libiscsi-bin      # iscsi-test-cu, iscsi-ls, iscsi-inq, iscsi-readcapacity16
+  qemu-utils        # qemu-img: qemu's iSCSI client
+  qemu-system-x86   # boots the Linux guest whose open-iscsi initiator tests Anvil
+  tgt               # Debian's userspace target, the peer bench/ compares against
+  cpio              # packs the guest's initramfs
+  xz-utils zstd     # unpack kernel modules
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,106 @@
+// Package scsi is Anvil's SCSI command core (SPC-4/SBC-3): it turns CDBs
+// into engine.Volume calls and answers with status, sense and data.
+//
+// It knows nothing of TCP or iSCSI PDUs. A transport (target/iscsi) gathers a
+// command's data-out, hands a Command to Target.Execute, and moves the
+// Result's data-in and status back to the initiator, computing residuals
+// from Result.TransferLength against its own expected length.
+package scsi
+
+// Status is a SCSI status byte (SAM-5).
+type Status byte
+
+// SCSI status codes.
+const (
+	StatusGood                Status = 0x00
+	StatusCheckCondition      Status = 0x02
+	StatusConditionMet        Status = 0x04
+	StatusBusy                Status = 0x08
+	StatusReservationConflict Status = 0x18
+	StatusTaskSetFull         Status = 0x28
+	StatusACAActive           Status = 0x30
+	StatusTaskAborted         Status = 0x40
+)
+
+// TaskAttr is a command's task attribute (SAM-5).
+type TaskAttr uint8
+
+// Task attributes as iSCSI encodes them in the SCSI Command PDU's ATTR field.
+const (
+	TaskUntagged    TaskAttr = 0
+	TaskSimple      TaskAttr = 1
+	TaskOrdered     TaskAttr = 2
+	TaskHeadOfQueue TaskAttr = 3
+	TaskACA         TaskAttr = 4
+)
+
+// Nexus identifies an I_T nexus: one initiator port talking to one target
+// port. Unit attentions and reservations are kept per nexus. Transports must
+// build one Nexus per session and pass the same pointer with every command of
+// that session.
+type Nexus struct {
+	// InitiatorPort is the SCSI initiator port name, e.g. for iSCSI
+	// "iqn.1993-08.org.debian:01:abcd,i,0x23d000000001".
+	InitiatorPort string
+	// InitiatorName is the initiator device name without the ISID part.
+	InitiatorName string
+	// TargetPort is the SCSI target port name, e.g. "iqn.2026-11.io.anvil:demo,t,0x0001".
+	TargetPort string
+	// RelativeTargetPortID is the target port's relative identifier (1-based).
+	RelativeTargetPortID uint16
+	// TargetPortGroup is the target port group (the iSCSI TPGT).
+	TargetPortGroup uint16
+}
+
+// Command is one SCSI command as delivered by a transport.
+type Command struct {
+	// Nexus is the I_T nexus the command arrived on.
+	Nexus *Nexus
+	// LUN is the logical unit number (the flat 14-bit space of SAM-5
+	// single-level LUN addressing, decoded by the transport).
+	LUN uint64
+	// CDB is the command descriptor block (6 to 32 bytes; transports
+	// concatenate extended CDB AHS bytes).
+	CDB []byte
+	// Attr is the task attribute.
+	Attr TaskAttr
+	// DataOut holds every byte the initiator sent for this command (at most
+	// the transport's expected data transfer length).
+	DataOut []byte
+	// ExpectedDataIn is the transport's expected data-in transfer length in
+	// bytes. Commands never produce more than the CDB asks for; the
+	// transport truncates to this length and reports a residual.
+	ExpectedDataIn int
+}
+
+// Result is the outcome of a Command.
+type Result struct {
+	// Status is the SCSI status.
+	Status Status
+	// Sense holds the sense data for CHECK CONDITION (fixed or descriptor
+	// format, as the logical unit's control mode page selects).
+	Sense []byte
+	// DataIn is the data the command returns, as long as the CDB asks for
+	// (e.g. the allocation length, or transfer length × block size). The
+	// transport sends at most ExpectedDataIn bytes of it.
+	DataIn []byte
+	// TransferLength is the number of bytes the CDB asked to transfer, in
+	// either direction. Transports compare it with their expected data
+	// transfer length to compute overflow/underflow residuals.
+	TransferLength int
+}
+
+// TMF is a task management function (SAM-5).
+type TMF uint8
+
+// Task management functions, numbered as iSCSI encodes them.
+const (
+	TMFAbortTask        TMF = 1
+	TMFAbortTaskSet     TMF = 2
+	TMFClearACA         TMF = 3
+	TMFClearTaskSet     TMF = 4
+	TMFLogicalUnitReset TMF = 5
+	TMFTargetWarmReset  TMF = 6
+	TMFTargetColdReset  TMF = 7
+	TMFTaskReassign     TMF = 8
+)
