@@ -1,0 +1,214 @@
+// Package config loads Anvil's daemon settings through viper: command-line
+// flags over ANVIL_* environment variables over anvil.yaml over the embedded
+// defaults. With no configuration at all the daemon starts on the defaults.
+//
+// Every setting is declared once in Settings; the flag, the environment
+// variable and the YAML key are all derived from that one entry, so the
+// three can never drift apart.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// Setting declares one configuration value.
+type Setting struct {
+	// Key is the dotted anvil.yaml key, e.g. "iscsi.listen".
+	Key string
+	// Flag is the command-line flag name, e.g. "iscsi-listen".
+	Flag string
+	// Default is the embedded default; its type fixes the setting's type.
+	Default any
+	// Usage is the one-line help text.
+	Usage string
+}
+
+// Env is the environment variable that sets s: ANVIL_ plus the key in upper
+// case with dots as underscores.
+func (s Setting) Env() string {
+	return "ANVIL_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(s.Key))
+}
+
+// Settings lists every daemon setting.
+var Settings = []Setting{
+	{Key: "data_dir", Flag: "data-dir", Default: "./anvil-data", Usage: "directory holding catalog.db and the volumes' data files"},
+	{Key: "demo", Flag: "demo", Default: true, Usage: "on an empty data directory, create a 1 GiB thin demo volume exported as iqn.2026-11.io.anvil:demo (--no-demo to skip)"},
+	{Key: "iscsi.listen", Flag: "iscsi-listen", Default: "0.0.0.0:3260", Usage: "iSCSI portal address (host:port)"},
+	{Key: "iscsi.portal_group_tag", Flag: "iscsi-portal-group-tag", Default: 1, Usage: "target portal group tag of the portal"},
+	{Key: "iscsi.max_recv_data_segment_length", Flag: "iscsi-max-recv-data-segment-length", Default: 262144, Usage: "largest data segment the target accepts in one PDU (bytes)"},
+	{Key: "iscsi.max_burst_length", Flag: "iscsi-max-burst-length", Default: 1048576, Usage: "largest solicited data sequence offered in negotiation (bytes)"},
+	{Key: "iscsi.first_burst_length", Flag: "iscsi-first-burst-length", Default: 262144, Usage: "largest unsolicited data offered in negotiation (bytes)"},
+	{Key: "iscsi.max_outstanding_r2t", Flag: "iscsi-max-outstanding-r2t", Default: 16, Usage: "R2Ts a task may have outstanding at once"},
+	{Key: "iscsi.nop_interval", Flag: "iscsi-nop-interval", Default: 30 * time.Second, Usage: "idle time before the target pings an initiator with NOP-In (0 disables)"},
+	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
+	{Key: "api.listen", Flag: "api-listen", Default: "0.0.0.0:8080", Usage: "REST API and web UI address (host:port)"},
+	{Key: "log.level", Flag: "log-level", Default: "info", Usage: "log level: debug, info, warn or error"},
+	{Key: "log.format", Flag: "log-format", Default: "text", Usage: "log format: text or json"},
+	{Key: "shutdown_timeout", Flag: "shutdown-timeout", Default: 30 * time.Second, Usage: "how long SIGTERM waits for in-flight commands before aborting them"},
+}
+
+// Config is the effective configuration.
+type Config struct {
+	DataDir         string        `mapstructure:"data_dir"`
+	Demo            bool          `mapstructure:"demo"`
+	ISCSI           ISCSI         `mapstructure:"iscsi"`
+	API             API           `mapstructure:"api"`
+	Log             Log           `mapstructure:"log"`
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// ISCSI holds the iSCSI portal's settings.
+type ISCSI struct {
+	Listen                   string        `mapstructure:"listen"`
+	PortalGroupTag           int           `mapstructure:"portal_group_tag"`
+	MaxRecvDataSegmentLength int           `mapstructure:"max_recv_data_segment_length"`
+	MaxBurstLength           int           `mapstructure:"max_burst_length"`
+	FirstBurstLength         int           `mapstructure:"first_burst_length"`
+	MaxOutstandingR2T        int           `mapstructure:"max_outstanding_r2t"`
+	NopInterval              time.Duration `mapstructure:"nop_interval"`
+	NopTimeout               time.Duration `mapstructure:"nop_timeout"`
+}
+
+// API holds the REST API's settings.
+type API struct {
+	Listen string `mapstructure:"listen"`
+}
+
+// Log holds the logger's settings.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// AddFlags declares every setting's flag on fs, plus --config and the
+// --no-demo shorthand.
+func AddFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "configuration file (default: ./anvil.yaml, then /etc/anvil/anvil.yaml, if present)")
+	for _, s := range Settings {
+		usage := fmt.Sprintf("%s (env %s)", s.Usage, s.Env())
+		switch d := s.Default.(type) {
+		case string:
+			fs.String(s.Flag, d, usage)
+		case bool:
+			fs.Bool(s.Flag, d, usage)
+		case int:
+			fs.Int(s.Flag, d, usage)
+		case time.Duration:
+			fs.Duration(s.Flag, d, usage)
+		default:
+			panic(fmt.Sprintf("config: setting %s has unsupported default type %T", s.Key, d))
+		}
+	}
+	fs.Bool("no-demo", false, "do not create the demo volume (same as --demo=false)")
+}
+
+// Load builds the effective configuration from fs (already parsed), the
+// environment, the configuration file and the defaults. The returned viper
+// instance can say where each value came from.
+func Load(fs *pflag.FlagSet) (*Config, *viper.Viper, error) {
+	v := viper.New()
+	for _, s := range Settings {
+		v.SetDefault(s.Key, s.Default)
+		if err := v.BindEnv(s.Key, s.Env()); err != nil {
+			return nil, nil, err
+		}
+		if f := fs.Lookup(s.Flag); f != nil {
+			if err := v.BindPFlag(s.Key, f); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if f := fs.Lookup("no-demo"); f != nil && f.Changed && f.Value.String() == "true" {
+		v.Set("demo", false)
+	}
+
+	file, _ := fs.GetString("config")
+	if file != "" {
+		v.SetConfigFile(file)
+	} else {
+		v.SetConfigName("anvil")
+		v.SetConfigType("yaml")
+		v.AddConfigPath(".")
+		v.AddConfigPath("/etc/anvil")
+	}
+	if err := v.ReadInConfig(); err != nil {
+		var notFound viper.ConfigFileNotFoundError
+		if file != "" || !errors.As(err, &notFound) {
+			return nil, nil, fmt.Errorf("read configuration: %w", err)
+		}
+	}
+
+	var c Config
+	if err := v.Unmarshal(&c); err != nil {
+		return nil, nil, fmt.Errorf("decode configuration: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, nil, err
+	}
+	return &c, v, nil
+}
+
+// validate rejects settings the daemon could not run with, naming the key.
+func (c *Config) validate() error {
+	if c.DataDir == "" {
+		return errors.New("config: data_dir must not be empty")
+	}
+	if c.ISCSI.PortalGroupTag < 1 || c.ISCSI.PortalGroupTag > 65535 {
+		return fmt.Errorf("config: iscsi.portal_group_tag %d: must be 1..65535", c.ISCSI.PortalGroupTag)
+	}
+	if n := c.ISCSI.MaxRecvDataSegmentLength; n < 512 || n > 1<<24-1 {
+		return fmt.Errorf("config: iscsi.max_recv_data_segment_length %d: must be 512..16777215 (RFC 7143)", n)
+	}
+	if n := c.ISCSI.MaxBurstLength; n < 512 || n > 1<<24-1 {
+		return fmt.Errorf("config: iscsi.max_burst_length %d: must be 512..16777215 (RFC 7143)", n)
+	}
+	if n := c.ISCSI.FirstBurstLength; n < 512 || n > c.ISCSI.MaxBurstLength {
+		return fmt.Errorf("config: iscsi.first_burst_length %d: must be 512..max_burst_length", n)
+	}
+	if n := c.ISCSI.MaxOutstandingR2T; n < 1 || n > 65535 {
+		return fmt.Errorf("config: iscsi.max_outstanding_r2t %d: must be 1..65535", n)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log.level %q: must be debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("config: log.format %q: must be text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// Source says where the effective value of key came from: "flag", "env",
+// "file" or "default".
+func Source(v *viper.Viper, fs *pflag.FlagSet, key string) string {
+	for _, s := range Settings {
+		if s.Key != key {
+			continue
+		}
+		if f := fs.Lookup(s.Flag); f != nil && f.Changed {
+			return "flag"
+		}
+		if key == "demo" {
+			if f := fs.Lookup("no-demo"); f != nil && f.Changed {
+				return "flag"
+			}
+		}
+		if _, ok := os.LookupEnv(s.Env()); ok {
+			return "env"
+		}
+		if v.InConfig(key) {
+			return "file"
+		}
+	}
+	return "default"
+}

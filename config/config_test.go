@@ -1,0 +1,109 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func load(t *testing.T, args ...string) (*Config, *pflag.FlagSet, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := Load(fs)
+	return c, fs, err
+}
+
+func TestDefaults(t *testing.T) {
+	t.Chdir(t.TempDir()) // no anvil.yaml here
+	c, _, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "./anvil-data" || c.ISCSI.Listen != "0.0.0.0:3260" || !c.Demo || c.ISCSI.NopInterval != 30*time.Second {
+		t.Fatalf("defaults = %+v", c)
+	}
+}
+
+func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	yaml := "data_dir: /from/file\niscsi:\n  listen: 127.0.0.1:1111\napi:\n  listen: 127.0.0.1:2222\nlog:\n  level: debug\n"
+	if err := os.WriteFile(filepath.Join(dir, "anvil.yaml"), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ANVIL_ISCSI_LISTEN", "127.0.0.1:3333")
+	t.Setenv("ANVIL_API_LISTEN", "127.0.0.1:4444")
+	c, fs, err := load(t, "--api-listen", "127.0.0.1:5555")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/from/file" {
+		t.Errorf("data_dir = %q, want the file's value", c.DataDir)
+	}
+	if c.ISCSI.Listen != "127.0.0.1:3333" {
+		t.Errorf("iscsi.listen = %q, want env over file", c.ISCSI.Listen)
+	}
+	if c.API.Listen != "127.0.0.1:5555" {
+		t.Errorf("api.listen = %q, want flag over env", c.API.Listen)
+	}
+	if c.Log.Level != "debug" {
+		t.Errorf("log.level = %q, want the file's value", c.Log.Level)
+	}
+	_, v, _ := Load(fs)
+	for key, want := range map[string]string{"data_dir": "file", "iscsi.listen": "env", "api.listen": "flag", "log.format": "default"} {
+		if got := Source(v, fs, key); got != want {
+			t.Errorf("Source(%s) = %s, want %s", key, got, want)
+		}
+	}
+}
+
+func TestNoDemoFlag(t *testing.T) {
+	t.Chdir(t.TempDir())
+	c, _, err := load(t, "--no-demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Demo {
+		t.Fatal("--no-demo left the demo on")
+	}
+	t.Setenv("ANVIL_DEMO", "false")
+	c, _, err = load(t)
+	if err != nil || c.Demo {
+		t.Fatalf("ANVIL_DEMO=false: demo=%v err=%v", c != nil && c.Demo, err)
+	}
+}
+
+func TestValidationNamesTheKey(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, args := range [][]string{
+		{"--log-level", "loud"},
+		{"--iscsi-first-burst-length", "99999999"},
+		{"--iscsi-max-recv-data-segment-length", "100"},
+	} {
+		_, _, err := load(t, args...)
+		if err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+	if _, err := os.Stat("anvil-data"); err == nil {
+		t.Error("loading config created the data dir")
+	}
+	t.Setenv("ANVIL_CONFIG_BOGUS", "x") // unknown env is ignored, not fatal
+	if _, _, err := load(t); err != nil {
+		t.Errorf("unrelated ANVIL_ variable broke loading: %v", err)
+	}
+}
+
+func TestExplicitMissingConfigFileFails(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if _, _, err := load(t, "--config", "/nonexistent/anvil.yaml"); err == nil {
+		t.Fatal("missing --config file accepted")
+	}
+}
