@@ -1,0 +1,259 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Device is the backing store under a volume: a flat, byte-addressed range
+// with explicit durability. The engine issues block-aligned I/O only.
+//
+// Durability contract: data written with WriteAt, WriteAtv or removed with
+// Discard is durable once a later Sync has returned nil. Until then a crash
+// may persist any subset of it. All methods are safe for concurrent use on
+// non-overlapping ranges.
+type Device interface {
+	// ReadAt reads len(p) bytes at off. Holes read as zeroes.
+	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes p at off.
+	WriteAt(p []byte, off int64) (int, error)
+	// WriteAtv writes the buffers back to back starting at off, as one
+	// vectored write where the backend supports it.
+	WriteAtv(bufs [][]byte, off int64) error
+	// Sync makes every completed write and discard durable.
+	Sync() error
+	// Discard deallocates [off, off+n); afterwards the range reads as zeroes.
+	Discard(off, n int64) error
+	// Mapped reports whether off is backed by allocated storage and how many
+	// bytes from off (at most n) share that state. Devices that cannot tell
+	// report everything as mapped.
+	Mapped(off, n int64) (mapped bool, length int64, err error)
+	// Size is the device size in bytes.
+	Size() int64
+	// Truncate changes the device size; devices that cannot resize return an
+	// error.
+	Truncate(size int64) error
+	// Close releases the device.
+	Close() error
+}
+
+// maxIOV bounds the iovec count of one pwritev (Linux IOV_MAX is 1024).
+const maxIOV = 1024
+
+// FileDevice is a Device over a regular (usually sparse) file, using
+// pread/pwrite/pwritev, fdatasync, fallocate(PUNCH_HOLE) and
+// lseek(SEEK_DATA/SEEK_HOLE).
+type FileDevice struct {
+	f    *os.File
+	fd   int
+	size int64
+}
+
+// OpenFileDevice opens the raw image at path. With create it makes a sparse
+// file of size bytes when none exists; otherwise size is ignored and the
+// file's own size counts.
+func OpenFileDevice(path string, create bool, size int64) (*FileDevice, error) {
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("engine: open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("engine: %s is not a regular file", path)
+	}
+	d := &FileDevice{f: f, fd: int(f.Fd()), size: st.Size()}
+	if create && st.Size() == 0 && size > 0 {
+		if err := d.Truncate(size); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// ReadAt implements Device.
+func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
+	return preadFull(d.fd, p, off)
+}
+
+func preadFull(fd int, p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pread(fd, p[done:], off+int64(done))
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return done, fmt.Errorf("pread at %d: %w", off+int64(done), err)
+		}
+		if n == 0 {
+			// Past EOF: the volume reads zeroes there.
+			clear(p[done:])
+			return len(p), nil
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// WriteAt implements Device.
+func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
+	return pwriteFull(d.fd, p, off)
+}
+
+func pwriteFull(fd int, p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pwrite(fd, p[done:], off+int64(done))
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
+		}
+		if n == 0 {
+			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// WriteAtv implements Device with pwritev, resuming after short writes.
+func (d *FileDevice) WriteAtv(bufs [][]byte, off int64) error {
+	return pwritevFull(d.fd, bufs, off)
+}
+
+func pwritevFull(fd int, bufs [][]byte, off int64) error {
+	// Work on a copy: short writes trim the head in place.
+	iov := make([][]byte, 0, min(len(bufs), maxIOV))
+	for len(bufs) > 0 {
+		iov = iov[:0]
+		for len(bufs) > 0 && len(iov) < maxIOV {
+			if len(bufs[0]) > 0 {
+				iov = append(iov, bufs[0])
+			}
+			bufs = bufs[1:]
+		}
+		for len(iov) > 0 {
+			n, err := unix.Pwritev(fd, iov, off)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				return fmt.Errorf("pwritev at %d: %w", off, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("pwritev at %d: %w", off, io.ErrShortWrite)
+			}
+			off += int64(n)
+			for n > 0 {
+				if n >= len(iov[0]) {
+					n -= len(iov[0])
+					iov = iov[1:]
+				} else {
+					iov[0] = iov[0][n:]
+					n = 0
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Sync implements Device with fdatasync.
+func (d *FileDevice) Sync() error {
+	for {
+		err := unix.Fdatasync(d.fd)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("fdatasync: %w", err)
+		}
+		return nil
+	}
+}
+
+// Discard implements Device by punching a hole; filesystems that cannot
+// punch get zeroes written instead, which reads the same.
+func (d *FileDevice) Discard(off, n int64) error {
+	err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		return writeZeroes(d, off, n)
+	}
+	return fmt.Errorf("punch hole [%d,+%d): %w", off, n, err)
+}
+
+// writeZeroes fills [off, off+n) with zero bytes through WriteAt.
+func writeZeroes(d interface {
+	WriteAt([]byte, int64) (int, error)
+}, off, n int64) error {
+	z := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(z)))
+		if _, err := d.WriteAt(z[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// Mapped implements Device with SEEK_DATA/SEEK_HOLE.
+func (d *FileDevice) Mapped(off, n int64) (bool, int64, error) {
+	return seekMapped(d.fd, off, n)
+}
+
+func seekMapped(fd int, off, n int64) (bool, int64, error) {
+	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	if err != nil {
+		if errors.Is(err, unix.ENXIO) {
+			return false, n, nil // no data at or after off
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			return true, n, nil // filesystem cannot tell
+		}
+		return false, 0, fmt.Errorf("lseek SEEK_DATA %d: %w", off, err)
+	}
+	if data > off {
+		return false, min(n, data-off), nil
+	}
+	hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+	if err != nil {
+		return false, 0, fmt.Errorf("lseek SEEK_HOLE %d: %w", off, err)
+	}
+	return true, min(n, max(hole-off, 1)), nil
+}
+
+// Size implements Device.
+func (d *FileDevice) Size() int64 { return d.size }
+
+// Truncate implements Device.
+func (d *FileDevice) Truncate(size int64) error {
+	if err := d.f.Truncate(size); err != nil {
+		return fmt.Errorf("engine: truncate to %d: %w", size, err)
+	}
+	d.size = size
+	return nil
+}
+
+// Close implements Device.
+func (d *FileDevice) Close() error { return d.f.Close() }
