@@ -1,0 +1,215 @@
+package scsi
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/anvilproject/anvil/engine"
+)
+
+// LUConfig describes a logical unit's identity as INQUIRY reports it.
+type LUConfig struct {
+	// VendorID is the T10 vendor identification, at most 8 ASCII
+	// characters (padded with spaces), e.g. "ANVIL".
+	VendorID string
+	// ProductID is the product identification, at most 16 characters.
+	ProductID string
+	// Revision is the product revision level, at most 4 characters.
+	Revision string
+	// Serial is the unit serial number reported in VPD page 0x80.
+	Serial string
+	// NAA is the NAA designator reported in VPD page 0x83: 8 bytes (NAA 3,
+	// locally assigned) or 16 bytes (NAA 6). It must be stable across
+	// restarts because initiators key multipath devices on it.
+	NAA []byte
+	// Logger receives the unit's diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// maxUAs bounds a nexus's unit attention queue. SAM-5 lets a device server
+// drop unit attentions when it runs out of room, as long as it keeps one.
+const maxUAs = 8
+
+// itNexusState is what a logical unit remembers about one I_T nexus: its
+// queue of unit attention conditions.
+type itNexusState struct {
+	pending atomic.Int32 // len(uas), read without the lock on the I/O path
+	mu      sync.Mutex
+	uas     []uint16 // ASC<<8|ASCQ, oldest first; sense key is always UNIT ATTENTION
+}
+
+func (s *itNexusState) add(asc uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, u := range s.uas {
+		if u == asc {
+			return
+		}
+	}
+	if len(s.uas) >= maxUAs {
+		// Keep the newest; the initiator still learns that something
+		// happened, which is all SAM-5 requires on overflow.
+		copy(s.uas, s.uas[1:])
+		s.uas = s.uas[:len(s.uas)-1]
+	}
+	s.uas = append(s.uas, asc)
+	s.pending.Store(int32(len(s.uas)))
+}
+
+// pop removes and returns the oldest unit attention, if any.
+func (s *itNexusState) pop() (uint16, bool) {
+	if s.pending.Load() == 0 {
+		return 0, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.uas) == 0 {
+		return 0, false
+	}
+	u := s.uas[0]
+	s.uas = append(s.uas[:0], s.uas[1:]...)
+	s.pending.Store(int32(len(s.uas)))
+	return u, true
+}
+
+// remove drops every queued unit attention equal to asc.
+func (s *itNexusState) remove(asc uint16) {
+	if s.pending.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.uas[:0]
+	for _, u := range s.uas {
+		if u != asc {
+			out = append(out, u)
+		}
+	}
+	s.uas = out
+	s.pending.Store(int32(len(s.uas)))
+}
+
+// LogicalUnit is one SCSI logical unit (a direct-access block device) backed
+// by an engine.Volume. One LogicalUnit may be mapped into several targets;
+// its unit attentions and reservations are kept per I_T nexus.
+type LogicalUnit struct {
+	vol    engine.Volume
+	cfg    LUConfig
+	log    *slog.Logger
+	serial string
+
+	// nexuses maps *Nexus to *itNexusState. A sync.Map keeps the lookup on
+	// every command lock-free.
+	nexuses sync.Map
+
+	// dsense is the control mode page's D_SENSE bit: descriptor-format
+	// sense data when set.
+	dsense atomic.Bool
+	// swp is the control mode page's SWP bit (software write protect).
+	swp atomic.Bool
+	// modeMu serializes MODE SELECT so that a change and its unit
+	// attentions to the other nexuses are one step.
+	modeMu sync.Mutex
+
+	// resMu guards reservedBy, the holder of a RESERVE(6)/(10)
+	// reservation. resHeld mirrors reservedBy != nil for the I/O path.
+	resMu      sync.Mutex
+	reservedBy *Nexus
+	resHeld    atomic.Bool
+
+	// cawMu serializes COMPARE AND WRITE so that its read-compare-write is
+	// atomic with respect to other COMPARE AND WRITE commands.
+	cawMu sync.Mutex
+}
+
+// NewLogicalUnit returns a logical unit serving vol with the identity cfg.
+func NewLogicalUnit(vol engine.Volume, cfg LUConfig) *LogicalUnit {
+	lu := &LogicalUnit{vol: vol, cfg: cfg, log: cfg.Logger}
+	if lu.log == nil {
+		lu.log = slog.Default()
+	}
+	lu.log = lu.log.With("volume", vol.Name())
+	lu.serial = cfg.Serial
+	if lu.serial == "" {
+		lu.serial = vol.Name()
+	}
+	return lu
+}
+
+// Volume returns the volume the logical unit serves.
+func (lu *LogicalUnit) Volume() engine.Volume { return lu.vol }
+
+// CapacityChanged establishes a CAPACITY DATA HAS CHANGED unit attention for
+// every I_T nexus that knows the logical unit. Call it after resizing the
+// volume.
+func (lu *LogicalUnit) CapacityChanged() {
+	lu.broadcastUA(nil, ascCapacityDataChanged)
+}
+
+// broadcastUA queues asc for every known nexus except skip.
+func (lu *LogicalUnit) broadcastUA(skip *Nexus, asc uint16) {
+	lu.nexuses.Range(func(k, v any) bool {
+		if k.(*Nexus) != skip {
+			v.(*itNexusState).add(asc)
+		}
+		return true
+	})
+}
+
+// nexusState returns the state for n, creating it on first contact with a
+// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit attention: from the new
+// nexus's point of view the logical unit has just come up.
+func (lu *LogicalUnit) nexusState(n *Nexus) *itNexusState {
+	if v, ok := lu.nexuses.Load(n); ok {
+		return v.(*itNexusState)
+	}
+	s := &itNexusState{}
+	s.uas = append(s.uas, ascPowerOnReset)
+	s.pending.Store(1)
+	v, _ := lu.nexuses.LoadOrStore(n, s)
+	return v.(*itNexusState)
+}
+
+// forget drops what the unit knows about n and releases its reservation.
+func (lu *LogicalUnit) forget(n *Nexus) {
+	lu.nexuses.Delete(n)
+	lu.resMu.Lock()
+	if lu.reservedBy == n {
+		lu.reservedBy = nil
+		lu.resHeld.Store(false)
+	}
+	lu.resMu.Unlock()
+}
+
+// reset performs a logical unit reset's side effects: the reservation is
+// released and every nexus except by gets a unit attention asc.
+func (lu *LogicalUnit) reset(by *Nexus, asc uint16, modeDefaults bool) {
+	lu.resMu.Lock()
+	lu.reservedBy = nil
+	lu.resHeld.Store(false)
+	lu.resMu.Unlock()
+	if modeDefaults {
+		lu.modeMu.Lock()
+		lu.dsense.Store(false)
+		lu.swp.Store(false)
+		lu.modeMu.Unlock()
+	}
+	lu.broadcastUA(by, asc)
+}
+
+// reservationConflict reports whether n is locked out by another nexus's
+// RESERVE reservation.
+func (lu *LogicalUnit) reservationConflict(n *Nexus) bool {
+	if !lu.resHeld.Load() {
+		return false
+	}
+	lu.resMu.Lock()
+	defer lu.resMu.Unlock()
+	return lu.reservedBy != nil && lu.reservedBy != n
+}
+
+// blocks returns the capacity in logical blocks.
+func (lu *LogicalUnit) blocks() uint64 {
+	return uint64(lu.vol.Size()) / uint64(lu.vol.BlockSize())
+}

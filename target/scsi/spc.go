@@ -1,0 +1,460 @@
+package scsi
+
+import (
+	"encoding/binary"
+	"slices"
+)
+
+// Primary commands (SPC-4).
+
+func (x *task) testUnitReady() error { return nil }
+
+// requestSense returns the nexus's oldest unit attention as parameter data
+// (clearing it), or NO SENSE. Every other condition is reported with the
+// command that caused it (autosense), so nothing else is ever pending.
+func (x *task) requestSense() error {
+	desc := x.cdb[1]&0x01 != 0
+	alloc := int(x.cdb[4])
+	if x.cdb[1]&0xfe != 0 {
+		return invalidCDB(1, -1)
+	}
+	var cc *checkCondition
+	switch {
+	case x.lu == nil:
+		cc = errLUNotSupp
+	default:
+		if asc, ok := x.st.pop(); ok {
+			cc = newCC(SenseUnitAttention, asc)
+		} else {
+			cc = newCC(SenseNoSense, ascNoAdditionalSense)
+		}
+	}
+	return x.dataIn(cc.sense(desc), alloc)
+}
+
+// T10 version descriptors (SPC-4 table 49) reported in standard INQUIRY.
+var versionDescriptors = []uint16{
+	0x00a0, // SAM-5 (no version claimed)
+	0x0960, // iSCSI (no version claimed)
+	0x0460, // SPC-4 (no version claimed)
+	0x04c0, // SBC-3 (no version claimed)
+}
+
+// Peripheral device type and qualifier.
+const (
+	devTypeDisk  = 0x00
+	pqNotPresent = 0x03 << 5 // peripheral qualifier 011b: no LU at this LUN
+	devTypeNone  = 0x1f
+)
+
+func (x *task) inquiry() error {
+	evpd := x.cdb[1]&0x01 != 0
+	if x.cdb[1]&0xfe != 0 { // CMDDT (obsolete) and reserved bits
+		return invalidCDB(1, -1)
+	}
+	page := x.cdb[2]
+	alloc := int(binary.BigEndian.Uint16(x.cdb[3:]))
+	if !evpd {
+		if page != 0 {
+			return invalidCDB(2, -1)
+		}
+		return x.dataIn(x.standardInquiry(), alloc)
+	}
+	if x.lu == nil {
+		return errLUNotSupp
+	}
+	var b []byte
+	switch page {
+	case 0x00:
+		b = vpdPage(0x00, supportedVPDPages)
+	case 0x80:
+		b = vpdPage(0x80, []byte(x.lu.serial))
+	case 0x83:
+		b = vpdPage(0x83, x.deviceIdentification())
+	case 0xb0:
+		b = vpdPage(0xb0, x.lu.blockLimits())
+	case 0xb1:
+		bdc := make([]byte, 0x3c)
+		binary.BigEndian.PutUint16(bdc[0:], 1) // non-rotating medium
+		b = vpdPage(0xb1, bdc)
+	case 0xb2:
+		b = vpdPage(0xb2, x.lu.provisioning())
+	default:
+		return invalidCDB(2, -1)
+	}
+	return x.dataIn(b, alloc)
+}
+
+var supportedVPDPages = []byte{0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2}
+
+// vpdPage wraps a VPD page's body in its 4-byte header.
+func vpdPage(code byte, body []byte) []byte {
+	b := make([]byte, 4+len(body))
+	b[0] = devTypeDisk
+	b[1] = code
+	binary.BigEndian.PutUint16(b[2:], uint16(len(body)))
+	copy(b[4:], body)
+	return b
+}
+
+// padASCII copies s into a field of n bytes padded with spaces, as INQUIRY's
+// identification fields require.
+func padASCII(dst []byte, s string) {
+	for i := range dst {
+		if i < len(s) && s[i] >= 0x20 && s[i] < 0x7f {
+			dst[i] = s[i]
+		} else {
+			dst[i] = ' '
+		}
+	}
+}
+
+func (x *task) standardInquiry() []byte {
+	b := make([]byte, 96)
+	if x.lu == nil {
+		b[0] = pqNotPresent | devTypeNone
+	} else {
+		b[0] = devTypeDisk
+	}
+	b[2] = 0x06        // VERSION: SPC-4
+	b[3] = 0x10 | 0x02 // HISUP, RESPONSE DATA FORMAT 2
+	b[4] = byte(len(b) - 5)
+	b[7] = 0x02 // CMDQUE
+	cfg := LUConfig{VendorID: "ANVIL", ProductID: "Anvil Volume", Revision: "0001"}
+	if x.lu != nil {
+		cfg = x.lu.cfg
+	}
+	padASCII(b[8:16], cfg.VendorID)
+	padASCII(b[16:32], cfg.ProductID)
+	padASCII(b[32:36], cfg.Revision)
+	for i, v := range versionDescriptors {
+		binary.BigEndian.PutUint16(b[58+2*i:], v)
+	}
+	return b
+}
+
+// Designation descriptor fields (SPC-4 7.8.6.1).
+const (
+	codeSetBinary = 0x1
+	codeSetASCII  = 0x2
+	codeSetUTF8   = 0x3
+
+	assocLU         = 0x0 << 4
+	assocTargetPort = 0x1 << 4
+	assocTarget     = 0x2 << 4
+
+	desigT10Vendor  = 0x1
+	desigNAA        = 0x3
+	desigRelTgtPort = 0x4
+	desigTPG        = 0x5
+	desigSCSIName   = 0x8
+
+	protoISCSI = 0x5 << 4
+	piv        = 0x80
+)
+
+func designator(proto, codeSet, flags byte, d []byte) []byte {
+	return append([]byte{proto | codeSet, flags, 0, byte(len(d))}, d...)
+}
+
+// scsiNameString encodes a SCSI name string designator: null-terminated
+// and padded with nulls to a multiple of four bytes.
+func scsiNameString(s string) []byte {
+	n := len(s) + 1
+	n = (n + 3) &^ 3
+	if n > 252 {
+		n = 252
+		s = s[:251]
+	}
+	b := make([]byte, n)
+	copy(b, s)
+	return b
+}
+
+func (x *task) deviceIdentification() []byte {
+	var b []byte
+	lu := x.lu
+	if len(lu.cfg.NAA) > 0 {
+		b = append(b, designator(0, codeSetBinary, assocLU|desigNAA, lu.cfg.NAA)...)
+	}
+	t10 := make([]byte, 8, 8+len(lu.serial))
+	padASCII(t10, lu.cfg.VendorID)
+	t10 = append(t10, lu.serial...)
+	b = append(b, designator(0, codeSetASCII, assocLU|desigT10Vendor, t10)...)
+	if x.n.TargetPort != "" {
+		b = append(b, designator(protoISCSI, codeSetUTF8, piv|assocTargetPort|desigSCSIName, scsiNameString(x.n.TargetPort))...)
+	}
+	var rel [4]byte
+	binary.BigEndian.PutUint16(rel[2:], x.n.RelativeTargetPortID)
+	b = append(b, designator(protoISCSI, codeSetBinary, piv|assocTargetPort|desigRelTgtPort, rel[:])...)
+	var tpg [4]byte
+	binary.BigEndian.PutUint16(tpg[2:], x.n.TargetPortGroup)
+	b = append(b, designator(protoISCSI, codeSetBinary, piv|assocTargetPort|desigTPG, tpg[:])...)
+	if x.t.name != "" {
+		b = append(b, designator(protoISCSI, codeSetUTF8, piv|assocTarget|desigSCSIName, scsiNameString(x.t.name))...)
+	}
+	return b
+}
+
+// defaultMaxTransfer caps a single command's transfer when the engine
+// states no limit, so that one CDB cannot make us allocate gigabytes.
+const defaultMaxTransfer = 8 << 20
+
+// maxTransferBlocks is the largest transfer length, in blocks, that a read
+// or write may ask for.
+func (lu *LogicalUnit) maxTransferBlocks() uint64 {
+	mt := lu.vol.Limits().MaxTransfer
+	if mt <= 0 || mt > defaultMaxTransfer {
+		mt = defaultMaxTransfer
+	}
+	n := uint64(mt) / uint64(lu.vol.BlockSize())
+	if n == 0 {
+		n = 1
+	}
+	return n
+}
+
+// maxWriteSameBlocks bounds WRITE SAME so that its data never needs more
+// than one engine call per maxUnmap-sized chunk.
+const maxWriteSameBlocks = 1 << 22
+
+// maxUnmapDescriptors bounds an UNMAP parameter list.
+const maxUnmapDescriptors = 256
+
+// maxCompareAndWriteBlocks is the MAXIMUM COMPARE AND WRITE LENGTH.
+const maxCompareAndWriteBlocks = 255
+
+func (lu *LogicalUnit) thin() bool { return lu.vol.Limits().MaxUnmap > 0 }
+
+// blockLimits builds the Block Limits VPD page body (SBC-3 6.5.3).
+func (lu *LogicalUnit) blockLimits() []byte {
+	b := make([]byte, 0x3c)
+	bs := int64(lu.vol.BlockSize())
+	lim := lu.vol.Limits()
+	b[1] = maxCompareAndWriteBlocks
+	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
+	binary.BigEndian.PutUint32(b[4:], uint32(lu.maxTransferBlocks()))
+	if lim.OptimalTransfer > 0 {
+		binary.BigEndian.PutUint32(b[8:], uint32(min(uint64(lim.OptimalTransfer/bs), lu.maxTransferBlocks())))
+	}
+	binary.BigEndian.PutUint32(b[12:], uint32(lu.maxTransferBlocks())) // MAXIMUM PREFETCH LENGTH
+	if lim.MaxUnmap > 0 {
+		binary.BigEndian.PutUint32(b[16:], uint32(min(lim.MaxUnmap/bs, 0xffffffff)))
+		binary.BigEndian.PutUint32(b[20:], maxUnmapDescriptors)
+		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
+	}
+	binary.BigEndian.PutUint64(b[32:], maxWriteSameBlocks)
+	if lim.AtomicWriteMax > 0 {
+		atomic := min(uint64(lim.AtomicWriteMax/bs), lu.maxTransferBlocks())
+		binary.BigEndian.PutUint32(b[40:], uint32(atomic)) // MAXIMUM ATOMIC TRANSFER LENGTH
+		binary.BigEndian.PutUint32(b[44:], 1)              // ATOMIC ALIGNMENT
+		binary.BigEndian.PutUint32(b[48:], 1)              // ATOMIC TRANSFER LENGTH GRANULARITY
+	}
+	return b
+}
+
+// provisioning builds the Logical Block Provisioning VPD page body (SBC-3
+// 6.5.4).
+func (lu *LogicalUnit) provisioning() []byte {
+	b := make([]byte, 4)
+	if lu.thin() {
+		// LBPU (UNMAP), LBPWS (WRITE SAME(16) UNMAP), LBPWS10, LBPRZ:
+		// unmapped blocks read as zeroes.
+		b[1] = 0x80 | 0x40 | 0x20 | 0x04
+		b[2] = 0x02 // PROVISIONING TYPE: thin
+	}
+	return b
+}
+
+// reportLUNs answers REPORT LUNS (SPC-4 6.33). Select reports 0 (all
+// logical units), 1 (well-known: none) and 2 (all) are supported.
+func (x *task) reportLUNs() error {
+	sel := x.cdb[2]
+	alloc := int(binary.BigEndian.Uint32(x.cdb[6:]))
+	if alloc < 16 {
+		return invalidCDB(6, -1)
+	}
+	var luns []uint64
+	switch sel {
+	case 0x00, 0x02:
+		luns = x.t.LUNs()
+	case 0x01:
+	default:
+		return invalidCDB(2, -1)
+	}
+	b := make([]byte, 8+8*len(luns))
+	binary.BigEndian.PutUint32(b, uint32(8*len(luns)))
+	for i, l := range luns {
+		p := b[8+8*i:]
+		if l < 256 {
+			p[1] = byte(l) // peripheral device addressing
+		} else {
+			binary.BigEndian.PutUint16(p, 0x4000|uint16(l)) // flat space addressing
+		}
+	}
+	if x.st != nil {
+		x.st.remove(ascReportedLUNsChanged)
+	}
+	return x.dataIn(b, alloc)
+}
+
+// reserve handles RESERVE(6) and RESERVE(10) (SPC-2 7.21): a whole-unit
+// reservation for the nexus. Extents and third-party reservations are not
+// supported.
+func (x *task) reserve() error {
+	if x.cdb[0] == opReserve6 {
+		if x.cdb[1]&0x01 != 0 {
+			return invalidCDB(1, 0) // EXTENT
+		}
+	} else if x.cdb[1]&0x12 != 0 {
+		return invalidCDB(1, 4) // 3RDPTY / LONGID
+	}
+	lu := x.lu
+	lu.resMu.Lock()
+	defer lu.resMu.Unlock()
+	if lu.reservedBy != nil && lu.reservedBy != x.n {
+		x.res.Status = StatusReservationConflict
+		return nil
+	}
+	lu.reservedBy = x.n
+	lu.resHeld.Store(true)
+	return nil
+}
+
+// release handles RELEASE(6) and RELEASE(10). Releasing a reservation held
+// by another nexus, or none, succeeds without effect.
+func (x *task) release() error {
+	if x.cdb[0] == opRelease6 {
+		if x.cdb[1]&0x01 != 0 {
+			return invalidCDB(1, 0)
+		}
+	} else if x.cdb[1]&0x12 != 0 {
+		return invalidCDB(1, 4)
+	}
+	lu := x.lu
+	lu.resMu.Lock()
+	defer lu.resMu.Unlock()
+	if lu.reservedBy == x.n {
+		lu.reservedBy = nil
+		lu.resHeld.Store(false)
+	}
+	return nil
+}
+
+// startStopUnit accepts START STOP UNIT (SBC-3 5.25). The medium is not
+// removable and always spinning, so LOEJ and START change nothing, but a
+// stop without NO_FLUSH writes the cache back as a real disk would.
+func (x *task) startStopUnit() error {
+	pc := x.cdb[4] >> 4
+	switch pc {
+	case 0x0, 0x1, 0x2, 0x3, 0x5, 0x7, 0xa, 0xb:
+	default:
+		return invalidCDB(4, 7)
+	}
+	start := x.cdb[4]&0x01 != 0
+	noFlush := x.cdb[4]&0x04 != 0
+	if pc == 0 && !start && !noFlush {
+		return x.lu.vol.Flush(x.ctx)
+	}
+	return nil
+}
+
+// preventAllow accepts PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.13). The
+// medium cannot be removed, so the state has no effect.
+func (x *task) preventAllow() error {
+	return nil
+}
+
+// reportSupportedOpcodes answers REPORT SUPPORTED OPERATION CODES (SPC-4
+// 6.35) from the dispatch table.
+func (x *task) reportSupportedOpcodes() error {
+	rctd := x.cdb[2]&0x80 != 0
+	opts := x.cdb[2] & 0x07
+	reqOp := x.cdb[3]
+	reqSA := binary.BigEndian.Uint16(x.cdb[4:])
+	alloc := int(binary.BigEndian.Uint32(x.cdb[6:]))
+	timeouts := func() []byte {
+		t := make([]byte, 12)
+		binary.BigEndian.PutUint16(t, 0x0a)
+		return t
+	}
+	switch opts {
+	case 0:
+		var all []*opInfo
+		for _, o := range opcodes {
+			switch {
+			case o == nil:
+			case o.serviceActions != nil:
+				sas := make([]byte, 0, len(o.serviceActions))
+				for sa := range o.serviceActions {
+					sas = append(sas, sa)
+				}
+				slices.Sort(sas)
+				for _, sa := range sas {
+					all = append(all, o.serviceActions[sa])
+				}
+			default:
+				all = append(all, o)
+			}
+		}
+		b := make([]byte, 4)
+		for _, o := range all {
+			d := make([]byte, 8)
+			d[0] = o.usage[0]
+			if o.hasSA {
+				binary.BigEndian.PutUint16(d[2:], uint16(o.sa))
+				d[5] |= 0x01 // SERVACTV
+			}
+			if rctd {
+				d[5] |= 0x02 // CTDP
+			}
+			binary.BigEndian.PutUint16(d[6:], uint16(len(o.usage)))
+			b = append(b, d...)
+			if rctd {
+				b = append(b, timeouts()...)
+			}
+		}
+		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+		return x.dataIn(b, alloc)
+	case 1, 2, 3:
+		o := opcodes[reqOp]
+		var found *opInfo
+		switch {
+		case o == nil:
+		case o.serviceActions != nil:
+			if opts == 1 {
+				return invalidCDB(2, 2)
+			}
+			if reqSA <= 0x1f {
+				found = o.serviceActions[byte(reqSA)]
+			}
+		default:
+			if opts == 2 {
+				return invalidCDB(2, 2)
+			}
+			if opts == 3 && reqSA != 0 {
+				// The opcode has no service actions, so this one is not
+				// supported.
+				break
+			}
+			found = o
+		}
+		b := make([]byte, 4)
+		if found == nil {
+			b[1] = 0x01 // SUPPORT: not supported
+			return x.dataIn(b, alloc)
+		}
+		b[1] = 0x03 // SUPPORT: supported as in the standard
+		if rctd {
+			b[1] |= 0x80
+		}
+		binary.BigEndian.PutUint16(b[2:], uint16(len(found.usage)))
+		b = append(b, found.usage...)
+		if rctd {
+			b = append(b, timeouts()...)
+		}
+		return x.dataIn(b, alloc)
+	default:
+		return invalidCDB(2, 2)
+	}
+}
