@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs Anvil's whole test suite: installs what it needs on a fresh Debian
+# machine, then unit tests, fuzz seed corpora, the real-peer suites (libiscsi,
+# qemu-img, iscsi-test-cu) and the Linux initiator in a qemu guest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== go vet"
+go vet ./...
+
+out=$(mktemp -d)
+export ANVIL_CONFORMANCE_TABLE="$out/conformance.md"
+
+echo "== unit tests"
+# Packages outside test/ are self-contained and run in parallel.
+go test -count=1 -race -timeout 30m $(go list ./... | grep -v '/test/')
+
+echo "== end-to-end tests against real peers"
+# One package at a time: each boots daemons, qemu guests or iscsi-test-cu,
+# and the machine has two cores.
+go test -count=1 -p 1 -timeout 60m ./test/...
+
+if [ -s "$ANVIL_CONFORMANCE_TABLE" ]; then
+  echo "== iscsi-test-cu per-suite results"
+  cat "$ANVIL_CONFORMANCE_TABLE"
+fi
