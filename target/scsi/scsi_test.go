@@ -908,8 +908,13 @@ func TestStartStopPreventAllow(t *testing.T) {
 	c := cdb(opStartStopUnit, 6)
 	c[4] = 0x01
 	expectGood(t, f.run(c, nil))
-	c[4] = 0x02 // LOEJ, stop: harmless, flushes
+	c[4] = 0x00 // stop: flushes
 	expectGood(t, f.run(c, nil))
+	c[4] = 0x02 // LOEJ: a fixed disk cannot eject
+	p := expectSense(t, f.run(c, nil), SenseIllegalRequest, ascInvalidFieldInCDB)
+	if p.field != 4 || p.bit != 1 {
+		t.Errorf("LOEJ pointer %+v", p)
+	}
 	if f.vol.flushes != 1 {
 		t.Errorf("stop flushed %d times", f.vol.flushes)
 	}

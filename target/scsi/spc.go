@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 )
 
@@ -341,9 +342,11 @@ func (x *task) release() error {
 	return nil
 }
 
-// startStopUnit accepts START STOP UNIT (SBC-3 5.25). The medium is not
-// removable and always spinning, so LOEJ and START change nothing, but a
-// stop without NO_FLUSH writes the cache back as a real disk would.
+// startStopUnit handles START STOP UNIT (SBC-3 5.25). The medium is not
+// removable (INQUIRY RMB=0) and always ready: LOEJ asks for something a
+// fixed disk cannot do and is rejected, as real fixed disks do; START and
+// the power conditions change nothing, but a stop without NO_FLUSH writes
+// the cache back as a real disk would before spinning down.
 func (x *task) startStopUnit() error {
 	pc := x.cdb[4] >> 4
 	switch pc {
@@ -352,9 +355,15 @@ func (x *task) startStopUnit() error {
 		return invalidCDB(4, 7)
 	}
 	start := x.cdb[4]&0x01 != 0
+	loej := x.cdb[4]&0x02 != 0
 	noFlush := x.cdb[4]&0x04 != 0
+	if pc == 0 && loej {
+		return invalidCDB(4, 1)
+	}
 	if pc == 0 && !start && !noFlush {
-		return x.lu.vol.Flush(x.ctx)
+		if err := x.lu.vol.Flush(x.ctx); err != nil {
+			return fmt.Errorf("start stop unit: flush: %w", err)
+		}
 	}
 	return nil
 }

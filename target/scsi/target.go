@@ -283,13 +283,15 @@ func (x *task) isRead() bool {
 }
 
 // dataIn sets the command's data-in, truncated to the allocation length
-// alloc the CDB gave.
+// alloc the CDB gave. The transfer length is what the device server has to
+// send (SPC-4 4.2.5.6): the transport reports an underflow when that is
+// less than the initiator expected, and an overflow when it is more.
 func (x *task) dataIn(b []byte, alloc int) error {
 	if len(b) > alloc {
 		b = b[:alloc]
 	}
 	x.res.DataIn = b
-	x.res.TransferLength = alloc
+	x.res.TransferLength = len(b)
 	return nil
 }
 
