@@ -1,0 +1,498 @@
+package iscsi
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// writeTimeout bounds how long one batch of PDUs may take to reach the
+// socket; a peer that stops reading for that long is gone.
+const writeTimeout = 60 * time.Second
+
+// statMode says how the writer fills a PDU's StatSN field.
+type statMode uint8
+
+const (
+	statNone    statMode = iota // field reserved / set by the caller
+	statCurrent                 // current StatSN, not advanced (R2T, Data-In without S, NOP-In pings)
+	statAdvance                 // this PDU carries status: assign StatSN and advance
+)
+
+// outPDU is one PDU queued for the connection's writer.
+type outPDU struct {
+	hdr  bhs
+	data []byte
+	stat statMode
+	// closeAfter closes the connection once this PDU is on the wire
+	// (Logout Response, TARGET COLD RESET).
+	closeAfter bool
+	// sent, if set, runs after the PDU is written (or dropped).
+	sent func()
+}
+
+var outPool = sync.Pool{New: func() any { return new(outPDU) }}
+
+func newOut(op uint8, flags uint8) *outPDU {
+	p := outPool.Get().(*outPDU)
+	*p = outPDU{}
+	p.hdr[0] = op
+	p.hdr[1] = flags
+	return p
+}
+
+// conn is one TCP connection. Its reader goroutine runs login and then
+// dispatches full-feature-phase PDUs; a single writer goroutine owns the
+// socket's write side, assigns StatSN in wire order and coalesces flushes.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+
+	rd pduReader
+	bw *bufio.Writer
+
+	sess   *session
+	cid    uint16
+	params Params
+	// statSN is the next StatSN; owned by the login code, then by the
+	// writer goroutine.
+	statSN uint32
+	// maxXmit is the initiator's MaxRecvDataSegmentLength: the largest
+	// data segment we may send. It can change in full feature phase.
+	maxXmit atomic.Uint32
+	// digests, fixed once full feature phase starts.
+	hdrDigest, dataDigest bool
+
+	out       chan *outPDU
+	closed    chan struct{}
+	closeOnce sync.Once
+	bg        sync.WaitGroup // writer, keep-alive and helpers
+
+	tags counter // TTTs for R2T, NOP-In and text continuation
+
+	// keep-alive state.
+	nopMu      sync.Mutex
+	nopTTT     uint32
+	nopSent    time.Time
+	nopPending bool
+
+	text textState // reader goroutine only
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:    s,
+		nc:     nc,
+		log:    s.log.With("remote", nc.RemoteAddr().String()),
+		out:    make(chan *outPDU, 1024),
+		closed: make(chan struct{}),
+	}
+	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64<<10), maxData: int(s.cfg.MaxRecvDataSegmentLength)}
+	c.bw = bufio.NewWriterSize(nc, 256<<10)
+	c.maxXmit.Store(8192)
+	return c
+}
+
+// close shuts the connection down once. Reader and writer notice and exit.
+func (c *conn) close(reason error) {
+	c.closeOnce.Do(func() {
+		if reason != nil && !errors.Is(reason, io.EOF) && !errors.Is(reason, net.ErrClosed) {
+			c.log.Info("iscsi: closing connection", "reason", reason.Error())
+		}
+		close(c.closed)
+		c.nc.Close()
+	})
+}
+
+func (c *conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// serve runs the connection: login, then full feature phase until the
+// peer goes away or a protocol error closes the connection. A panic is
+// contained here: it is logged with its stack and closes this connection
+// only.
+func (c *conn) serve() {
+	defer c.srv.removeConn(c)
+	reason := "connection closed"
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("iscsi: panic in connection handler", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			reason = "panic"
+		}
+		c.close(nil)
+		c.bg.Wait()
+		if c.sess != nil {
+			c.sess.end(reason)
+		}
+	}()
+	if err := c.login(); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.log.Info("iscsi: login failed", "err", err.Error())
+		}
+		return
+	}
+	c.bg.Add(1)
+	go c.writeLoop()
+	if c.srv.cfg.NopInterval > 0 {
+		c.bg.Add(1)
+		go c.keepAlive()
+	}
+	err := c.readLoop()
+	if err != nil && !c.isClosed() && !errors.Is(err, io.EOF) {
+		c.log.Info("iscsi: connection error", "tsih", c.sess.tsih, "err", err.Error())
+		reason = err.Error()
+	}
+	c.close(err)
+}
+
+// send queues p for the writer. It returns false if the connection is
+// closing, in which case p is dropped.
+func (c *conn) send(p *outPDU) bool {
+	select {
+	case c.out <- p:
+		return true
+	case <-c.closed:
+		if p.sent != nil {
+			p.sent()
+		}
+		return false
+	}
+}
+
+// writeLoop is the connection's only writer after login.
+func (c *conn) writeLoop() {
+	defer c.bg.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("iscsi: panic in writer", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.close(errors.New("writer panic"))
+		}
+	}()
+	for {
+		var p *outPDU
+		select {
+		case p = <-c.out:
+		case <-c.closed:
+			c.drainOut()
+			return
+		}
+		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		for p != nil {
+			closeAfter := p.closeAfter
+			if err := c.writeOne(p); err != nil {
+				c.close(fmt.Errorf("write: %w", err))
+				c.drainOut()
+				return
+			}
+			if closeAfter {
+				c.bw.Flush()
+				c.close(nil)
+				c.drainOut()
+				return
+			}
+			p = nil
+			select {
+			case p = <-c.out:
+			default:
+			}
+		}
+		if err := c.bw.Flush(); err != nil {
+			c.close(fmt.Errorf("flush: %w", err))
+			c.drainOut()
+			return
+		}
+	}
+}
+
+// drainOut runs the callbacks of PDUs that will never be sent.
+func (c *conn) drainOut() {
+	for {
+		select {
+		case p := <-c.out:
+			if p.sent != nil {
+				p.sent()
+			}
+		default:
+			return
+		}
+	}
+}
+
+func (c *conn) writeOne(p *outPDU) error {
+	switch p.stat {
+	case statAdvance:
+		p.hdr.setU32(24, c.statSN)
+		c.statSN++
+	case statCurrent:
+		p.hdr.setU32(24, c.statSN)
+	}
+	if s := c.sess; s != nil {
+		exp, maxSN := s.cmdSNs()
+		p.hdr.setU32(28, exp)
+		p.hdr.setU32(32, maxSN)
+	}
+	err := writePDU(c.bw, &p.hdr, p.data, c.hdrDigest, c.dataDigest)
+	if p.sent != nil {
+		p.sent()
+	}
+	p.data = nil
+	p.sent = nil
+	outPool.Put(p)
+	return err
+}
+
+// readLoop reads and dispatches full-feature-phase PDUs.
+func (c *conn) readLoop() error {
+	c.nc.SetReadDeadline(time.Time{})
+	for {
+		if err := c.rd.readHeader(); err != nil {
+			return err
+		}
+		if err := c.dispatch(); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *conn) dispatch() error {
+	h := &c.rd.hdr
+	op := h.opcode()
+	if op != opSCSICmd && c.rd.ahsLen != 0 {
+		return c.rejectAndDiscard(rejectProtocolError)
+	}
+	switch op {
+	case opSCSICmd:
+		if c.sess.discovery {
+			return c.rejectAndDiscard(rejectProtocolError)
+		}
+		return c.handleSCSICmd()
+	case opDataOut:
+		if c.sess.discovery {
+			return c.rejectAndDiscard(rejectProtocolError)
+		}
+		return c.handleDataOut()
+	case opNOPOut:
+		return c.handleNOPOut()
+	case opTMFReq:
+		if c.sess.discovery {
+			return c.rejectAndDiscard(rejectProtocolError)
+		}
+		return c.handleTMF()
+	case opTextReq:
+		return c.handleText()
+	case opLogoutReq:
+		return c.handleLogout()
+	case opSNACKReq:
+		// SNACK needs ErrorRecoveryLevel > 0, which we never negotiate.
+		return c.rejectAndDiscard(rejectNotSupported)
+	case opLoginReq:
+		// A login request in full feature phase is a protocol error.
+		return c.rejectAndDiscard(rejectProtocolError)
+	default:
+		return c.rejectAndDiscard(rejectNotSupported)
+	}
+}
+
+// rejectAndDiscard answers the current PDU with a Reject and skips its data.
+func (c *conn) rejectAndDiscard(reason uint8) error {
+	hdr := c.rd.hdr
+	if err := c.rd.discardData(); err != nil {
+		return err
+	}
+	c.log.Debug("iscsi: rejecting PDU", "opcode", fmt.Sprintf("%#x", hdr.opcode()), "reason", reason)
+	c.sendReject(&hdr, reason)
+	return nil
+}
+
+// sendReject queues a Reject PDU carrying the offending header.
+func (c *conn) sendReject(h *bhs, reason uint8) {
+	p := newOut(opReject, flagFinal)
+	p.hdr[2] = reason
+	p.hdr.setITT(tagNone)
+	data := make([]byte, bhsLen)
+	copy(data, h[:])
+	p.data = data
+	p.stat = statAdvance
+	c.send(p)
+}
+
+// readSmallData reads the current PDU's data segment into a new buffer.
+func (c *conn) readSmallData() ([]byte, error) {
+	n := c.rd.hdr.dataLen()
+	if n == 0 {
+		return nil, c.rd.readData(nil)
+	}
+	b := make([]byte, n)
+	if err := c.rd.readData(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// handleNOPOut answers pings and notes answers to our keep-alives.
+func (c *conn) handleNOPOut() error {
+	h := c.rd.hdr
+	data, err := c.readSmallData()
+	if err != nil {
+		return err
+	}
+	itt, ttt := h.itt(), h.u32(20)
+	if itt == tagNone {
+		// An answer to our NOP-In (TTT set) or a ping that wants no
+		// reply; both must be immediate and consume no CmdSN.
+		if ttt != tagNone {
+			c.nopMu.Lock()
+			if c.nopPending && ttt == c.nopTTT {
+				c.nopPending = false
+			}
+			c.nopMu.Unlock()
+		}
+		return nil
+	}
+	if ttt != tagNone {
+		// A ping (ITT set) must not carry a TTT.
+		c.sendReject(&h, rejectInvalidPDUField)
+		return nil
+	}
+	return c.sess.sequence(h.u32(24), h.immediate(), func() error {
+		if !h.immediate() {
+			c.sess.advance(false)
+		}
+		p := newOut(opNOPIn, flagFinal)
+		copy(p.hdr[8:16], h[8:16])
+		p.hdr.setITT(itt)
+		p.hdr.setU32(20, tagNone)
+		if mx := int(c.maxXmit.Load()); len(data) > mx {
+			data = data[:mx]
+		}
+		p.data = data
+		p.stat = statAdvance
+		c.send(p)
+		return nil
+	})
+}
+
+// keepAlive pings the initiator with NOP-In every NopInterval and drops
+// the connection when an answer is overdue.
+func (c *conn) keepAlive() {
+	defer c.bg.Done()
+	cfg := &c.srv.cfg
+	period := min(cfg.NopInterval, cfg.NopTimeout)
+	t := time.NewTicker(max(period/2, 10*time.Millisecond))
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case now := <-t.C:
+			c.nopMu.Lock()
+			if c.nopPending {
+				overdue := now.Sub(c.nopSent) > cfg.NopTimeout
+				c.nopMu.Unlock()
+				if overdue {
+					c.close(errors.New("NOP-In keep-alive timed out"))
+					return
+				}
+				continue
+			}
+			if now.Sub(last) < cfg.NopInterval {
+				c.nopMu.Unlock()
+				continue
+			}
+			last = now
+			c.nopTTT = c.tags.next()
+			c.nopSent = now
+			c.nopPending = true
+			ttt := c.nopTTT
+			c.nopMu.Unlock()
+			p := newOut(opNOPIn, flagFinal)
+			p.hdr.setITT(tagNone)
+			p.hdr.setU32(20, ttt)
+			p.stat = statCurrent
+			c.send(p)
+		}
+	}
+}
+
+// handleLogout processes a Logout Request (RFC 7143 §11.14).
+func (c *conn) handleLogout() error {
+	h := c.rd.hdr
+	if err := c.rd.discardData(); err != nil {
+		return err
+	}
+	reason := h[1] & 0x7f
+	cid := binary.BigEndian.Uint16(h[20:22])
+	return c.sess.sequence(h.u32(24), h.immediate(), func() error {
+		if !h.immediate() {
+			c.sess.advance(false)
+		}
+		var resp uint8
+		switch reason {
+		case 0: // close the session
+		case 1: // close the connection
+			if cid != c.cid {
+				resp = 1 // CID not found
+			}
+		case 2: // remove the connection for recovery: needs ERL 2
+			resp = 2
+		default:
+			c.sendReject(&h, rejectProtocolError)
+			return nil
+		}
+		itt := h.itt()
+		params := c.params
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			if resp == 0 {
+				// Let commands still running finish and send their
+				// status before the logout response closes the door.
+				c.waitTasks(5 * time.Second)
+			}
+			p := newOut(opLogoutResp, flagFinal)
+			p.hdr[2] = resp
+			p.hdr.setITT(itt)
+			p.hdr.setU16(40, uint16(params.DefaultTime2Wait))
+			p.hdr.setU16(42, uint16(params.DefaultTime2Retain))
+			p.stat = statAdvance
+			p.closeAfter = resp == 0
+			c.send(p)
+		}()
+		return nil
+	})
+}
+
+// waitTasks waits up to d for the session's tasks to finish.
+func (c *conn) waitTasks(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for c.sess.inFlight() > 0 && time.Now().Before(deadline) && !c.isClosed() {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// sendAsyncLogout sends an Asynchronous Message asking the initiator to
+// log out (AsyncEvent 1) within secs seconds.
+func (c *conn) sendAsyncLogout(secs uint16) {
+	p := newOut(opAsyncMsg, flagFinal)
+	p.hdr.setITT(tagNone)
+	p.hdr[36] = 1 // AsyncEvent: target requests logout
+	p.hdr.setU16(42, secs)
+	p.stat = statAdvance
+	c.send(p)
+}

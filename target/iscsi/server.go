@@ -1,0 +1,478 @@
+// Package iscsi is Anvil's iSCSI target transport (RFC 7143, target side).
+//
+// It accepts TCP connections, runs the login phase (security and operational
+// negotiation), serves discovery sessions (SendTargets) and carries SCSI
+// commands of normal sessions to a Target, moving their data with immediate
+// data, unsolicited Data-Out, R2T/Data-Out and Data-In PDUs. It knows nothing
+// about SCSI semantics: CDBs go to Target.Execute and the Result comes back.
+//
+// The implementation supports ErrorRecoveryLevel 0 with one connection per
+// session, which is what every mainstream initiator uses by default. Protocol
+// errors close the offending connection (session recovery at ERL 0); they
+// never affect other sessions.
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/anvilproject/anvil/target/scsi"
+)
+
+// Registry resolves target names for logins and discovery.
+type Registry interface {
+	// Target returns the target named iqn (compared case-insensitively), or
+	// false.
+	Target(iqn string) (Target, bool)
+	// Targets lists the names of the targets the initiator named initiator
+	// may see (SendTargets=All), sorted.
+	Targets(initiator string) []string
+}
+
+// Target is one iSCSI target as the transport needs it.
+type Target interface {
+	// Name is the target's iSCSI name (iqn./eui./naa.).
+	Name() string
+	// Alias is sent as TargetAlias at login; "" means don't send one.
+	Alias() string
+	// Allow is the ACL check at login; false fails the login with
+	// "authorization failure" (0x0202).
+	Allow(initiatorName string) bool
+	// Execute runs one SCSI command. ctx is cancelled when the task is
+	// aborted or its session ends. Execute must not keep cmd.DataOut after
+	// it returns: the transport reuses the buffer. The transport does not
+	// modify Result.DataIn.
+	Execute(ctx context.Context, cmd *scsi.Command) scsi.Result
+	// Reset applies the SCSI-level side effects of a task management
+	// function (unit attentions, reservation release) for LOGICAL UNIT
+	// RESET, TARGET WARM/COLD RESET and CLEAR TASK SET. The transport has
+	// already aborted the affected tasks.
+	Reset(n *scsi.Nexus, fn scsi.TMF, lun uint64) error
+	// HasLUN reports whether lun exists (for "LUN does not exist" in TMF
+	// responses).
+	HasLUN(lun uint64) bool
+	// NexusLoss tells the SCSI core that the I_T nexus n ended (logout,
+	// connection loss, or session reinstatement).
+	NexusLoss(n *scsi.Nexus)
+}
+
+// CHAPCredentials are a target's CHAP secrets (RFC 7143 §12.1.3). A target
+// that implements CHAPTarget and returns Required=true makes CHAP mandatory
+// for normal sessions to it.
+type CHAPCredentials struct {
+	// Required makes initiators authenticate with CHAP.
+	Required bool
+	// User and Secret authenticate the initiator to the target.
+	User, Secret string
+	// MutualUser and MutualSecret, when set, let the initiator authenticate
+	// the target (mutual CHAP). Empty MutualSecret refuses mutual CHAP.
+	MutualUser, MutualSecret string
+}
+
+// CHAPTarget is implemented by Targets that can require CHAP.
+type CHAPTarget interface {
+	// Credentials returns the CHAP secrets to use for logins from
+	// initiatorName.
+	Credentials(initiatorName string) CHAPCredentials
+}
+
+// Config configures a Server. Zero values select the defaults documented on
+// each field.
+type Config struct {
+	// PortalGroupTag is the target portal group tag (default 1).
+	PortalGroupTag uint16
+	// Portals are the "host:port" addresses advertised in SendTargets
+	// responses. An unspecified host (0.0.0.0, ::) is replaced by the
+	// local address of the discovery connection. Empty means the local
+	// address of the connection.
+	Portals []string
+	// MaxRecvDataSegmentLength is the largest data segment we accept
+	// (default 256 KiB).
+	MaxRecvDataSegmentLength uint32
+	// MaxBurstLength is our limit for a Data-In or solicited Data-Out
+	// sequence (default 1 MiB).
+	MaxBurstLength uint32
+	// FirstBurstLength is our limit for unsolicited data (default 256 KiB).
+	FirstBurstLength uint32
+	// MaxOutstandingR2T is the number of R2Ts per task we keep in flight
+	// (default 16).
+	MaxOutstandingR2T uint32
+	// InitialR2T is our InitialR2T value. The default (false) lets
+	// initiators send unsolicited data, which saves a round trip per write.
+	InitialR2T bool
+	// NoImmediateData refuses immediate data (ImmediateData=No).
+	NoImmediateData bool
+	// DisableDigests refuses CRC32C header/data digests.
+	DisableDigests bool
+	// DefaultTime2Wait and DefaultTime2Retain are our values for those keys
+	// (defaults 2 and 20 seconds).
+	DefaultTime2Wait, DefaultTime2Retain uint32
+	// MaxQueuedCommands is the CmdSN window: how many commands a session may
+	// have outstanding (default 128, minimum 16).
+	MaxQueuedCommands uint32
+	// MaxTransferLength caps a command's expected data transfer length for
+	// writes, bounding the memory one command can pin (default 32 MiB).
+	MaxTransferLength uint32
+	// NopInterval is how often we ping an idle initiator with a NOP-In
+	// (default 30 s; negative disables keep-alive).
+	NopInterval time.Duration
+	// NopTimeout is how long we wait for the NOP-Out answer before
+	// dropping the connection (default 30 s).
+	NopTimeout time.Duration
+	// LoginTimeout bounds the whole login phase (default 30 s).
+	LoginTimeout time.Duration
+	// LogoutGrace is how long Server.Logout waits for the initiator to log
+	// out after the asynchronous logout request before dropping the
+	// connection (default 10 s).
+	LogoutGrace time.Duration
+	// Logger receives the transport's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.PortalGroupTag == 0 {
+		c.PortalGroupTag = 1
+	}
+	if c.MaxRecvDataSegmentLength == 0 {
+		c.MaxRecvDataSegmentLength = 256 << 10
+	}
+	c.MaxRecvDataSegmentLength = clamp(c.MaxRecvDataSegmentLength, 8192, 1<<24-1)
+	if c.MaxBurstLength == 0 {
+		c.MaxBurstLength = 1 << 20
+	}
+	c.MaxBurstLength = clamp(c.MaxBurstLength, 262144, 1<<24-1)
+	if c.FirstBurstLength == 0 {
+		c.FirstBurstLength = 256 << 10
+	}
+	c.FirstBurstLength = clamp(c.FirstBurstLength, 65536, c.MaxBurstLength)
+	if c.MaxOutstandingR2T == 0 {
+		c.MaxOutstandingR2T = 16
+	}
+	c.MaxOutstandingR2T = clamp(c.MaxOutstandingR2T, 1, 65535)
+	if c.DefaultTime2Wait == 0 {
+		c.DefaultTime2Wait = 2
+	}
+	if c.DefaultTime2Retain == 0 {
+		c.DefaultTime2Retain = 20
+	}
+	if c.MaxQueuedCommands == 0 {
+		c.MaxQueuedCommands = 128
+	}
+	c.MaxQueuedCommands = clamp(c.MaxQueuedCommands, 16, 1<<20)
+	if c.MaxTransferLength == 0 {
+		c.MaxTransferLength = 32 << 20
+	}
+	if c.NopInterval == 0 {
+		c.NopInterval = 30 * time.Second
+	}
+	if c.NopTimeout <= 0 {
+		c.NopTimeout = 30 * time.Second
+	}
+	if c.LoginTimeout <= 0 {
+		c.LoginTimeout = 30 * time.Second
+	}
+	if c.LogoutGrace <= 0 {
+		c.LogoutGrace = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func clamp(v, lo, hi uint32) uint32 { return max(lo, min(v, hi)) }
+
+// ourParams are the values we bring to negotiation.
+func (c *Config) ourParams() Params {
+	p := defaultParams()
+	p.MaxConnections = 1
+	p.InitialR2T = c.InitialR2T
+	p.ImmediateData = !c.NoImmediateData
+	p.MaxRecvDataSegmentLength = c.MaxRecvDataSegmentLength
+	p.MaxBurstLength = c.MaxBurstLength
+	p.FirstBurstLength = c.FirstBurstLength
+	p.DefaultTime2Wait = c.DefaultTime2Wait
+	p.DefaultTime2Retain = c.DefaultTime2Retain
+	p.MaxOutstandingR2T = c.MaxOutstandingR2T
+	p.ErrorRecoveryLevel = 0
+	return p
+}
+
+// SessionInfo describes one live session for the management API.
+type SessionInfo struct {
+	InitiatorName  string    `json:"initiator_name"`
+	InitiatorAlias string    `json:"initiator_alias,omitempty"`
+	ISID           string    `json:"isid"`
+	TSIH           uint16    `json:"tsih"`
+	Target         string    `json:"target,omitempty"`
+	Discovery      bool      `json:"discovery"`
+	RemoteAddr     string    `json:"remote_addr"`
+	LocalAddr      string    `json:"local_addr"`
+	Params         Params    `json:"params"`
+	InFlight       int       `json:"commands_in_flight"`
+	Established    time.Time `json:"established"`
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("iscsi: server closed")
+
+// ErrNoSession is returned by Logout for an unknown TSIH.
+var ErrNoSession = errors.New("iscsi: no such session")
+
+// Server is an iSCSI target portal group: it serves any number of listeners
+// and keeps the sessions established through them.
+type Server struct {
+	cfg Config
+	reg Registry
+	log *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	sessions  map[uint16]*session
+	nextTSIH  uint16
+	closing   bool
+	connWG    sync.WaitGroup
+}
+
+// NewServer returns a Server for the targets in reg.
+func NewServer(cfg Config, reg Registry) *Server {
+	cfg.setDefaults()
+	return &Server{
+		cfg:       cfg,
+		reg:       reg,
+		log:       cfg.Logger.With("component", "iscsi"),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+		sessions:  map[uint16]*session{},
+		nextTSIH:  1,
+	}
+}
+
+// Serve accepts connections on ln until ln is closed or Shutdown is called.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("iscsi: accept: %w", err)
+		}
+		backoff = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting connections, waits for in-flight commands to
+// finish (aborting them when ctx expires), closes every connection and
+// reports nexus loss for every session.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+
+	var err error
+	// Let running commands finish.
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		busy := 0
+		for _, ss := range sessions {
+			busy += ss.inFlight()
+		}
+		if busy == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			break wait
+		case <-tick.C:
+		}
+	}
+	// Close every connection; each connection's exit aborts its session's
+	// tasks and reports nexus loss.
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(errors.New("server shutdown"))
+	}
+	done := make(chan struct{})
+	go func() { s.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("iscsi: shutdown: %w", err)
+	}
+	return nil
+}
+
+// Sessions lists the live sessions, ordered by TSIH.
+func (s *Server) Sessions() []SessionInfo {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(list))
+	for _, ss := range list {
+		out = append(out, ss.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TSIH < out[j].TSIH })
+	return out
+}
+
+// Logout asks the initiator of session tsih to log out (asynchronous
+// message, event 1) and drops the connection if it has not done so within
+// Config.LogoutGrace.
+func (s *Server) Logout(tsih uint16) error {
+	s.mu.Lock()
+	ss := s.sessions[tsih]
+	s.mu.Unlock()
+	if ss == nil {
+		return fmt.Errorf("logout session %d: %w", tsih, ErrNoSession)
+	}
+	ss.requestLogout(s.cfg.LogoutGrace)
+	return nil
+}
+
+// allocTSIH returns an unused, non-zero TSIH. Called with s.mu held.
+func (s *Server) allocTSIH() uint16 {
+	for {
+		t := s.nextTSIH
+		s.nextTSIH++
+		if s.nextTSIH == 0 {
+			s.nextTSIH = 1
+		}
+		if _, used := s.sessions[t]; !used && t != 0 {
+			return t
+		}
+	}
+}
+
+// findSession returns the session with the given initiator name, ISID and
+// target (for reinstatement), if any.
+func (s *Server) findSession(initiator string, isid [6]byte, target string) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.sessions {
+		if ss.isid == isid && strings.EqualFold(ss.initiatorName, initiator) && strings.EqualFold(ss.targetName, target) && !ss.discovery {
+			return ss
+		}
+	}
+	return nil
+}
+
+// targetSessions returns the live normal sessions to target t.
+func (s *Server) targetSessions(name string) []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*session
+	for _, ss := range s.sessions {
+		if !ss.discovery && strings.EqualFold(ss.targetName, name) {
+			out = append(out, ss)
+		}
+	}
+	return out
+}
+
+func (s *Server) removeSession(ss *session) {
+	s.mu.Lock()
+	if s.sessions[ss.tsih] == ss {
+		delete(s.sessions, ss.tsih)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.connWG.Done()
+}
+
+// nexusFor builds the SCSI I_T nexus for a session.
+func (s *Server) nexusFor(initiator string, isid [6]byte, target string) *scsi.Nexus {
+	tpgt := s.cfg.PortalGroupTag
+	return &scsi.Nexus{
+		InitiatorPort:        fmt.Sprintf("%s,i,0x%x", initiator, isid[:]),
+		InitiatorName:        initiator,
+		TargetPort:           fmt.Sprintf("%s,t,0x%04x", target, tpgt),
+		RelativeTargetPortID: tpgt,
+		TargetPortGroup:      tpgt,
+	}
+}
+
+// counter is a small helper for unique tags.
+type counter struct{ v atomic.Uint32 }
+
+// next returns the next tag, skipping the reserved 0xffffffff.
+func (c *counter) next() uint32 {
+	for {
+		v := c.v.Add(1)
+		if v != tagNone {
+			return v
+		}
+	}
+}

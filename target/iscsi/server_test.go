@@ -1,0 +1,876 @@
+package iscsi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anvilproject/anvil/target/scsi"
+)
+
+func TestLoginNormalSession(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.alias = "demo disk"
+	c := dial(t, ts.addr)
+	m := c.login(testIQN,
+		"HeaderDigest=None", "DataDigest=None", "MaxConnections=4", "InitialR2T=No",
+		"ImmediateData=Yes", "MaxRecvDataSegmentLength=65536", "MaxBurstLength=16776192",
+		"FirstBurstLength=262144", "DefaultTime2Wait=0", "DefaultTime2Retain=0",
+		"MaxOutstandingR2T=8", "DataPDUInOrder=Yes", "DataSequenceInOrder=Yes",
+		"ErrorRecoveryLevel=2", "IFMarker=No", "OFMarker=No", "X-com.example.Foo=1", "Bogus=1")
+	want := map[string]string{
+		"TargetPortalGroupTag":     "1",
+		"TargetAlias":              "demo disk",
+		"HeaderDigest":             "None",
+		"DataDigest":               "None",
+		"MaxConnections":           "1",
+		"InitialR2T":               "No",
+		"ImmediateData":            "Yes",
+		"MaxRecvDataSegmentLength": "262144",
+		"MaxBurstLength":           "1048576",
+		"FirstBurstLength":         "262144",
+		"DefaultTime2Wait":         "2",
+		"DefaultTime2Retain":       "0",
+		"MaxOutstandingR2T":        "8",
+		"DataPDUInOrder":           "Yes",
+		"DataSequenceInOrder":      "Yes",
+		"ErrorRecoveryLevel":       "0",
+		"IFMarker":                 "No",
+		"OFMarker":                 "No",
+		"X-com.example.Foo":        "NotUnderstood",
+		"Bogus":                    "NotUnderstood",
+	}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %q, want %q", k, m[k], v)
+		}
+	}
+	infos := ts.srv.Sessions()
+	if len(infos) != 1 {
+		t.Fatalf("Sessions() = %d sessions, want 1", len(infos))
+	}
+	si := infos[0]
+	if si.InitiatorName != testInitiator || si.Target != testIQN || si.TSIH != c.tsih || si.ISID != hex.EncodeToString(c.isid[:]) {
+		t.Errorf("session info %+v", si)
+	}
+	if si.Params.MaxXmitDataSegmentLength != 65536 || si.Params.MaxOutstandingR2T != 8 || si.Params.InitialR2T {
+		t.Errorf("session params %+v", si.Params)
+	}
+	// TEST UNIT READY works.
+	h := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+	c.send(h, nil, nil)
+	if r := c.readResponse(h.itt()); r.status != 0 {
+		t.Fatalf("TUR status %#x", r.status)
+	}
+}
+
+func TestLoginFailures(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.deny = "iqn.bad"
+	cases := []struct {
+		name   string
+		keys   []string
+		ver    byte
+		status uint16
+	}{
+		{"missing initiator name", []string{"TargetName=" + testIQN}, 0, statusMissingParameter},
+		{"missing target name", []string{"InitiatorName=iqn.x"}, 0, statusMissingParameter},
+		{"unknown target", []string{"InitiatorName=iqn.x", "TargetName=iqn.nope"}, 0, statusNotFound},
+		{"acl", []string{"InitiatorName=iqn.bad", "TargetName=" + testIQN}, 0, statusForbidden},
+		{"version", []string{"InitiatorName=iqn.x", "TargetName=" + testIQN}, 1, statusUnsupportedVersion},
+		{"session type", []string{"InitiatorName=iqn.x", "SessionType=Weird"}, 0, statusSessionTypeUnsupp},
+		{"auth reject", []string{"InitiatorName=iqn.x", "TargetName=" + testIQN, "AuthMethod=SRP"}, 0, statusAuthFailure},
+		{"duplicate key", []string{"InitiatorName=iqn.x", "InitiatorName=iqn.y"}, 0, statusInitiatorError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, ts.addr)
+			var h bhs
+			h[0] = opLoginReq | flagImmed
+			h[1] = flagTransit | 0<<2 | 1
+			h[3] = tc.ver
+			copy(h[8:14], c.isid[:])
+			h.setITT(1)
+			c.send(&h, nil, keysData(tc.keys...))
+			p := c.recv()
+			if p.hdr.opcode() != opLoginResp {
+				t.Fatalf("opcode %#x", p.hdr.opcode())
+			}
+			if st := loginStatus(p); st != tc.status {
+				t.Fatalf("status %#04x, want %#04x", st, tc.status)
+			}
+			c.expectClosed()
+		})
+	}
+}
+
+func TestLoginTextContinuation(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c := dial(t, ts.addr)
+	all := keysData("InitiatorName="+testInitiator, "SessionType=Normal", "TargetName="+testIQN, "AuthMethod=None")
+	// Split the key text mid-pair over two PDUs with the C bit.
+	var h bhs
+	h[0] = opLoginReq | flagImmed
+	h[1] = flagContinue | 0<<2 | 1
+	copy(h[8:14], c.isid[:])
+	h.setITT(1)
+	c.send(&h, nil, all[:20])
+	p := c.recv()
+	if loginStatus(p) != 0 || len(p.data) != 0 || p.hdr[1]&flagTransit != 0 {
+		t.Fatalf("continuation ack: status %#x data %q flags %#x", loginStatus(p), p.data, p.hdr[1])
+	}
+	h[1] = flagTransit | 0<<2 | 1
+	c.send(&h, nil, all[20:])
+	p = c.recv()
+	if loginStatus(p) != 0 || p.hdr[1]&flagTransit == 0 {
+		t.Fatalf("status %#x flags %#x", loginStatus(p), p.hdr[1])
+	}
+	if m := keyMap(t, p.data); m["AuthMethod"] != "None" {
+		t.Fatalf("keys %v", m)
+	}
+}
+
+func TestDiscoverySendTargets(t *testing.T) {
+	t2 := newFakeTarget("iqn.2026-11.io.anvil:second")
+	t1 := newFakeTarget(testIQN)
+	ts := startServer(t, Config{NopInterval: -1, Portals: []string{"0.0.0.0:3260", "192.0.2.7:3261"}}, t1, t2)
+	c := dial(t, ts.addr)
+	m := c.login("", "MaxRecvDataSegmentLength=512", "InitialR2T=Yes", "MaxBurstLength=4096", "ErrorRecoveryLevel=0")
+	if m["InitialR2T"] != "Irrelevant" || m["MaxBurstLength"] != "Irrelevant" || m["ErrorRecoveryLevel"] != "0" {
+		t.Errorf("discovery negotiation: %v", m)
+	}
+	var h bhs
+	h[0] = opTextReq | flagImmed
+	h[1] = flagFinal
+	h.setITT(c.nextITT())
+	h.setU32(20, tagNone)
+	h.setU32(24, c.cmdSN)
+	c.send(&h, nil, keysData("SendTargets=All"))
+	// MaxRecvDataSegmentLength=512 forces the answer over several PDUs.
+	var text []byte
+	pdus := 0
+	for {
+		p := c.recv()
+		if p.hdr.opcode() != opTextResp {
+			t.Fatalf("opcode %#x", p.hdr.opcode())
+		}
+		if len(p.data) > 512 {
+			t.Fatalf("text response segment %d > 512", len(p.data))
+		}
+		text = append(text, p.data...)
+		pdus++
+		if p.hdr[1]&flagFinal != 0 {
+			if p.hdr.u32(20) != tagNone {
+				t.Fatalf("final text response TTT %#x", p.hdr.u32(20))
+			}
+			break
+		}
+		if p.hdr[1]&flagContinue == 0 || p.hdr.u32(20) == tagNone {
+			t.Fatalf("partial text response without C bit/TTT: flags %#x", p.hdr[1])
+		}
+		h.setU32(20, p.hdr.u32(20))
+		c.send(&h, nil, nil)
+	}
+	host := strings.Split(ts.addr, ":")[0]
+	want := keysData(
+		"TargetName=iqn.2026-11.io.anvil:second", "TargetAddress="+host+":3260,1", "TargetAddress=192.0.2.7:3261,1",
+		"TargetName="+testIQN, "TargetAddress="+host+":3260,1", "TargetAddress=192.0.2.7:3261,1")
+	if !bytes.Equal(text, want) {
+		t.Fatalf("SendTargets:\n got %q\nwant %q", text, want)
+	}
+	// Pad the target list so the answer needs several PDUs.
+	if pdus < 1 {
+		t.Fatal("no PDUs")
+	}
+	// SCSI commands are not allowed in a discovery session.
+	sc := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+	c.send(sc, nil, nil)
+	if p := c.recv(); p.hdr.opcode() != opReject {
+		t.Fatalf("SCSI command in discovery session: opcode %#x, want Reject", p.hdr.opcode())
+	}
+}
+
+func TestTextResponseSpansPDUs(t *testing.T) {
+	var targets []Target
+	for i := 0; i < 40; i++ {
+		targets = append(targets, newFakeTarget("iqn.2026-11.io.anvil:target-with-a-long-name-"+strings.Repeat("x", 20)+string(rune('a'+i%26))+string(rune('a'+i/26))))
+	}
+	ts := startServer(t, Config{NopInterval: -1}, targets...)
+	c := dial(t, ts.addr)
+	c.login("", "MaxRecvDataSegmentLength=512")
+	var h bhs
+	h[0] = opTextReq | flagImmed
+	h[1] = flagFinal
+	h.setITT(c.nextITT())
+	h.setU32(20, tagNone)
+	c.send(&h, nil, keysData("SendTargets=All"))
+	var text []byte
+	pdus := 0
+	for {
+		p := c.recv()
+		text = append(text, p.data...)
+		pdus++
+		if p.hdr[1]&flagFinal != 0 {
+			break
+		}
+		h.setU32(20, p.hdr.u32(20))
+		c.send(&h, nil, nil)
+	}
+	kvs, err := parseKeys(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := 0
+	for _, p := range kvs {
+		if p.Key == "TargetName" {
+			names++
+		}
+	}
+	if names != 40 || pdus < 5 {
+		t.Fatalf("got %d targets in %d PDUs", names, pdus)
+	}
+}
+
+func TestReadDataIn(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	copy(ts.tgt.disk, pattern(len(ts.tgt.disk), 3))
+	c := dial(t, ts.addr)
+	c.login(testIQN, "MaxRecvDataSegmentLength=4096", "MaxBurstLength=8192")
+	r := c.read(8, 40) // 20 KiB
+	if r.status != 0 || r.flags&(flagOverflow|flagUnder) != 0 {
+		t.Fatalf("status %#x flags %#x", r.status, r.flags)
+	}
+	if !bytes.Equal(r.data, ts.tgt.disk[8*512:48*512]) {
+		t.Fatal("read data mismatch")
+	}
+	if r.pdus != 5 {
+		t.Fatalf("%d Data-In PDUs, want 5 of 4 KiB", r.pdus)
+	}
+	for i, sn := range r.dataSNs {
+		if sn != uint32(i) {
+			t.Fatalf("DataSN[%d] = %d", i, sn)
+		}
+	}
+	// A read with check condition gets a SCSI Response with sense.
+	h := c.scsiCmd(cdb10(0x28, 1<<20, 1), true, false, true, 512)
+	c.send(h, nil, nil)
+	r = c.readResponse(h.itt())
+	if r.status != byte(scsi.StatusCheckCondition) || len(r.sense) != 18 || r.sense[2] != 5 || r.sense[12] != 0x21 {
+		t.Fatalf("status %#x sense % x", r.status, r.sense)
+	}
+}
+
+func TestResiduals(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c := dial(t, ts.addr)
+	c.login(testIQN, "ImmediateData=Yes", "InitialR2T=No")
+	cases := []struct {
+		name      string
+		op        byte
+		blocks    uint16
+		edtl      uint32
+		read      bool
+		flag      byte
+		residual  uint32
+		wantData  int
+		writeData int
+	}{
+		{"read edtl 0", 0x28, 1, 0, true, flagOverflow, 512, 0, 0},
+		{"read edtl 10000", 0x28, 1, 10000, true, flagUnder, 10000 - 512, 512, 0},
+		{"read edtl 200", 0x28, 1, 200, true, flagOverflow, 312, 200, 0},
+		{"read 2 blocks edtl 1", 0x28, 2, 512, true, flagOverflow, 512, 512, 0},
+		{"write edtl 0", 0x2a, 1, 0, false, flagOverflow, 512, 0, 0},
+		{"write edtl 10000", 0x2a, 1, 10000, false, flagUnder, 10000 - 512, 0, 10000},
+		{"write 2 blocks edtl 1", 0x2a, 2, 512, false, flagOverflow, 512, 0, 512},
+		{"inquiry short", 0x12, 0, 255, true, flagUnder, 255 - 36, 36, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cdb := cdb10(tc.op, 0, tc.blocks)
+			if tc.op == 0x12 {
+				cdb = []byte{0x12, 0, 0, 0, 255, 0}
+			}
+			h := c.scsiCmd(cdb, tc.read, !tc.read, true, tc.edtl)
+			var imm []byte
+			if tc.writeData > 0 {
+				imm = pattern(tc.writeData, 1)
+				if tc.writeData > 8192 {
+					// More than one PDU: send it unsolicited.
+					h[1] &^= flagFinal
+				}
+			}
+			if len(imm) > 8192 {
+				c.send(h, nil, imm[:8192])
+				c.dataOut(h.itt(), tagNone, 0, 8192, true, imm[8192:])
+			} else {
+				c.send(h, nil, imm)
+			}
+			r := c.readResponse(h.itt())
+			if r.status != 0 {
+				t.Fatalf("status %#x", r.status)
+			}
+			if r.flags&(flagOverflow|flagUnder) != tc.flag || r.residual != tc.residual {
+				t.Fatalf("flags %#x residual %d, want %#x %d", r.flags, r.residual, tc.flag, tc.residual)
+			}
+			if len(r.data) != tc.wantData {
+				t.Fatalf("got %d data bytes, want %d", len(r.data), tc.wantData)
+			}
+		})
+	}
+}
+
+func TestWriteR2TFlow(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		keys []string
+		seg  int
+		size int
+		r2ts int
+	}{
+		{"initialR2T no immediate", []string{"InitialR2T=Yes", "ImmediateData=No", "MaxBurstLength=16384", "MaxOutstandingR2T=2", "MaxRecvDataSegmentLength=8192"}, 4096, 64 << 10, 4},
+		{"immediate then R2T", []string{"InitialR2T=Yes", "ImmediateData=Yes", "MaxBurstLength=65536", "MaxOutstandingR2T=4", "FirstBurstLength=8192"}, 8192, 200 << 10, 3},
+		{"unsolicited then R2T", []string{"InitialR2T=No", "ImmediateData=Yes", "FirstBurstLength=65536", "MaxBurstLength=262144", "MaxOutstandingR2T=1"}, 16384, 512 << 10, 2},
+		{"all unsolicited", []string{"InitialR2T=No", "ImmediateData=No", "FirstBurstLength=65536"}, 8192, 32 << 10, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, Config{NopInterval: -1, MaxRecvDataSegmentLength: 65536})
+			c := dial(t, ts.addr)
+			c.login(testIQN, tc.keys...)
+			data := pattern(tc.size, 9)
+			r := c.write(16, data, tc.seg)
+			if r.status != 0 || r.flags&(flagOverflow|flagUnder) != 0 {
+				t.Fatalf("status %#x flags %#x", r.status, r.flags)
+			}
+			if len(r.r2ts) != tc.r2ts {
+				t.Errorf("%d R2Ts, want %d", len(r.r2ts), tc.r2ts)
+			}
+			for i, p := range r.r2ts {
+				if p.hdr.u32(36) != uint32(i) {
+					t.Errorf("R2TSN[%d] = %d", i, p.hdr.u32(36))
+				}
+			}
+			if !bytes.Equal(ts.tgt.disk[16*512:16*512+tc.size], data) {
+				t.Fatal("written data mismatch")
+			}
+			rr := c.read(16, uint16(tc.size/512))
+			if !bytes.Equal(rr.data, data) {
+				t.Fatal("read back mismatch")
+			}
+		})
+	}
+}
+
+func TestDataOutViolationsCloseConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(c *client, itt, ttt uint32)
+	}{
+		{"datasn 27", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 27, 0, true, make([]byte, 512)) }},
+		{"datasn repeated", func(c *client, itt, ttt uint32) {
+			c.dataOut(itt, ttt, 0, 0, false, make([]byte, 512))
+			c.dataOut(itt, ttt, 0, 512, true, make([]byte, 512))
+		}},
+		{"bad offset", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 512, true, make([]byte, 512)) }},
+		{"bad ttt", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt+100, 0, 0, true, make([]byte, 1024)) }},
+		{"overrun", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 0, true, make([]byte, 2048)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, Config{NopInterval: -1})
+			c := dial(t, ts.addr)
+			c.login(testIQN, "InitialR2T=Yes", "ImmediateData=No")
+			h := c.scsiCmd(cdb10(0x2a, 0, 2), false, true, true, 1024)
+			c.send(h, nil, nil)
+			p := c.recv()
+			if p.hdr.opcode() != opR2T {
+				t.Fatalf("opcode %#x, want R2T", p.hdr.opcode())
+			}
+			tc.send(c, h.itt(), p.hdr.u32(20))
+			c.expectClosed()
+			deadline := time.Now().Add(2 * time.Second)
+			for ts.tgt.lossCount() == 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if ts.tgt.lossCount() != 1 {
+				t.Fatalf("NexusLoss calls %d, want 1", ts.tgt.lossCount())
+			}
+		})
+	}
+}
+
+func TestCmdSNOrderingAndWindow(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1, MaxQueuedCommands: 16})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	base := c.cmdSN
+	// Send CmdSN base+1 first: it must wait for base.
+	tur := make([]byte, 6)
+	h2 := c.scsiCmd(tur, false, false, true, 0)
+	h2.setU32(24, base+1)
+	h1 := c.scsiCmd(tur, false, false, true, 0)
+	h1.setU32(24, base)
+	c.send(h2, nil, nil)
+	if p, err := c.tryRecv(200 * time.Millisecond); err == nil {
+		t.Fatalf("command ahead of ExpCmdSN answered early: opcode %#x", p.hdr.opcode())
+	}
+	c.send(h1, nil, nil)
+	got := map[uint32]bool{}
+	var lastMax uint32
+	for i := 0; i < 2; i++ {
+		p := c.recv()
+		if p.hdr.opcode() != opSCSIResp {
+			t.Fatalf("opcode %#x", p.hdr.opcode())
+		}
+		got[p.hdr.itt()] = true
+		exp := p.hdr.u32(28)
+		if exp != base+2 {
+			t.Errorf("ExpCmdSN %d, want %d", exp, base+2)
+		}
+		lastMax = p.hdr.u32(32)
+	}
+	if !got[h1.itt()] || !got[h2.itt()] {
+		t.Fatalf("responses %v", got)
+	}
+	// Too high and too low CmdSNs are dropped silently.
+	hi := c.scsiCmd(tur, false, false, true, 0)
+	hi.setU32(24, lastMax+1)
+	c.send(hi, nil, nil)
+	lo := c.scsiCmd(tur, false, false, true, 0)
+	lo.setU32(24, base-5)
+	c.send(lo, nil, nil)
+	if p, err := c.tryRecv(300 * time.Millisecond); err == nil {
+		t.Fatalf("out-of-window command answered: opcode %#x itt %#x", p.hdr.opcode(), p.hdr.itt())
+	}
+	// The session still works: CmdSN base+2 is next.
+	c.cmdSN = base + 2
+	h := c.scsiCmd(tur, false, false, true, 0)
+	c.send(h, nil, nil)
+	if r := c.readResponse(h.itt()); r.status != 0 {
+		t.Fatalf("status %#x", r.status)
+	}
+	// Immediate commands do not consume CmdSN.
+	im := c.scsiCmd(tur, false, false, true, 0)
+	c.cmdSN-- // immediate: carries ExpCmdSN but does not consume it
+	im[0] |= flagImmed
+	c.send(im, nil, nil)
+	p := c.recv()
+	if p.hdr.opcode() != opSCSIResp || p.hdr.u32(28) != c.cmdSN {
+		t.Fatalf("immediate: opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+	}
+}
+
+func TestWindowFlowControl(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1, MaxQueuedCommands: 16})
+	ts.tgt.block = make(chan struct{})
+	ts.tgt.started = make(chan struct{}, 64)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "ImmediateData=Yes")
+	// 16 blocked writes fill the window; the NOP reply's MaxCmdSN shows
+	// that no slot is free.
+	var itts []uint32
+	for i := 0; i < 16; i++ {
+		h := c.scsiCmd(cdb10(0x2a, uint32(i), 1), false, true, true, 512)
+		c.send(h, nil, make([]byte, 512))
+		itts = append(itts, h.itt())
+	}
+	for i := 0; i < 16; i++ {
+		<-ts.tgt.started
+	}
+	var nop bhs
+	nop[0] = opNOPOut | flagImmed
+	nop[1] = flagFinal
+	nop.setITT(c.nextITT())
+	nop.setU32(20, tagNone)
+	nop.setU32(24, c.cmdSN)
+	c.send(&nop, nil, []byte("ping"))
+	p := c.recv()
+	if p.hdr.opcode() != opNOPIn || string(p.data) != "ping" {
+		t.Fatalf("NOP-In opcode %#x data %q", p.hdr.opcode(), p.data)
+	}
+	exp, maxSN := p.hdr.u32(28), p.hdr.u32(32)
+	if maxSN != exp-1 {
+		t.Fatalf("window full but ExpCmdSN %d MaxCmdSN %d", exp, maxSN)
+	}
+	close(ts.tgt.block)
+	var last uint32
+	for range itts {
+		p := c.recv()
+		last = p.hdr.u32(32)
+	}
+	if last != exp+15 {
+		t.Fatalf("MaxCmdSN after completion %d, want %d", last, exp+15)
+	}
+}
+
+func TestNOP(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: 50 * time.Millisecond, NopTimeout: 300 * time.Millisecond})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	// The target pings us; answer a few.
+	for i := 0; i < 3; i++ {
+		p := c.recv()
+		if p.hdr.opcode() != opNOPIn || p.hdr.itt() != tagNone || p.hdr.u32(20) == tagNone {
+			t.Fatalf("keep-alive: opcode %#x itt %#x ttt %#x", p.hdr.opcode(), p.hdr.itt(), p.hdr.u32(20))
+		}
+		c.answerNOP(p)
+	}
+	// Stop answering: the connection must be dropped.
+	start := time.Now()
+	c.expectClosed()
+	if time.Since(start) > 3*time.Second {
+		t.Fatal("keep-alive timeout too slow")
+	}
+}
+
+func TestAbortTask(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.block = make(chan struct{})
+	ts.tgt.started = make(chan struct{}, 4)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "ImmediateData=Yes")
+	h := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	c.send(h, nil, make([]byte, 512))
+	<-ts.tgt.started
+	tmf := func(fn scsi.TMF, rtt, refSN uint32, lun uint64) *pdu {
+		var m bhs
+		m[0] = opTMFReq | flagImmed
+		m[1] = flagFinal | byte(fn)
+		m.setLUN(lun)
+		m.setITT(c.nextITT())
+		m.setU32(20, rtt)
+		m.setU32(24, c.cmdSN)
+		m.setU32(32, refSN)
+		c.send(&m, nil, nil)
+		p := c.recv()
+		if p.hdr.opcode() != opTMFResp || p.hdr.itt() != m.itt() {
+			t.Fatalf("TMF answer opcode %#x itt %#x", p.hdr.opcode(), p.hdr.itt())
+		}
+		return p
+	}
+	if p := tmf(scsi.TMFAbortTask, h.itt(), h.u32(24), 0); p.hdr[2] != tmfComplete {
+		t.Fatalf("abort: response %d", p.hdr[2])
+	}
+	// No response for the aborted task ever comes.
+	if p, err := c.tryRecv(200 * time.Millisecond); err == nil {
+		t.Fatalf("aborted task answered: opcode %#x", p.hdr.opcode())
+	}
+	if p := tmf(scsi.TMFAbortTask, 0x1234, c.cmdSN-10, 0); p.hdr[2] != tmfNoTask {
+		t.Fatalf("abort unknown: response %d", p.hdr[2])
+	}
+	if p := tmf(scsi.TMFAbortTask, 0x1234, 0, 1<<56); p.hdr[2] != tmfNoLUN {
+		t.Fatalf("abort on missing LUN: response %d", p.hdr[2])
+	}
+	if p := tmf(scsi.TMFLogicalUnitReset, 0, 0, 0); p.hdr[2] != tmfComplete {
+		t.Fatalf("LU reset: response %d", p.hdr[2])
+	}
+	if p := tmf(scsi.TMFClearACA, 0, 0, 0); p.hdr[2] != tmfNotSupported {
+		t.Fatalf("clear ACA: response %d", p.hdr[2])
+	}
+	if p := tmf(scsi.TMFTaskReassign, 0, 0, 0); p.hdr[2] != tmfNoReassign {
+		t.Fatalf("task reassign: response %d", p.hdr[2])
+	}
+	if p := tmf(scsi.TMFTargetWarmReset, 0, 0, 0); p.hdr[2] != tmfComplete {
+		t.Fatalf("warm reset: response %d", p.hdr[2])
+	}
+	ts.tgt.mu.Lock()
+	resets := append([]scsi.TMF(nil), ts.tgt.resets...)
+	ts.tgt.mu.Unlock()
+	if len(resets) != 2 || resets[0] != scsi.TMFLogicalUnitReset || resets[1] != scsi.TMFTargetWarmReset {
+		t.Fatalf("resets %v", resets)
+	}
+	// The session keeps working.
+	close(ts.tgt.block)
+	r := c.write(0, make([]byte, 1024), 1024)
+	if r.status != 0 {
+		t.Fatalf("write after aborts: %#x", r.status)
+	}
+	// Cold reset answers, then drops the connection.
+	if p := tmf(scsi.TMFTargetColdReset, 0, 0, 0); p.hdr[2] != tmfComplete {
+		t.Fatalf("cold reset: response %d", p.hdr[2])
+	}
+	c.expectClosed()
+}
+
+func TestAbortTaskSetWhileCollecting(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c := dial(t, ts.addr)
+	c.login(testIQN, "InitialR2T=Yes", "ImmediateData=No")
+	h := c.scsiCmd(cdb10(0x2a, 0, 4), false, true, true, 2048)
+	c.send(h, nil, nil)
+	r2t := c.recv()
+	var m bhs
+	m[0] = opTMFReq | flagImmed
+	m[1] = flagFinal | byte(scsi.TMFAbortTaskSet)
+	m.setITT(c.nextITT())
+	m.setU32(24, c.cmdSN)
+	c.send(&m, nil, nil)
+	p := c.recv()
+	if p.hdr.opcode() != opTMFResp || p.hdr[2] != tmfComplete {
+		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	}
+	// Late Data-Out for the aborted task is ignored, not an error.
+	c.dataOut(h.itt(), r2t.hdr.u32(20), 0, 0, true, make([]byte, 2048))
+	tur := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+	c.send(tur, nil, nil)
+	if r := c.readResponse(tur.itt()); r.status != 0 {
+		t.Fatalf("status %#x", r.status)
+	}
+}
+
+func TestSessionReinstatement(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c1 := dial(t, ts.addr)
+	c1.login(testIQN)
+	old := c1.tsih
+	c2 := dial(t, ts.addr)
+	c2.login(testIQN)
+	if c2.tsih == old {
+		t.Fatal("reinstated session kept the TSIH")
+	}
+	c1.expectClosed()
+	if n := ts.tgt.lossCount(); n != 1 {
+		t.Fatalf("NexusLoss calls %d, want 1", n)
+	}
+	if s := ts.srv.Sessions(); len(s) != 1 || s[0].TSIH != c2.tsih {
+		t.Fatalf("sessions %+v", s)
+	}
+	// A different ISID is a second session (multipath), not a reinstatement.
+	c3 := dial(t, ts.addr)
+	c3.isid[5] = 2
+	c3.login(testIQN)
+	if s := ts.srv.Sessions(); len(s) != 2 {
+		t.Fatalf("%d sessions, want 2", len(s))
+	}
+}
+
+func TestLogout(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	var h bhs
+	h[0] = opLogoutReq | flagImmed
+	h[1] = flagFinal | 0
+	h.setITT(c.nextITT())
+	h.setU32(24, c.cmdSN)
+	c.send(&h, nil, nil)
+	p := c.recv()
+	if p.hdr.opcode() != opLogoutResp || p.hdr[2] != 0 {
+		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	}
+	if binary.BigEndian.Uint16(p.hdr[40:42]) != 2 || binary.BigEndian.Uint16(p.hdr[42:44]) != 20 {
+		t.Fatalf("Time2Wait/Retain % x", p.hdr[40:44])
+	}
+	c.expectClosed()
+	deadline := time.Now().Add(2 * time.Second)
+	for len(ts.srv.Sessions()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(ts.srv.Sessions()) != 0 || ts.tgt.lossCount() != 1 {
+		t.Fatalf("sessions %d losses %d after logout", len(ts.srv.Sessions()), ts.tgt.lossCount())
+	}
+}
+
+func TestServerLogoutAsync(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1, LogoutGrace: 300 * time.Millisecond})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	if err := ts.srv.Logout(c.tsih + 100); err == nil {
+		t.Fatal("Logout of unknown TSIH succeeded")
+	}
+	if err := ts.srv.Logout(c.tsih); err != nil {
+		t.Fatal(err)
+	}
+	p := c.recv()
+	if p.hdr.opcode() != opAsyncMsg || p.hdr[36] != 1 {
+		t.Fatalf("opcode %#x event %d", p.hdr.opcode(), p.hdr[36])
+	}
+	// We ignore the request; the target drops us after the grace period.
+	c.expectClosed()
+}
+
+func TestPanicClosesOnlyThatConnection(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.panicOn = 0x12
+	c1 := dial(t, ts.addr)
+	c1.login(testIQN)
+	c2 := dial(t, ts.addr)
+	c2.isid[5] = 9
+	c2.login(testIQN)
+	h := c1.scsiCmd([]byte{0x12, 0, 0, 0, 36, 0}, true, false, true, 36)
+	c1.send(h, nil, nil)
+	c1.expectClosed()
+	tur := c2.scsiCmd(make([]byte, 6), false, false, true, 0)
+	c2.send(tur, nil, nil)
+	if r := c2.readResponse(tur.itt()); r.status != 0 {
+		t.Fatalf("other session: status %#x", r.status)
+	}
+}
+
+func TestMalformedPDUs(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1, MaxRecvDataSegmentLength: 8192})
+	t.Run("unknown opcode rejected", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.login(testIQN)
+		var h bhs
+		h[0] = 0x1c
+		h.setITT(7)
+		c.send(&h, nil, nil)
+		p := c.recv()
+		if p.hdr.opcode() != opReject || p.hdr[2] != rejectNotSupported || !bytes.Equal(p.data[:1], []byte{0x1c}) {
+			t.Fatalf("opcode %#x reason %#x", p.hdr.opcode(), p.hdr[2])
+		}
+	})
+	t.Run("snack rejected", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.login(testIQN)
+		var h bhs
+		h[0] = opSNACKReq
+		h[1] = flagFinal
+		c.send(&h, nil, nil)
+		if p := c.recv(); p.hdr.opcode() != opReject {
+			t.Fatalf("opcode %#x", p.hdr.opcode())
+		}
+	})
+	t.Run("oversized segment closes", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.login(testIQN)
+		var h bhs
+		h[0] = opNOPOut | flagImmed
+		h[1] = flagFinal
+		h.setITT(5)
+		h.setU32(20, tagNone)
+		c.send(&h, nil, make([]byte, 8196))
+		c.expectClosed()
+	})
+	t.Run("garbage before login closes", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.nc.Write(bytes.Repeat([]byte{0xff}, 100))
+		c.expectClosed()
+	})
+}
+
+func TestDigests(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	copy(ts.tgt.disk, pattern(4096, 5))
+	c := dial(t, ts.addr)
+	m := c.login(testIQN, "HeaderDigest=CRC32C,None", "DataDigest=CRC32C")
+	if m["HeaderDigest"] != "CRC32C" || m["DataDigest"] != "CRC32C" {
+		t.Fatalf("digests %v", m)
+	}
+	c.hd, c.dd = true, true
+	r := c.write(0, pattern(2048, 8), 1024)
+	if r.status != 0 {
+		t.Fatalf("write status %#x", r.status)
+	}
+	rr := c.read(0, 4)
+	if !bytes.Equal(rr.data, pattern(2048, 8)) {
+		t.Fatal("read mismatch with digests")
+	}
+	// A corrupted data digest drops the connection.
+	h := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	raw := encodePDU(h, nil, make([]byte, 512), true, true)
+	raw[len(raw)-1] ^= 0xff
+	c.nc.Write(raw)
+	c.expectClosed()
+}
+
+func TestCHAP(t *testing.T) {
+	ft := newFakeTarget(testIQN)
+	ft.creds = &CHAPCredentials{Required: true, User: "alice", Secret: "sesame-secret", MutualUser: "target", MutualSecret: "target-secret"}
+	ts := startServer(t, Config{NopInterval: -1}, chapFake{ft})
+	chapLogin := func(t *testing.T, secret string, mutual bool) (*client, uint16) {
+		c := dial(t, ts.addr)
+		p := c.loginPDU(0, 1, false, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "SessionType=Normal", "AuthMethod=CHAP,None"))
+		if m := keyMap(t, p.data); m["AuthMethod"] != "CHAP" {
+			t.Fatalf("AuthMethod %v status %#x", m, loginStatus(p))
+		}
+		p = c.loginPDU(0, 1, false, keysData("CHAP_A=7,5"))
+		m := keyMap(t, p.data)
+		if m["CHAP_A"] != "5" || m["CHAP_I"] == "" || !strings.HasPrefix(m["CHAP_C"], "0x") {
+			t.Fatalf("challenge %v", m)
+		}
+		var id uint8
+		for _, ch := range m["CHAP_I"] {
+			id = id*10 + uint8(ch-'0')
+		}
+		chal, _ := hex.DecodeString(m["CHAP_C"][2:])
+		resp := chapResponse(id, secret, chal)
+		keys := []string{"CHAP_N=alice", "CHAP_R=0x" + hex.EncodeToString(resp)}
+		ichal := []byte("0123456789abcdef")
+		if mutual {
+			keys = append(keys, "CHAP_I=77", "CHAP_C=0x"+hex.EncodeToString(ichal))
+		}
+		p = c.loginPDU(0, 1, true, keysData(keys...))
+		st := loginStatus(p)
+		if st == 0 && mutual {
+			m := keyMap(t, p.data)
+			want := "0x" + hex.EncodeToString(chapResponse(77, "target-secret", ichal))
+			if m["CHAP_N"] != "target" || m["CHAP_R"] != want {
+				t.Fatalf("mutual response %v", m)
+			}
+		}
+		return c, st
+	}
+	t.Run("good", func(t *testing.T) {
+		c, st := chapLogin(t, "sesame-secret", true)
+		if st != 0 {
+			t.Fatalf("status %#x", st)
+		}
+		p := c.loginPDU(1, 3, true, nil)
+		if loginStatus(p) != 0 || p.hdr[1]&flagTransit == 0 {
+			t.Fatalf("op stage status %#x", loginStatus(p))
+		}
+	})
+	t.Run("bad secret", func(t *testing.T) {
+		c, st := chapLogin(t, "wrong", false)
+		if st != statusAuthFailure {
+			t.Fatalf("status %#x, want auth failure", st)
+		}
+		c.expectClosed()
+	})
+	t.Run("none refused", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		p := c.loginPDU(0, 1, true, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=None"))
+		if st := loginStatus(p); st != statusAuthFailure {
+			t.Fatalf("status %#x", st)
+		}
+	})
+	t.Run("skip security refused", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		p := c.loginPDU(1, 3, true, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN))
+		if st := loginStatus(p); st != statusAuthFailure {
+			t.Fatalf("status %#x", st)
+		}
+	})
+}
+
+func TestShutdownWaitsAndReportsNexusLoss(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.block = make(chan struct{})
+	ts.tgt.started = make(chan struct{}, 1)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "ImmediateData=Yes")
+	h := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	c.send(h, nil, make([]byte, 512))
+	<-ts.tgt.started
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		close(ts.tgt.block)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The in-flight write finished and answered before the close.
+	r := c.readResponse(h.itt())
+	if r.status != 0 {
+		t.Fatalf("status %#x", r.status)
+	}
+	if ts.tgt.lossCount() != 1 {
+		t.Fatalf("NexusLoss %d", ts.tgt.lossCount())
+	}
+}

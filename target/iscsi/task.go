@@ -1,0 +1,606 @@
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/anvilproject/anvil/target/scsi"
+)
+
+// taskState is a task's life cycle; transitions happen under session.mu.
+type taskState uint8
+
+const (
+	taskCollecting taskState = iota // waiting for CmdSN order and/or Data-Out
+	taskRunning                     // in Target.Execute
+	taskDone                        // response sent or task aborted
+)
+
+// r2tState is one outstanding R2T.
+type r2tState struct {
+	ttt    uint32
+	offset uint32
+	length uint32
+	got    uint32
+	dataSN uint32
+}
+
+// task is one SCSI command from arrival to response.
+type task struct {
+	sess *session
+	c    *conn
+
+	itt       uint32
+	cmdSN     uint32
+	immediate bool
+	lunRaw    uint64
+	lun       uint64
+	cdb       []byte
+	cdbBuf    [16]byte
+	attr      scsi.TaskAttr
+	read      bool
+	write     bool
+	edtl      uint32 // expected data transfer length (write side for bidirectional)
+	readLen   uint32 // expected data-in length
+
+	// Data-Out gathering; touched only by the connection's reader.
+	buf         []byte
+	bufp        *[]byte
+	received    uint32
+	unsolActive bool
+	unsolDataSN uint32
+	unsolLimit  uint32
+	nextOffset  uint32
+	r2tSN       uint32
+	r2ts        []r2tState
+	ordered     bool
+
+	// precheck, when set, is the result to return without executing the
+	// command (transport-level refusals such as bidirectional commands).
+	precheck *scsi.Result
+
+	// Under session.mu.
+	state   taskState
+	aborted bool
+
+	holdsSlot   bool
+	slotOnce    sync.Once
+	finishOnce  sync.Once
+	ctx         context.Context
+	cancel      context.CancelFunc
+	done        chan struct{}
+	dataInCount uint32
+}
+
+// releaseSlot gives the task's CmdSN window slot back once.
+func (t *task) releaseSlot() {
+	t.slotOnce.Do(func() {
+		if t.holdsSlot {
+			t.sess.release()
+		}
+	})
+}
+
+// finish marks the task as no longer running.
+func (t *task) finish() {
+	t.finishOnce.Do(func() {
+		t.releaseSlot()
+		t.cancel()
+		close(t.done)
+	})
+}
+
+// decodeLUN turns an 8-byte SAM LUN into the flat LUN number. Peripheral
+// (bus 0) and flat space single-level addressing are supported; anything
+// else maps to a LUN that does not exist.
+func decodeLUN(raw uint64) uint64 {
+	if raw&0x0000ffffffffffff != 0 {
+		return ^uint64(0)
+	}
+	hi := uint16(raw >> 48)
+	switch hi >> 14 {
+	case 0:
+		if hi>>8 != 0 {
+			return ^uint64(0)
+		}
+		return uint64(hi & 0xff)
+	case 1:
+		return uint64(hi & 0x3fff)
+	}
+	return ^uint64(0)
+}
+
+// senseFixed builds fixed-format sense data (SPC-4 §4.5.3).
+func senseFixed(key, asc, ascq byte) []byte {
+	s := make([]byte, 18)
+	s[0] = 0x70
+	s[2] = key
+	s[7] = 10
+	s[12] = asc
+	s[13] = ascq
+	return s
+}
+
+func checkCondition(key, asc, ascq byte) *scsi.Result {
+	return &scsi.Result{Status: scsi.StatusCheckCondition, Sense: senseFixed(key, asc, ascq)}
+}
+
+// handleSCSICmd processes a SCSI Command PDU (RFC 7143 §11.3).
+func (c *conn) handleSCSICmd() error {
+	h := c.rd.hdr
+	s := c.sess
+	p := &c.params
+	flags := h[1]
+	final := flags&flagFinal != 0
+	immediate := h.immediate()
+	cmdSN := h.u32(24)
+	dsl := uint32(h.dataLen())
+	extCDB, bidiRead, err := parseAHS(c.rd.ahs[:c.rd.ahsLen])
+	if err != nil {
+		return c.rejectAndDiscard(rejectProtocolError)
+	}
+	if !immediate && s.checkCmdSN(cmdSN) == cmdDrop {
+		// Outside the window: the RFC says to ignore it silently.
+		return c.rd.discardData()
+	}
+	t := &task{
+		sess:      s,
+		c:         c,
+		itt:       h.itt(),
+		cmdSN:     cmdSN,
+		immediate: immediate,
+		lunRaw:    h.lunBytes(),
+		attr:      scsi.TaskAttr(flags & 7),
+		read:      flags&flagRead != 0,
+		write:     flags&flagWrite != 0,
+		edtl:      h.u32(20),
+		done:      make(chan struct{}),
+	}
+	t.lun = decodeLUN(t.lunRaw)
+	t.readLen = t.edtl
+	if t.read && t.write {
+		t.readLen = bidiRead
+	}
+	if len(extCDB) > 0 {
+		t.cdb = make([]byte, 16+len(extCDB))
+		copy(t.cdb, h[32:48])
+		copy(t.cdb[16:], extCDB)
+	} else {
+		copy(t.cdbBuf[:], h[32:48])
+		t.cdb = t.cdbBuf[:]
+	}
+
+	// PDU-level checks (RFC 7143 §11.3.1, §13.3, §13.4, §13.14).
+	bad := dsl > 0 && !t.write ||
+		t.write && dsl > t.edtl ||
+		dsl > 0 && !p.ImmediateData ||
+		dsl > p.FirstBurstLength ||
+		!final && (!t.write || p.InitialR2T)
+	if bad {
+		return c.rejectCommand(&h, rejectProtocolError)
+	}
+	s.mu.Lock()
+	_, inUse := s.tasks[t.itt]
+	_, abortedEarly := s.abortedSN[cmdSN]
+	if abortedEarly && !immediate {
+		delete(s.abortedSN, cmdSN)
+	}
+	s.mu.Unlock()
+	if inUse || t.itt == tagNone {
+		return c.rejectCommand(&h, rejectTaskInProgress)
+	}
+	if abortedEarly && !immediate {
+		// ABORT TASK named this command before it arrived: consume its
+		// CmdSN and forget it.
+		if err := c.rd.discardData(); err != nil {
+			return err
+		}
+		return s.sequence(cmdSN, false, func() error { s.advance(false); return nil })
+	}
+
+	switch {
+	case t.read && t.write:
+		// Bidirectional commands are not supported by the SCSI core.
+		t.precheck = checkCondition(0x05, 0x24, 0x00)
+	case t.write && t.edtl > c.srv.cfg.MaxTransferLength:
+		t.precheck = checkCondition(0x05, 0x24, 0x00)
+	}
+	if t.precheck == nil && t.write && t.edtl > 0 {
+		t.bufp = getBuf(int(t.edtl))
+		t.buf = (*t.bufp)[:t.edtl]
+	}
+	if dsl > 0 {
+		if t.buf != nil {
+			if err := c.rd.readData(t.buf[:dsl]); err != nil {
+				return err
+			}
+		} else if err := c.rd.discardData(); err != nil {
+			return err
+		}
+	} else if err := c.rd.readData(nil); err != nil {
+		return err
+	}
+	t.received = dsl
+	if t.precheck != nil {
+		// Nothing more to gather; later unsolicited Data-Out PDUs for it
+		// are discarded.
+		t.received = t.edtl
+	} else if t.write {
+		t.unsolLimit = min(p.FirstBurstLength, t.edtl)
+		t.unsolActive = !final && t.received < t.unsolLimit
+		t.nextOffset = t.received
+	}
+	t.ctx, t.cancel = context.WithCancel(s.ctx)
+
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		t.cancel()
+		return nil
+	}
+	s.tasks[t.itt] = t
+	s.mu.Unlock()
+
+	if t.write && !t.unsolActive && t.precheck == nil {
+		c.issueR2Ts(t)
+	}
+	return s.sequence(cmdSN, immediate, func() error {
+		s.mu.Lock()
+		aborted := t.aborted
+		s.mu.Unlock()
+		if !immediate {
+			if aborted {
+				s.advance(false)
+				return nil
+			}
+			t.holdsSlot = true
+			s.advance(true)
+		}
+		t.ordered = true
+		c.maybeStart(t)
+		return nil
+	})
+}
+
+// rejectCommand rejects a SCSI command PDU. The command's CmdSN is still
+// consumed so that the window keeps moving.
+func (c *conn) rejectCommand(h *bhs, reason uint8) error {
+	if err := c.rd.discardData(); err != nil {
+		return err
+	}
+	hdr := *h
+	return c.sess.sequence(h.u32(24), h.immediate(), func() error {
+		if !hdr.immediate() {
+			c.sess.advance(false)
+		}
+		c.sendReject(&hdr, reason)
+		return nil
+	})
+}
+
+// issueR2Ts sends R2Ts until MaxOutstandingR2T are in flight or the whole
+// expected length is solicited.
+func (c *conn) issueR2Ts(t *task) {
+	p := &c.params
+	for t.nextOffset < t.edtl && uint32(len(t.r2ts)) < p.MaxOutstandingR2T {
+		l := min(p.MaxBurstLength, t.edtl-t.nextOffset)
+		r := r2tState{ttt: c.tags.next(), offset: t.nextOffset, length: l}
+		t.r2ts = append(t.r2ts, r)
+		t.nextOffset += l
+		o := newOut(opR2T, flagFinal)
+		o.hdr.setLUN(t.lunRaw)
+		o.hdr.setITT(t.itt)
+		o.hdr.setU32(20, r.ttt)
+		o.hdr.setU32(36, t.r2tSN)
+		o.hdr.setU32(40, r.offset)
+		o.hdr.setU32(44, r.length)
+		o.stat = statCurrent
+		t.r2tSN++
+		c.send(o)
+	}
+}
+
+// errDataOut is a Data-Out sequence violation; at ERL 0 the connection is
+// dropped (the initiator recovers the session).
+var errDataOut = errors.New("iscsi: Data-Out protocol error")
+
+// handleDataOut places a Data-Out PDU's payload into its task's buffer,
+// checking TTT, DataSN and BufferOffset (RFC 7143 §11.7).
+func (c *conn) handleDataOut() error {
+	h := c.rd.hdr
+	s := c.sess
+	n := uint32(h.dataLen())
+	s.mu.Lock()
+	t := s.tasks[h.itt()]
+	live := t != nil && t.state == taskCollecting
+	s.mu.Unlock()
+	if !live || t.precheck != nil {
+		// Data for a task that was aborted or already answered.
+		return c.rd.discardData()
+	}
+	if !t.write {
+		return c.fatal(&h, fmt.Errorf("%w: Data-Out for a command without W bit (ITT %#x)", errDataOut, t.itt))
+	}
+	ttt, dataSN, off := h.u32(20), h.u32(36), h.u32(40)
+	final := h.final()
+	if ttt == tagNone {
+		switch {
+		case !t.unsolActive:
+			return c.fatal(&h, fmt.Errorf("%w: unexpected unsolicited data (ITT %#x)", errDataOut, t.itt))
+		case dataSN != t.unsolDataSN:
+			return c.fatal(&h, fmt.Errorf("%w: DataSN %d, expected %d", errDataOut, dataSN, t.unsolDataSN))
+		case off != t.received || uint64(off)+uint64(n) > uint64(t.unsolLimit):
+			return c.fatal(&h, fmt.Errorf("%w: unsolicited offset %d+%d (have %d, limit %d)", errDataOut, off, n, t.received, t.unsolLimit))
+		}
+		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+			return err
+		}
+		t.received += n
+		t.unsolDataSN++
+		if final || t.received == t.unsolLimit {
+			t.unsolActive = false
+			t.nextOffset = t.received
+			c.issueR2Ts(t)
+		}
+		c.maybeStart(t)
+		return nil
+	}
+	i := 0
+	for i < len(t.r2ts) && t.r2ts[i].ttt != ttt {
+		i++
+	}
+	if i == len(t.r2ts) {
+		return c.fatal(&h, fmt.Errorf("%w: unknown TTT %#x (ITT %#x)", errDataOut, ttt, t.itt))
+	}
+	r := &t.r2ts[i]
+	switch {
+	case dataSN != r.dataSN:
+		return c.fatal(&h, fmt.Errorf("%w: DataSN %d, expected %d", errDataOut, dataSN, r.dataSN))
+	case off != r.offset+r.got || r.got+n > r.length:
+		return c.fatal(&h, fmt.Errorf("%w: offset %d+%d outside R2T %d+%d (got %d)", errDataOut, off, n, r.offset, r.length, r.got))
+	case final && r.got+n != r.length:
+		return c.fatal(&h, fmt.Errorf("%w: sequence ended at %d of %d bytes", errDataOut, r.got+n, r.length))
+	}
+	if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+		return err
+	}
+	r.got += n
+	r.dataSN++
+	t.received += n
+	if r.got == r.length {
+		t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
+		c.issueR2Ts(t)
+	}
+	c.maybeStart(t)
+	return nil
+}
+
+// fatal sends a Reject for h, lets the writer flush it, and returns err so
+// the reader closes the connection.
+func (c *conn) fatal(h *bhs, err error) error {
+	p := newOut(opReject, flagFinal)
+	p.hdr[2] = rejectProtocolError
+	p.hdr.setITT(tagNone)
+	p.data = append([]byte(nil), h[:]...)
+	p.stat = statAdvance
+	p.closeAfter = true
+	if c.send(p) {
+		select {
+		case <-c.closed:
+		case <-time.After(time.Second):
+		}
+	}
+	return err
+}
+
+// maybeStart runs the task once it is in CmdSN order and has all its data.
+func (c *conn) maybeStart(t *task) {
+	if !t.ordered || t.unsolActive || len(t.r2ts) > 0 || (t.write && t.received < t.edtl) {
+		return
+	}
+	s := t.sess
+	s.mu.Lock()
+	if t.aborted || t.state != taskCollecting {
+		s.mu.Unlock()
+		return
+	}
+	t.state = taskRunning
+	s.mu.Unlock()
+	go c.runTask(t)
+}
+
+// runTask executes the command and sends its data and status.
+func (c *conn) runTask(t *task) {
+	s := t.sess
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("iscsi: panic executing SCSI command", "panic", fmt.Sprint(r),
+				"cdb", fmt.Sprintf("% x", t.cdb), "stack", string(debug.Stack()))
+			s.mu.Lock()
+			if s.tasks[t.itt] == t {
+				delete(s.tasks, t.itt)
+			}
+			t.state = taskDone
+			s.mu.Unlock()
+			t.finish()
+			c.close(errors.New("panic executing SCSI command"))
+		}
+	}()
+	var res scsi.Result
+	if t.precheck != nil {
+		res = *t.precheck
+	} else {
+		cmd := scsi.Command{
+			Nexus:          s.nexus,
+			LUN:            t.lun,
+			CDB:            t.cdb,
+			Attr:           t.attr,
+			DataOut:        t.buf,
+			ExpectedDataIn: 0,
+		}
+		if t.read {
+			cmd.ExpectedDataIn = int(t.readLen)
+		}
+		res = s.target.Execute(t.ctx, &cmd)
+	}
+	if t.bufp != nil {
+		putBuf(t.bufp)
+		t.bufp, t.buf = nil, nil
+	}
+	s.mu.Lock()
+	aborted := t.aborted
+	if !aborted {
+		delete(s.tasks, t.itt)
+		t.state = taskDone
+	}
+	s.mu.Unlock()
+	if aborted {
+		t.finish()
+		return
+	}
+	t.releaseSlot()
+	c.sendResult(t, &res)
+	t.finish()
+}
+
+// sendResult sends Data-In PDUs and the status for a finished task.
+func (c *conn) sendResult(t *task, res *scsi.Result) {
+	var flags uint8
+	var residual uint32
+	var data []byte
+	if t.read {
+		data = res.DataIn
+		if uint32(len(data)) > t.readLen {
+			data = data[:t.readLen]
+		}
+		tl := uint32(max(res.TransferLength, len(res.DataIn)))
+		switch {
+		case tl > t.readLen:
+			flags, residual = flagOverflow, tl-t.readLen
+		case uint32(len(data)) < t.readLen:
+			flags, residual = flagUnder, t.readLen-uint32(len(data))
+		}
+	} else {
+		var exp uint32
+		if t.write {
+			exp = t.edtl
+		}
+		tl := uint32(res.TransferLength)
+		switch {
+		case tl > exp:
+			flags, residual = flagOverflow, tl-exp
+		case tl < exp:
+			flags, residual = flagUnder, exp-tl
+		}
+	}
+	collapse := len(data) > 0 && res.Status == scsi.StatusGood && len(res.Sense) == 0
+	if len(data) > 0 {
+		c.sendDataIn(t, data, collapse, flags, residual)
+	}
+	if collapse {
+		return
+	}
+	p := newOut(opSCSIResp, flagFinal|flags)
+	p.hdr[2] = 0 // command completed at target
+	p.hdr[3] = byte(res.Status)
+	p.hdr.setITT(t.itt)
+	if t.read {
+		p.hdr.setU32(36, t.dataInCount)
+	} else {
+		p.hdr.setU32(36, t.r2tSN)
+	}
+	p.hdr.setU32(44, residual)
+	if len(res.Sense) > 0 {
+		sense := make([]byte, 2+len(res.Sense))
+		sense[0] = byte(len(res.Sense) >> 8)
+		sense[1] = byte(len(res.Sense))
+		copy(sense[2:], res.Sense)
+		p.data = sense
+	}
+	p.stat = statAdvance
+	c.send(p)
+}
+
+// sendDataIn queues data as Data-In PDUs no larger than the initiator's
+// MaxRecvDataSegmentLength, with the F bit closing every MaxBurstLength
+// sequence. With status, the last PDU carries the status (phase collapse).
+func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, residual uint32) {
+	maxSeg := int(c.maxXmit.Load())
+	burst := int(c.params.MaxBurstLength)
+	inBurst := 0
+	for off := 0; off < len(data); {
+		n := min(maxSeg, len(data)-off, burst-inBurst)
+		last := off+n == len(data)
+		p := newOut(opDataIn, 0)
+		inBurst += n
+		if last || inBurst == burst {
+			p.hdr[1] |= flagFinal
+			inBurst = 0
+		}
+		if last && status {
+			p.hdr[1] |= flagStatus | resFlags
+			p.hdr[3] = byte(scsi.StatusGood)
+			p.hdr.setU32(44, residual)
+			p.stat = statAdvance
+		}
+		p.hdr.setLUN(t.lunRaw)
+		p.hdr.setITT(t.itt)
+		p.hdr.setU32(20, tagNone)
+		p.hdr.setU32(36, t.dataInCount)
+		p.hdr.setU32(40, uint32(off))
+		p.data = data[off : off+n]
+		t.dataInCount++
+		if !c.send(p) {
+			return
+		}
+		off += n
+	}
+}
+
+// Data-Out buffers come from size-class pools so a steady write workload
+// does not allocate per command.
+const (
+	minBufShift = 12 // 4 KiB
+	maxBufShift = 26 // 64 MiB
+)
+
+var bufPools [maxBufShift - minBufShift + 1]sync.Pool
+
+func bufClass(n int) int {
+	if n <= 1<<minBufShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufShift
+}
+
+// getBuf returns a buffer of at least n bytes.
+func getBuf(n int) *[]byte {
+	cl := bufClass(n)
+	if cl >= len(bufPools) {
+		b := make([]byte, n)
+		return &b
+	}
+	if v := bufPools[cl].Get(); v != nil {
+		return v.(*[]byte)
+	}
+	b := make([]byte, 1<<(cl+minBufShift))
+	return &b
+}
+
+// putBuf returns a buffer obtained from getBuf.
+func putBuf(b *[]byte) {
+	c := cap(*b)
+	if c&(c-1) != 0 || c < 1<<minBufShift {
+		return
+	}
+	cl := bufClass(c)
+	if cl < len(bufPools) {
+		*b = (*b)[:c]
+		bufPools[cl].Put(b)
+	}
+}
