@@ -348,10 +348,8 @@ func (x *task) writeSame() error {
 			return errParamLength
 		}
 	}
-	off, length := int64(lba*bs), int64(n*bs)
-	zero := ndob || isZero(block)
-	if zero {
-		if err := lu.vol.WriteZeroes(x.ctx, off, length, unmap && lu.thin()); err != nil {
+	if ndob || isZero(block) {
+		if err := x.zeroRange(lba, n, unmap && lu.thin(), false); err != nil {
 			return fmt.Errorf("write same (zeroes) %d blocks at LBA %d: %w", n, lba, err)
 		}
 		return nil
@@ -411,29 +409,54 @@ func (x *task) unmap() error {
 	if bdl/16 > maxUnmapDescriptors {
 		return invalidParam(2, -1)
 	}
-	bs := uint64(lu.vol.BlockSize())
-	maxBlocks := uint64(lu.vol.Limits().MaxUnmap) / bs
 	descs := p[8 : 8+bdl]
 	// Validate every descriptor before deallocating anything.
+	var total uint64
 	for i := 0; i < len(descs); i += 16 {
 		lba := binary.BigEndian.Uint64(descs[i:])
 		n := uint64(binary.BigEndian.Uint32(descs[i+8:]))
 		if err := x.checkRange(lba, n); err != nil {
 			return err
 		}
-		if n > maxBlocks {
+		total += n
+		if total > lu.maxUnmapBlocks() {
 			return invalidParam(8+i+8, -1)
 		}
 	}
 	for i := 0; i < len(descs); i += 16 {
 		lba := binary.BigEndian.Uint64(descs[i:])
 		n := uint64(binary.BigEndian.Uint32(descs[i+8:]))
-		if n == 0 {
-			continue
-		}
-		if err := lu.vol.Unmap(x.ctx, int64(lba*bs), int64(n*bs)); err != nil {
+		if err := x.zeroRange(lba, n, true, true); err != nil {
 			return fmt.Errorf("unmap %d blocks at LBA %d: %w", n, lba, err)
 		}
+	}
+	return nil
+}
+
+// zeroRange deallocates (unmap) or zeroes [lba, lba+n) in pieces no larger
+// than the engine's MaxUnmap. With only, it uses Volume.Unmap; otherwise
+// Volume.WriteZeroes with the unmap hint.
+func (x *task) zeroRange(lba, n uint64, unmap, only bool) error {
+	bs := uint64(x.lu.vol.BlockSize())
+	step := uint64(x.lu.vol.Limits().MaxUnmap) / bs
+	if step == 0 {
+		step = verifyChunk / bs
+	}
+	for n > 0 {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		c := min(n, step)
+		var err error
+		if only {
+			err = x.lu.vol.Unmap(x.ctx, int64(lba*bs), int64(c*bs))
+		} else {
+			err = x.lu.vol.WriteZeroes(x.ctx, int64(lba*bs), int64(c*bs), unmap)
+		}
+		if err != nil {
+			return err
+		}
+		lba, n = lba+c, n-c
 	}
 	return nil
 }

@@ -168,7 +168,7 @@ func TestInquiryVPD(t *testing.T) {
 	if got := binary.BigEndian.Uint32(d[12:]); got != 128 {
 		t.Errorf("OPTIMAL TRANSFER LENGTH %d, want 128", got)
 	}
-	if got := binary.BigEndian.Uint32(d[20:]); got != (1<<30)/512 {
+	if got := binary.BigEndian.Uint32(d[20:]); got != maxUnmapLBACount {
 		t.Errorf("MAXIMUM UNMAP LBA COUNT %d", got)
 	}
 	if got := binary.BigEndian.Uint32(d[44:]); got != 128 {

@@ -227,6 +227,18 @@ const maxCompareAndWriteBlocks = 255
 
 func (lu *LogicalUnit) thin() bool { return lu.vol.Limits().MaxUnmap > 0 }
 
+// maxUnmapLBACount caps the MAXIMUM UNMAP LBA COUNT we advertise. Initiators
+// (and libiscsi's sanity check) expect an explicit limit of at most 1M
+// blocks; larger requests are split by the initiator, and each UNMAP stays
+// short enough to answer promptly.
+const maxUnmapLBACount = 1 << 20
+
+// maxUnmapBlocks is the most blocks one UNMAP command may deallocate.
+func (lu *LogicalUnit) maxUnmapBlocks() uint64 {
+	n := uint64(lu.vol.Limits().MaxUnmap) / uint64(lu.vol.BlockSize())
+	return max(min(n, maxUnmapLBACount), 1)
+}
+
 // blockLimits builds the Block Limits VPD page body (SBC-3 6.5.3).
 func (lu *LogicalUnit) blockLimits() []byte {
 	b := make([]byte, 0x3c)
@@ -240,7 +252,7 @@ func (lu *LogicalUnit) blockLimits() []byte {
 	}
 	binary.BigEndian.PutUint32(b[12:], uint32(lu.maxTransferBlocks())) // MAXIMUM PREFETCH LENGTH
 	if lim.MaxUnmap > 0 {
-		binary.BigEndian.PutUint32(b[16:], uint32(min(lim.MaxUnmap/bs, 0xffffffff)))
+		binary.BigEndian.PutUint32(b[16:], uint32(lu.maxUnmapBlocks()))
 		binary.BigEndian.PutUint32(b[20:], maxUnmapDescriptors)
 		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
 	}
