@@ -1,0 +1,970 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/anvilproject/anvil/engine/mmap"
+	"github.com/anvilproject/anvil/engine/undo"
+)
+
+// Backend selects how a CachedVolume reaches its data.
+type Backend string
+
+// Backends.
+const (
+	// BackendFile uses pread/pwrite on a sparse raw image file.
+	BackendFile Backend = "file"
+	// BackendMmap maps the raw image file through an LRU of windows.
+	BackendMmap Backend = "mmap"
+	// BackendBlock uses a raw block device.
+	BackendBlock Backend = "block"
+)
+
+// Options configure Open and OpenDevices. The zero value works for an
+// existing file-backed volume.
+type Options struct {
+	// Name is the catalog name Volume.Name reports.
+	Name string
+	// Create makes the data file (sparse, Size bytes) and a fresh undo FIFO
+	// when the data file does not exist.
+	Create bool
+	// Size is the size of a volume made by Create.
+	Size int64
+	// BlockSize is the logical block size, 512 (default) or 4096.
+	BlockSize int
+	// Backend is the data backend; default BackendFile.
+	Backend Backend
+	// UndoPath is the undo FIFO file; default path + ".undo". Required for
+	// BackendBlock.
+	UndoPath string
+	// UndoSize is the size of a new undo FIFO; default undo.DefaultSize
+	// (256 MiB). It bounds the epoch size and so AtomicWriteMax.
+	UndoSize int64
+	// Cache is the shared buffer cache; default DefaultCache().
+	Cache *Cache
+	// FlushInterval is the background commit period; default 5 s.
+	FlushInterval time.Duration
+	// WriteCacheOff starts the volume with the volatile write cache off
+	// (WCE=0): every write commits before it is acknowledged.
+	WriteCacheOff bool
+	// ReadOnly refuses writes.
+	ReadOnly bool
+	// DisableGroupCommit makes each WCE=0 write commit alone (benchmarks).
+	DisableGroupCommit bool
+	// MmapWindow and MmapWindows size BackendMmap's window LRU; defaults
+	// mmap.DefaultWindowSize and mmap.DefaultWindows.
+	MmapWindow  int64
+	MmapWindows int
+	// Logger receives engine events; default slog.Default().
+	Logger *slog.Logger
+}
+
+// CachedVolume is the crash-consistent engine volume: a write-ordering view
+// of a raw data Device through the shared buffer cache, made crash consistent
+// by an undo FIFO. It implements Volume and Resizer.
+//
+// Writes land in cache buffers and join the open epoch. Committing an epoch
+// writes, each step durable before the next, (1) undo records with the old
+// contents of every chunk the epoch changes, (2) the chunks in place, and
+// (3) the FIFO header advanced past the epoch. Recovery at open rolls back an
+// epoch that did not reach step 3, so after a crash the volume holds the state
+// after some prefix of the acknowledged writes, including every write
+// acknowledged before the last completed Flush. A write of up to
+// Limits().AtomicWriteMax bytes always falls into one epoch and is never
+// torn.
+type CachedVolume struct {
+	name  string
+	bs    int
+	cache *Cache
+	log   *slog.Logger
+
+	data  *FaultDevice
+	udev  *FaultDevice
+	fifo  *undo.FIFO // guarded by commitMu
+	size  atomic.Int64
+	limit Limits
+	// maxEpochChunks bounds the chunks of one epoch to half the FIFO's epoch
+	// budget, so that a failed epoch merged with the next still fits.
+	maxEpochChunks int64
+
+	wce      atomic.Bool
+	opRO     atomic.Bool
+	failed   atomic.Pointer[error] // commit failure that froze the volume
+	closed   atomic.Bool
+	noGroup  bool
+	serialMu sync.Mutex // DisableGroupCommit: one write+commit at a time
+
+	mu          sync.RWMutex
+	cond        *sync.Cond // on mu: epoch cut or commit finished
+	chunks      map[int64]*buf
+	dirty       map[int64]*buf // dirty buffers of the open epoch
+	epoch       uint64         // open epoch
+	epochChunks int64          // chunks in the open epoch
+	dirtyBytes  int64          // dirty + frozen data bytes
+	pinned      bool           // failed: dirtyBytes not counted in the cache
+	evictGen    uint64         // bumped whenever a buffer leaves chunks
+	applyHook   func(kind writeKind, off, n int64, p []byte)
+
+	commitMu sync.Mutex
+	durable  atomic.Uint64 // newest committed epoch
+
+	kick      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	interval  time.Duration
+
+	st volStats
+}
+
+var (
+	_ Volume  = (*CachedVolume)(nil)
+	_ Resizer = (*CachedVolume)(nil)
+)
+
+// Open opens (or with opts.Create makes) the volume whose raw data lives at
+// path, with its undo FIFO beside it, recovering from a crash if needed.
+func Open(path string, opts Options) (*CachedVolume, error) {
+	if opts.Backend == "" {
+		opts.Backend = BackendFile
+	}
+	undoPath := opts.UndoPath
+	if undoPath == "" {
+		if opts.Backend == BackendBlock {
+			return nil, errors.New("engine: a block-device volume needs Options.UndoPath")
+		}
+		undoPath = path + ".undo"
+	}
+	var data Device
+	var err error
+	switch opts.Backend {
+	case BackendFile:
+		data, err = OpenFileDevice(path, opts.Create, opts.Size)
+	case BackendMmap:
+		var fd *FileDevice
+		if fd, err = OpenFileDevice(path, opts.Create, opts.Size); err == nil {
+			fd.Close()
+			data, err = mmap.Open(path, mmap.Options{WindowSize: opts.MmapWindow, Windows: opts.MmapWindows})
+		}
+	case BackendBlock:
+		data, err = OpenBlockDevice(path)
+	default:
+		err = fmt.Errorf("engine: unknown backend %q", opts.Backend)
+	}
+	if err != nil {
+		return nil, err
+	}
+	usize := opts.UndoSize
+	if usize <= 0 {
+		usize = undo.DefaultSize
+	}
+	udev, err := OpenFileDevice(undoPath, true, usize)
+	if err != nil {
+		data.Close()
+		return nil, err
+	}
+	if opts.Name == "" {
+		opts.Name = path
+	}
+	v, err := OpenDevices(data, udev, opts)
+	if err != nil {
+		data.Close()
+		udev.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// OpenDevices opens a volume over an already open data device and undo FIFO
+// device. An undo device whose header area is all zeroes is formatted; one
+// with a corrupt header is refused, because formatting it could throw away
+// the records that recovery needs. On success the volume owns both devices.
+func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
+	if opts.BlockSize == 0 {
+		opts.BlockSize = 512
+	}
+	if opts.BlockSize != 512 && opts.BlockSize != 4096 {
+		return nil, fmt.Errorf("engine: block size %d is not 512 or 4096", opts.BlockSize)
+	}
+	if data.Size()%int64(opts.BlockSize) != 0 {
+		return nil, fmt.Errorf("engine: data size %d is not a multiple of the block size %d", data.Size(), opts.BlockSize)
+	}
+	if opts.Cache == nil {
+		opts.Cache = DefaultCache()
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	log := opts.Logger.With("volume", opts.Name)
+
+	fifo, err := undo.Open(undoDev)
+	if errors.Is(err, undo.ErrNoHeader) {
+		var blank bool
+		if blank, err = headerAreaBlank(undoDev); err == nil {
+			if !blank {
+				return nil, fmt.Errorf("engine: undo FIFO of %s is corrupt; refusing to format it", opts.Name)
+			}
+			fifo, err = undo.Create(undoDev)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("engine: open undo FIFO: %w", err)
+	}
+	fdata := NewFaultDevice(data)
+	fudev := NewFaultDevice(undoDev)
+	res, err := fifo.Recover(fdata)
+	if err != nil {
+		return nil, fmt.Errorf("engine: recover %s: %w", opts.Name, err)
+	}
+	if res.Records > 0 {
+		log.Warn("rolled back uncommitted epoch", "epoch", res.Epoch, "records", res.Records, "bytes", res.Bytes)
+	}
+
+	v := &CachedVolume{
+		name:     opts.Name,
+		bs:       opts.BlockSize,
+		cache:    opts.Cache,
+		log:      log,
+		data:     fdata,
+		udev:     fudev,
+		fifo:     fifo,
+		noGroup:  opts.DisableGroupCommit,
+		chunks:   map[int64]*buf{},
+		dirty:    map[int64]*buf{},
+		epoch:    fifo.Committed() + 1,
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		interval: opts.FlushInterval,
+	}
+	v.cond = sync.NewCond(&v.mu)
+	v.size.Store(data.Size())
+	v.durable.Store(fifo.Committed())
+	v.wce.Store(!opts.WriteCacheOff)
+	v.opRO.Store(opts.ReadOnly)
+
+	perChunk := undo.RecordSize(ChunkSize)
+	v.maxEpochChunks = fifo.EpochBudget() / 2 / perChunk
+	// Also keep an epoch well inside the dirty limit, so that a writer
+	// waiting for room in the epoch is never also stuck behind the limit.
+	v.maxEpochChunks = min(v.maxEpochChunks, v.cache.dirtyLimit/2/ChunkSize)
+	if v.maxEpochChunks < 4 {
+		return nil, fmt.Errorf("engine: undo FIFO of %d bytes is too small", undoDev.Size())
+	}
+	atomicMax := min((v.maxEpochChunks-1)*ChunkSize, 16<<20)
+	v.limit = Limits{
+		AtomicWriteMax:  atomicMax,
+		MaxTransfer:     atomicMax,
+		OptimalTransfer: 1 << 20,
+		MaxUnmap:        256 << 20,
+	}
+	v.cache.register(v)
+	go v.flusher()
+	return v, nil
+}
+
+func headerAreaBlank(d Device) (bool, error) {
+	b := make([]byte, undo.RingOffset)
+	if _, err := d.ReadAt(b, 0); err != nil {
+		return false, err
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Name implements Volume.
+func (v *CachedVolume) Name() string { return v.name }
+
+// Size implements Volume.
+func (v *CachedVolume) Size() int64 { return v.size.Load() }
+
+// BlockSize implements Volume.
+func (v *CachedVolume) BlockSize() int { return v.bs }
+
+// Limits implements Volume. AtomicWriteMax is derived from the undo FIFO
+// size: a write up to it always fits in one epoch.
+func (v *CachedVolume) Limits() Limits { return v.limit }
+
+// WriteCache implements Volume.
+func (v *CachedVolume) WriteCache() bool { return v.wce.Load() }
+
+// SetWriteCache implements Volume. Turning the cache off flushes first.
+func (v *CachedVolume) SetWriteCache(on bool) error {
+	if !on {
+		if err := v.Flush(context.Background()); err != nil {
+			return err
+		}
+	}
+	v.wce.Store(on)
+	return nil
+}
+
+// ReadOnly implements Volume: true when an operator set it or a failed
+// commit froze the volume.
+func (v *CachedVolume) ReadOnly() bool { return v.opRO.Load() || v.failed.Load() != nil }
+
+// SetReadOnly sets the operator's read-only flag.
+func (v *CachedVolume) SetReadOnly(ro bool) { v.opRO.Store(ro) }
+
+// Err reports the commit failure that froze the volume, or nil.
+func (v *CachedVolume) Err() error {
+	if p := v.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetFaultRate makes n of every 10,000 backing I/Os (data and undo FIFO)
+// fail with EIO, chosen deterministically from seed; n == 0 turns it off.
+func (v *CachedVolume) SetFaultRate(n int, seed uint64) {
+	v.data.SetFaultRate(n, seed)
+	v.udev.SetFaultRate(n, seed^0x5bd1e995)
+}
+
+// Stats returns a snapshot of the volume's counters.
+func (v *CachedVolume) Stats() Stats {
+	v.mu.RLock()
+	dirty := v.dirtyBytes
+	v.mu.RUnlock()
+	s := &v.st
+	return Stats{
+		Reads: s.reads.Load(), Writes: s.writes.Load(),
+		ReadBytes: s.readBytes.Load(), WriteBytes: s.writeBytes.Load(),
+		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
+		UndoBytes: s.undoBytes.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
+		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty,
+		InjectedFaults: v.data.Injected() + v.udev.Injected(),
+		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
+		FlushLatency: s.flushLat.snapshot(), CommitLatency: s.commitLat.snapshot(),
+	}
+}
+
+// check validates a request range.
+func (v *CachedVolume) check(off, n int64) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	bs := int64(v.bs)
+	if off < 0 || n < 0 || off%bs != 0 || n%bs != 0 || off+n > v.size.Load() || off+n < off {
+		return fmt.Errorf("engine: %s [%d,+%d): %w", v.name, off, n, ErrOutOfRange)
+	}
+	return nil
+}
+
+func (v *CachedVolume) writable() error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	if v.opRO.Load() {
+		return fmt.Errorf("engine: %s: %w", v.name, ErrReadOnly)
+	}
+	if p := v.failed.Load(); p != nil {
+		return fmt.Errorf("engine: %s frozen after a failed commit (%v): %w", v.name, *p, ErrReadOnly)
+	}
+	return nil
+}
+
+// chunkLen is how many bytes of chunk k lie inside the volume.
+func (v *CachedVolume) chunkLen(k int64) int {
+	return int(min(ChunkSize, v.size.Load()-k*ChunkSize))
+}
+
+// ReadAt implements Volume. Cached chunks are copied from the cache; the
+// rest are read from the device in contiguous runs and cached clean.
+func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	start := time.Now()
+	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
+	if len(p) == 0 {
+		return nil
+	}
+	// Pass 1: copy what the cache has, note the missing chunks.
+	var missing []int64
+	v.mu.RLock()
+	gen := v.evictGen
+	for k := first; k <= last; k++ {
+		lo, hi := chunkSpan(k, off, int64(len(p)))
+		dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
+		if b := v.chunks[k]; b != nil {
+			b.ref.Store(true)
+			if b.data == nil {
+				clear(dst)
+			} else {
+				copy(dst, b.data[lo:hi])
+			}
+			continue
+		}
+		missing = append(missing, k)
+	}
+	v.mu.RUnlock()
+	v.st.hits.Add(uint64(last - first + 1 - int64(len(missing))))
+	v.st.misses.Add(uint64(len(missing)))
+	// Pass 2: read the missing chunks in contiguous runs.
+	for i := 0; i < len(missing); {
+		j := i + 1
+		for j < len(missing) && missing[j] == missing[j-1]+1 && j-i < 256 {
+			j++
+		}
+		if err := v.fillRun(p, off, missing[i:j], gen); err != nil {
+			return err
+		}
+		i = j
+	}
+	v.st.reads.Add(1)
+	v.st.readBytes.Add(uint64(len(p)))
+	v.st.readLat.observe(time.Since(start))
+	return nil
+}
+
+// chunkSpan is the part [lo, hi) of chunk k that [off, off+n) covers.
+func chunkSpan(k, off, n int64) (lo, hi int64) {
+	base := k * ChunkSize
+	lo = max(off, base) - base
+	hi = min(off+n, base+ChunkSize) - base
+	return lo, hi
+}
+
+// fillRun reads the contiguous chunks ks from the device, copies the
+// requested part into p, and caches them clean unless a buffer left the
+// cache since gen (then the device copy might be older than one that was
+// cached and evicted meanwhile, so it is returned but not cached).
+func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64) error {
+	n := int64(len(ks))
+	v.cache.reserve(n * ChunkSize)
+	bufs := make([]*[ChunkSize]byte, n)
+	for i := range bufs {
+		bufs[i] = v.cache.allocNoZero()
+	}
+	if err := v.readChunks(ks[0], bufs); err != nil {
+		for _, d := range bufs {
+			v.cache.free(d)
+		}
+		return err
+	}
+	for i, k := range ks {
+		lo, hi := chunkSpan(k, off, int64(len(p)))
+		copy(p[k*ChunkSize+lo-off:k*ChunkSize+hi-off], bufs[i][lo:hi])
+	}
+	var added []*buf
+	v.mu.Lock()
+	for i, k := range ks {
+		if v.evictGen == gen && v.chunks[k] == nil {
+			b := &buf{vol: v, key: k, data: bufs[i]}
+			v.chunks[k] = b
+			added = append(added, b)
+			bufs[i] = nil
+		}
+	}
+	v.mu.Unlock()
+	for _, d := range bufs {
+		if d != nil {
+			v.cache.free(d)
+		}
+	}
+	v.cache.track(added)
+	return nil
+}
+
+// readChunks reads consecutive chunks starting at k into bufs.
+func (v *CachedVolume) readChunks(k int64, bufs []*[ChunkSize]byte) error {
+	off := k * ChunkSize
+	total := min(int64(len(bufs))*ChunkSize, v.size.Load()-off)
+	if len(bufs) == 1 {
+		_, err := v.data.ReadAt(bufs[0][:total], off)
+		return v.readErr(err, off, total)
+	}
+	tmp := make([]byte, total)
+	if _, err := v.data.ReadAt(tmp, off); err != nil {
+		return v.readErr(err, off, total)
+	}
+	for i, d := range bufs {
+		copy(d[:], tmp[min(int64(i)*ChunkSize, total):])
+	}
+	return nil
+}
+
+func (v *CachedVolume) readErr(err error, off, n int64) error {
+	if err == nil {
+		return nil
+	}
+	v.log.Error("backing read failed", "off", off, "len", n, "err", err)
+	return fmt.Errorf("engine: %s read [%d,+%d): %v: %w", v.name, off, n, err, ErrMedium)
+}
+
+// writeKind says what a write does to its range.
+type writeKind uint8
+
+const (
+	kindData  writeKind = iota // copy p into the range
+	kindZero                   // make the range read zeroes, keep it allocated
+	kindUnmap                  // make the range read zeroes and deallocate it
+)
+
+// WriteAt implements Volume. Writes up to AtomicWriteMax are applied to the
+// cache atomically with respect to epoch boundaries; larger writes are split.
+func (v *CachedVolume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := v.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := v.writable(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := v.write(ctx, kindData, p, off, int64(len(p)), fua)
+	if err == nil {
+		v.st.writes.Add(1)
+		v.st.writeBytes.Add(uint64(len(p)))
+		v.st.writeLat.observe(time.Since(start))
+	}
+	return err
+}
+
+// WriteZeroes implements Volume. With unmap whole chunks become holes.
+func (v *CachedVolume) WriteZeroes(ctx context.Context, off, n int64, unmap bool) error {
+	if err := v.check(off, n); err != nil {
+		return err
+	}
+	if err := v.writable(); err != nil {
+		return err
+	}
+	kind := kindZero
+	if unmap {
+		kind = kindUnmap
+	}
+	v.st.unmaps.Add(1)
+	return v.write(ctx, kind, nil, off, n, false)
+}
+
+// Unmap implements Volume.
+func (v *CachedVolume) Unmap(ctx context.Context, off, n int64) error {
+	return v.WriteZeroes(ctx, off, n, true)
+}
+
+// write applies a write in pieces of at most AtomicWriteMax, then commits
+// when the write cache is off or fua asks for it.
+func (v *CachedVolume) write(ctx context.Context, kind writeKind, p []byte, off, n int64, fua bool) error {
+	if v.noGroup && !v.wce.Load() {
+		v.serialMu.Lock()
+		defer v.serialMu.Unlock()
+	}
+	var ep uint64
+	for done := int64(0); done < n; {
+		k := min(n-done, v.limit.AtomicWriteMax)
+		var piece []byte
+		if p != nil {
+			piece = p[done : done+k]
+		}
+		var err error
+		if ep, err = v.apply(ctx, kind, piece, off+done, k); err != nil {
+			return err
+		}
+		done += k
+	}
+	if fua || !v.wce.Load() {
+		return v.syncTo(ep)
+	}
+	return nil
+}
+
+// apply puts one piece into the cache as part of the open epoch and returns
+// that epoch.
+func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off, n int64) (uint64, error) {
+	first, last := off/ChunkSize, (off+n-1)/ChunkSize
+	nch := last - first + 1
+	partial := func(k int64) bool {
+		lo, hi := chunkSpan(k, off, n)
+		return lo != 0 || int(hi) < v.chunkLen(k)
+	}
+	v.cache.waitDirty(nch * ChunkSize)
+	v.cache.reserve(nch * ChunkSize)
+	reserved := nch * ChunkSize
+	defer func() { v.cache.unreserve(reserved) }()
+
+	var fills map[int64]*[ChunkSize]byte
+	defer func() {
+		for _, d := range fills {
+			v.cache.free(d)
+		}
+	}()
+	for {
+		// Read the partially covered chunks that are not cached: their
+		// untouched bytes must come from the device.
+		v.mu.RLock()
+		gen := v.evictGen
+		var need []int64
+		for _, k := range []int64{first, last} {
+			if partial(k) && v.chunks[k] == nil && fills[k] == nil && (len(need) == 0 || need[0] != k) {
+				need = append(need, k)
+			}
+		}
+		v.mu.RUnlock()
+		for _, k := range need {
+			// Fills are accounted on their own: freed if unused, kept as
+			// the buffer's memory if adopted.
+			v.cache.used.Add(ChunkSize)
+			d := v.cache.allocNoZero()
+			if err := v.readChunks(k, []*[ChunkSize]byte{d}); err != nil {
+				v.cache.free(d)
+				return 0, err
+			}
+			if fills == nil {
+				fills = map[int64]*[ChunkSize]byte{}
+			}
+			fills[k] = d
+		}
+
+		v.mu.Lock()
+		// Wait for room in the open epoch.
+		for v.epochChunks > 0 && v.epochChunks+nch > v.maxEpochChunks {
+			if err := v.writable(); err != nil {
+				v.mu.Unlock()
+				return 0, err
+			}
+			v.kickFlusher()
+			v.cond.Wait()
+		}
+		if err := v.writable(); err != nil {
+			v.mu.Unlock()
+			return 0, err
+		}
+		if v.evictGen != gen {
+			// A buffer left the cache since we looked (possibly while we
+			// waited above): a fill might now be older than the version
+			// that was evicted, and a chunk we found cached might be gone.
+			// Fill again.
+			stale := false
+			for k, d := range fills {
+				if v.chunks[k] == nil {
+					delete(fills, k)
+					v.cache.free(d)
+					stale = true
+				}
+			}
+			for _, k := range []int64{first, last} {
+				if partial(k) && v.chunks[k] == nil && fills[k] == nil {
+					stale = true
+				}
+			}
+			if stale {
+				v.mu.Unlock()
+				continue
+			}
+		}
+		break
+	}
+	// Apply under v.mu: the piece is atomic with respect to epoch cuts and
+	// to other writers.
+	var added, dropped []*buf
+	ep := v.epoch
+	for k := first; k <= last; k++ {
+		lo, hi := chunkSpan(k, off, n)
+		full := !partial(k)
+		b := v.chunks[k]
+		if b != nil && b.frozen {
+			// Copy-on-write: the commit owns the frozen version; this
+			// write and later ones go to a new version.
+			nb := &buf{vol: v, key: k}
+			if b.data != nil {
+				nb.data = v.cache.allocNoZero()
+				*nb.data = *b.data
+				reserved -= ChunkSize
+				added = append(added, nb)
+			}
+			v.chunks[k] = nb
+			b = nb
+		}
+		if b == nil {
+			b = &buf{vol: v, key: k}
+			if d := fills[k]; d != nil {
+				b.data = d
+				delete(fills, k)
+				added = append(added, b)
+			}
+			v.chunks[k] = b
+		}
+		if kind == kindUnmap && full {
+			if b.data != nil {
+				dropped = append(dropped, b)
+				if b.state.Load() != stateClean {
+					v.addDirtyLocked(-ChunkSize)
+				}
+				v.cache.free(b.data)
+				b.data = nil
+			}
+		} else {
+			if b.data == nil {
+				b.data = v.cache.alloc()
+				reserved -= ChunkSize
+				if b.state.Load() != stateClean {
+					v.addDirtyLocked(ChunkSize)
+				}
+				added = append(added, b)
+			}
+			if kind == kindData {
+				copy(b.data[lo:hi], p[k*ChunkSize+lo-off:k*ChunkSize+hi-off])
+			} else {
+				clear(b.data[lo:hi])
+			}
+		}
+		if b.state.Load() != stateDirty {
+			b.state.Store(stateDirty)
+			if b.data != nil {
+				v.addDirtyLocked(ChunkSize)
+			}
+		}
+		if _, ok := v.dirty[k]; !ok {
+			v.dirty[k] = b
+			v.epochChunks++
+		}
+	}
+	if v.applyHook != nil {
+		v.applyHook(kind, off, n, p)
+	}
+	kickNow := v.epochChunks >= v.maxEpochChunks/2
+	v.mu.Unlock()
+	v.cache.untrack(dropped)
+	v.cache.track(added)
+	if kickNow || v.cache.dirty.Load() >= v.cache.dirtyLimit/2 {
+		v.kickFlusher()
+	}
+	return ep, nil
+}
+
+// addDirtyLocked accounts dirty bytes; v.mu is held.
+func (v *CachedVolume) addDirtyLocked(n int64) {
+	v.dirtyBytes += n
+	if !v.pinned {
+		v.cache.addDirty(n)
+	}
+}
+
+// dropClean removes b from the cache if it is still a clean, unfrozen
+// buffer of v, and reports whether it did. The evictor calls it with b taken
+// off the LRU; a buffer that stays cached goes back on the LRU here, under
+// v.mu, so that a buffer leaving the cache concurrently is never put back.
+func (v *CachedVolume) dropClean(b *buf) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.chunks[b.key] != b || b.data == nil {
+		return false
+	}
+	if b.state.Load() != stateClean || b.frozen {
+		v.cache.track([]*buf{b})
+		return false
+	}
+	delete(v.chunks, b.key)
+	v.evictGen++
+	v.cache.free(b.data)
+	b.data = nil
+	return true
+}
+
+// Mapped implements Volume. Dirty chunks answer from the cache (data is
+// mapped, a pending unmap is not); the rest asks the device.
+func (v *CachedVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, error) {
+	if err := v.check(off, n); err != nil {
+		return false, 0, err
+	}
+	if n == 0 {
+		return false, 0, nil
+	}
+	n = min(n, 64<<20) // bound the chunk scan; callers iterate
+	pending := func(k int64) (*buf, bool) {
+		b := v.chunks[k]
+		return b, b != nil && (b.state.Load() == stateDirty || b.frozen)
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	k := off / ChunkSize
+	if b, ok := pending(k); ok {
+		mapped := b.data != nil
+		end := (k + 1) * ChunkSize
+		for end < off+n {
+			nb, ok := pending(end / ChunkSize)
+			if !ok || (nb.data != nil) != mapped {
+				break
+			}
+			end += ChunkSize
+		}
+		return mapped, min(end, off+n) - off, nil
+	}
+	mapped, length, err := v.data.Mapped(off, n)
+	if err != nil {
+		return false, 0, fmt.Errorf("engine: %s mapped query: %v: %w", v.name, err, ErrMedium)
+	}
+	length = max(min(length, n), int64(v.bs))
+	// Stop at the first chunk with pending changes.
+	for c := k + 1; c*ChunkSize < off+length; c++ {
+		if _, ok := pending(c); ok {
+			length = c*ChunkSize - off
+			break
+		}
+	}
+	// Keep block alignment for the front ends.
+	length = max(length/int64(v.bs)*int64(v.bs), int64(v.bs))
+	return mapped, length, nil
+}
+
+// Flush implements Volume: it commits the open epoch (sharing the commit
+// with concurrent flushers) and returns when every write acknowledged before
+// the call is durable.
+func (v *CachedVolume) Flush(ctx context.Context) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	start := time.Now()
+	v.mu.RLock()
+	target := v.epoch
+	if len(v.dirty) == 0 {
+		target--
+	}
+	v.mu.RUnlock()
+	err := v.syncTo(target)
+	v.st.flushes.Add(1)
+	v.st.flushLat.observe(time.Since(start))
+	return err
+}
+
+// ClearError lifts the read-only state a failed commit left: it rolls the
+// data device back with the undo FIFO (as recovery at open would) and lets
+// the next commit write every dirty buffer again.
+func (v *CachedVolume) ClearError() error {
+	v.commitMu.Lock()
+	defer v.commitMu.Unlock()
+	if v.failed.Load() == nil {
+		return nil
+	}
+	if _, err := v.fifo.Recover(v.data); err != nil {
+		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, ErrMedium)
+	}
+	v.mu.Lock()
+	if v.epoch <= v.fifo.Committed() {
+		v.epoch = v.fifo.Committed() + 1
+	}
+	v.pinned = false
+	v.cache.addDirty(v.dirtyBytes)
+	v.failed.Store(nil)
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	v.log.Info("commit error cleared")
+	return nil
+}
+
+// Resize implements Resizer. It commits everything first, so that the undo
+// FIFO never refers past the end; the size change itself is not undo
+// protected (it is a metadata operation of the backing file).
+func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
+	if err := v.writable(); err != nil {
+		return err
+	}
+	if size <= 0 || size%int64(v.bs) != 0 {
+		return fmt.Errorf("engine: %s resize to %d: %w", v.name, size, ErrOutOfRange)
+	}
+	v.commitMu.Lock()
+	defer v.commitMu.Unlock()
+	if err := v.commitLocked(); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.dirty) > 0 {
+		// Writes slipped in; commit them while holding off new ones.
+		v.mu.Unlock()
+		err := v.commitLocked()
+		v.mu.Lock()
+		if err != nil {
+			return err
+		}
+	}
+	if err := v.data.Truncate(size); err != nil {
+		return fmt.Errorf("engine: %s resize: %w", v.name, err)
+	}
+	if err := v.data.Sync(); err != nil {
+		return fmt.Errorf("engine: %s resize: %v: %w", v.name, err, ErrMedium)
+	}
+	var gone []*buf
+	for k, b := range v.chunks {
+		if (k+1)*ChunkSize > size {
+			delete(v.chunks, k)
+			delete(v.dirty, k)
+			gone = append(gone, b)
+		}
+	}
+	v.evictGen++
+	v.size.Store(size)
+	for _, b := range gone {
+		if b.data != nil {
+			if b.state.Load() != stateClean {
+				v.addDirtyLocked(-ChunkSize)
+			}
+			v.cache.free(b.data)
+		}
+	}
+	v.cache.untrack(gone)
+	return nil
+}
+
+// Close implements Volume: it stops the flusher, commits, and releases the
+// devices. A volume frozen by a failed commit closes with that error; its
+// uncommitted epoch is rolled back at the next open.
+func (v *CachedVolume) Close() error {
+	var err error
+	v.closeOnce.Do(func() {
+		close(v.stop)
+		<-v.done
+		if v.failed.Load() == nil {
+			v.commitMu.Lock()
+			err = v.commitLocked()
+			v.commitMu.Unlock()
+		} else {
+			err = fmt.Errorf("engine: %s closed with unflushed data after a failed commit: %w", v.name, ErrMedium)
+		}
+		v.closed.Store(true)
+		v.mu.Lock()
+		v.cond.Broadcast()
+		var all []*buf
+		for _, b := range v.chunks {
+			all = append(all, b)
+		}
+		if !v.pinned {
+			v.cache.addDirty(-v.dirtyBytes)
+		}
+		v.dirtyBytes = 0
+		v.chunks, v.dirty = map[int64]*buf{}, map[int64]*buf{}
+		v.mu.Unlock()
+		v.cache.untrack(all)
+		for _, b := range all {
+			if b.data != nil && !b.frozen {
+				v.cache.free(b.data)
+			}
+		}
+		v.cache.unregister(v)
+		v.cache.wakeDirtyWaiters()
+		if e := v.data.Close(); e != nil && err == nil {
+			err = e
+		}
+		if e := v.udev.Close(); e != nil && err == nil {
+			err = e
+		}
+	})
+	return err
+}
+
+// statFile is used by tests to check thinness.
+var statFile = os.Stat

@@ -1,0 +1,40 @@
+package engine
+
+import "time"
+
+// kickFlusher asks the background flusher to commit soon.
+func (v *CachedVolume) kickFlusher() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flusher commits the open epoch every interval, and early when kicked
+// (epoch half full, dirty threshold, a writer waiting for room).
+func (v *CachedVolume) flusher() {
+	defer close(v.done)
+	t := time.NewTicker(v.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		case <-v.kick:
+		}
+		if v.failed.Load() != nil {
+			continue
+		}
+		v.mu.RLock()
+		idle := len(v.dirty) == 0
+		v.mu.RUnlock()
+		if idle {
+			continue
+		}
+		v.commitMu.Lock()
+		// Errors freeze the volume and are reported by the next Flush.
+		_ = v.commitLocked()
+		v.commitMu.Unlock()
+	}
+}
