@@ -28,6 +28,8 @@ type Setting struct {
 	Default any
 	// Usage is the one-line help text.
 	Usage string
+	// Secret hides the value when the configuration is printed.
+	Secret bool
 }
 
 // Env is the environment variable that sets s: ANVIL_ plus the key in upper
@@ -49,6 +51,9 @@ var Settings = []Setting{
 	{Key: "iscsi.nop_interval", Flag: "iscsi-nop-interval", Default: 30 * time.Second, Usage: "idle time before the target pings an initiator with NOP-In (0 disables)"},
 	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
 	{Key: "api.listen", Flag: "api-listen", Default: "0.0.0.0:8080", Usage: "REST API and web UI address (host:port)"},
+	{Key: "api.token", Flag: "api-token", Default: "", Usage: "bearer token the REST API requires (default: DATA_DIR/api.token, generated on first start)", Secret: true},
+	{Key: "api.tls_cert", Flag: "api-tls-cert", Default: "", Usage: "PEM certificate file; with api.tls_key the API and UI are served over HTTPS"},
+	{Key: "api.tls_key", Flag: "api-tls-key", Default: "", Usage: "PEM private key file for api.tls_cert"},
 	{Key: "log.level", Flag: "log-level", Default: "info", Usage: "log level: debug, info, warn or error"},
 	{Key: "log.format", Flag: "log-format", Default: "text", Usage: "log format: text or json"},
 	{Key: "shutdown_timeout", Flag: "shutdown-timeout", Default: 30 * time.Second, Usage: "how long SIGTERM waits for in-flight commands before aborting them"},
@@ -78,7 +83,10 @@ type ISCSI struct {
 
 // API holds the REST API's settings.
 type API struct {
-	Listen string `mapstructure:"listen"`
+	Listen  string `mapstructure:"listen"`
+	Token   string `mapstructure:"token"`
+	TLSCert string `mapstructure:"tls_cert"`
+	TLSKey  string `mapstructure:"tls_key"`
 }
 
 // Log holds the logger's settings.
@@ -174,6 +182,9 @@ func (c *Config) validate() error {
 	}
 	if n := c.ISCSI.MaxOutstandingR2T; n < 1 || n > 65535 {
 		return fmt.Errorf("config: iscsi.max_outstanding_r2t %d: must be 1..65535", n)
+	}
+	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
+		return errors.New("config: api.tls_cert and api.tls_key must be set together")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -1,0 +1,164 @@
+// Package api is Anvil's REST API (echo v4) under /api/v1. It changes live
+// state only through the service package, the same objects start-up uses,
+// so every change is applied to the running daemon and persisted in the
+// catalog in one step.
+//
+// Every route except GET /api/v1/health and the web UI's static files needs
+// "Authorization: Bearer <token>". Errors are JSON objects
+// {"error": "...", "field": "..."} where field names the offending request
+// field when there is one.
+package api
+
+import (
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/anvilproject/anvil/service"
+	"github.com/anvilproject/anvil/target/iscsi"
+	"github.com/anvilproject/anvil/web"
+)
+
+// Sessions is the iSCSI front end's session management, implemented by
+// *iscsi.Server.
+type Sessions interface {
+	// Sessions lists the live sessions.
+	Sessions() []iscsi.SessionInfo
+	// Logout asks the initiator of a session to log out and drops it if it
+	// does not.
+	Logout(tsih uint16) error
+}
+
+// Options configure New.
+type Options struct {
+	// Service is the daemon's live state.
+	Service *service.Service
+	// Sessions is the iSCSI portal; nil reports no sessions.
+	Sessions Sessions
+	// Token is the bearer token every protected route requires. It must
+	// not be empty.
+	Token string
+	// Logger receives request errors; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// maxJSONBody bounds a JSON request body; no legitimate request comes near.
+const maxJSONBody = 1 << 20
+
+type server struct {
+	svc      *service.Service
+	sessions Sessions
+	token    []byte
+	log      *slog.Logger
+	metrics  *metrics
+	started  time.Time
+}
+
+// New returns the API's HTTP handler: the REST API under /api/v1, the
+// Prometheus metrics at /metrics and the web UI at /.
+func New(o Options) http.Handler { return newEcho(o) }
+
+// publicPaths need no token: load balancers and container health checks
+// probe health, and the UI must load before the operator has logged in.
+func isPublic(path string) bool {
+	return path == "/api/v1/health" || !(strings.HasPrefix(path, "/api/") || path == "/metrics")
+}
+
+func newEcho(o Options) *echo.Echo {
+	if o.Token == "" {
+		panic("api: empty token")
+	}
+	s := &server{
+		svc:      o.Service,
+		sessions: o.Sessions,
+		token:    []byte(o.Token),
+		log:      o.Logger,
+		started:  time.Now(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.sessions == nil {
+		s.sessions = noSessions{}
+	}
+	s.metrics = newMetrics(s)
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+	e.Use(s.instrument, s.auth)
+
+	v1 := e.Group("/api/v1")
+	v1.GET("/health", s.health)
+	v1.GET("/openapi.json", s.openAPI)
+
+	v1.GET("/volumes", s.listVolumes)
+	v1.POST("/volumes", s.createVolume)
+	v1.POST("/volumes/import", s.importVolume)
+	v1.GET("/volumes/:name", s.getVolume)
+	v1.PATCH("/volumes/:name", s.patchVolume)
+	v1.DELETE("/volumes/:name", s.deleteVolume)
+
+	v1.GET("/targets", s.listTargets)
+	v1.POST("/targets", s.createTarget)
+	v1.GET("/targets/:iqn", s.getTarget)
+	v1.DELETE("/targets/:iqn", s.deleteTarget)
+	v1.POST("/targets/:iqn/luns", s.mapLUN)
+	v1.DELETE("/targets/:iqn/luns/:lun", s.unmapLUN)
+	v1.PUT("/targets/:iqn/acl", s.setACL)
+	v1.PUT("/targets/:iqn/chap", s.setCHAP)
+	v1.DELETE("/targets/:iqn/chap", s.deleteCHAP)
+
+	v1.GET("/sessions", s.listSessions)
+	v1.DELETE("/sessions/:tsih", s.logoutSession)
+
+	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
+
+	uiHandler := echo.WrapHandler(web.Handler())
+	ui := func(c echo.Context) error {
+		// Unknown API paths are JSON 404s, not the UI's index page.
+		if strings.HasPrefix(c.Request().URL.Path, "/api/") {
+			return echo.ErrNotFound
+		}
+		return uiHandler(c)
+	}
+	e.GET("/*", ui)
+	e.HEAD("/*", ui)
+	return e
+}
+
+// auth enforces the bearer token on every non-public path. The comparison
+// is constant-time so the token cannot be guessed byte by byte.
+func (s *server) auth(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if isPublic(c.Request().URL.Path) {
+			return next(c)
+		}
+		h := c.Request().Header.Get(echo.HeaderAuthorization)
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), s.token) != 1 {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="anvil"`)
+			return &apiError{status: http.StatusUnauthorized, msg: "missing or invalid bearer token"}
+		}
+		return next(c)
+	}
+}
+
+func (s *server) health(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]any{
+		"status":         "ok",
+		"volumes":        len(s.svc.Volumes()),
+		"targets":        len(s.svc.ListTargets()),
+		"sessions":       len(s.sessions.Sessions()),
+		"uptime_seconds": int64(time.Since(s.started).Seconds()),
+	})
+}
+
+type noSessions struct{}
+
+func (noSessions) Sessions() []iscsi.SessionInfo { return nil }
+func (noSessions) Logout(uint16) error           { return iscsi.ErrNoSession }

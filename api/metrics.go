@@ -1,0 +1,138 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/anvilproject/anvil/service"
+)
+
+// metrics is the daemon's Prometheus registry. Volume and session figures
+// are read from the live state at scrape time (a Collector), so there is
+// nothing to keep in sync when volumes come and go.
+type metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+var (
+	descVolumeSize = prometheus.NewDesc("anvil_volume_size_bytes", "Size of the volume.", []string{"volume"}, nil)
+	descOps        = prometheus.NewDesc("anvil_volume_ops_total", "I/O operations completed by the engine, by kind (read, write, flush, unmap).", []string{"volume", "op"}, nil)
+	descBytes      = prometheus.NewDesc("anvil_volume_bytes_total", "Bytes transferred (read, write) or deallocated (unmap).", []string{"volume", "op"}, nil)
+	descErrors     = prometheus.NewDesc("anvil_volume_errors_total", "I/O operations that failed.", []string{"volume", "op"}, nil)
+	descLatency    = prometheus.NewDesc("anvil_volume_op_duration_seconds", "Engine latency of I/O operations.", []string{"volume", "op"}, nil)
+	descDirty      = prometheus.NewDesc("anvil_volume_dirty_bytes", "Acknowledged writes not yet durable.", []string{"volume"}, nil)
+	descMapped     = prometheus.NewDesc("anvil_volume_mappings", "Targets mapping the volume.", []string{"volume"}, nil)
+	descSessions   = prometheus.NewDesc("anvil_iscsi_sessions", "Logged-in iSCSI sessions, by target (empty for discovery).", []string{"target"}, nil)
+	descInFlight   = prometheus.NewDesc("anvil_iscsi_commands_in_flight", "SCSI commands being executed, by target.", []string{"target"}, nil)
+	descTargets    = prometheus.NewDesc("anvil_targets", "Configured targets.", nil, nil)
+)
+
+func newMetrics(s *server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "anvil_api_requests_total", Help: "REST API requests by route and status code.",
+		}, []string{"method", "route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "anvil_api_request_duration_seconds", Help: "REST API request latency by route.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"method", "route"}),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.requests, m.latency,
+		liveCollector{s},
+	)
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// instrument counts every request by its route pattern (not the raw path,
+// which would make one series per volume name).
+func (s *server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		status := c.Response().Status
+		if err != nil {
+			status, _ = statusOf(err)
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		method := c.Request().Method
+		s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+		s.metrics.latency.WithLabelValues(method, route).Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+// liveCollector reports the live state at scrape time.
+type liveCollector struct{ s *server }
+
+func (l liveCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets} {
+		ch <- d
+	}
+}
+
+func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
+	s := l.s
+	for _, v := range s.svc.Volumes() {
+		ch <- prometheus.MustNewConstMetric(descVolumeSize, prometheus.GaugeValue, float64(v.SizeBytes), v.Name)
+		ch <- prometheus.MustNewConstMetric(descMapped, prometheus.GaugeValue, float64(len(s.svc.MappedBy(v.Name))), v.Name)
+		st := s.statsOf(v.Name)
+		if st == nil {
+			continue
+		}
+		for _, op := range []struct {
+			name string
+			o    service.OpStats
+		}{{"read", st.Read}, {"write", st.Write}, {"flush", st.Flush}, {"unmap", st.Unmap}} {
+			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(op.o.Ops), v.Name, op.name)
+			ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(op.o.Errors), v.Name, op.name)
+			if op.name != "flush" {
+				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(op.o.Bytes), v.Name, op.name)
+			}
+			buckets := make(map[float64]uint64, len(service.LatencyBuckets))
+			var cum uint64
+			for i, le := range service.LatencyBuckets {
+				cum += op.o.Latency.Counts[i]
+				buckets[le] = cum
+			}
+			ch <- prometheus.MustNewConstHistogram(descLatency, op.o.Latency.Count, op.o.Latency.SumSeconds, buckets, v.Name, op.name)
+		}
+		if st.DirtyBytes != nil {
+			ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, float64(*st.DirtyBytes), v.Name)
+		}
+	}
+	targets := s.svc.ListTargets()
+	ch <- prometheus.MustNewConstMetric(descTargets, prometheus.GaugeValue, float64(len(targets)))
+	sessions := map[string]int{}
+	inflight := map[string]int{}
+	for _, t := range targets {
+		sessions[t.IQN] = 0
+		inflight[t.IQN] = 0
+	}
+	for _, si := range s.sessions.Sessions() {
+		sessions[si.Target]++
+		inflight[si.Target] += si.InFlight
+	}
+	for t, n := range sessions {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), t)
+		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(inflight[t]), t)
+	}
+}

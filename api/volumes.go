@@ -1,0 +1,246 @@
+package api
+
+import (
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/anvilproject/anvil/catalog"
+	"github.com/anvilproject/anvil/service"
+)
+
+// Volume is a volume as the API shows it: its catalog record, the targets
+// that map it and, when the engine keeps them, live I/O statistics.
+type Volume struct {
+	catalog.Volume
+	MappedBy []string     `json:"mapped_by"`
+	Stats    *VolumeStats `json:"stats,omitempty"`
+}
+
+func (s *server) volumeView(rec catalog.Volume) Volume {
+	v := Volume{Volume: rec, MappedBy: s.svc.MappedBy(rec.Name)}
+	if v.MappedBy == nil {
+		v.MappedBy = []string{}
+	}
+	v.Stats = s.statsOf(rec.Name)
+	return v
+}
+
+func (s *server) listVolumes(c echo.Context) error {
+	recs := s.svc.Volumes()
+	out := make([]Volume, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, s.volumeView(r))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *server) getVolume(c echo.Context) error {
+	rec, err := s.svc.Volume(c.Param("name"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}
+
+// CreateVolumeRequest is the body of POST /api/v1/volumes.
+type CreateVolumeRequest struct {
+	Name       string `json:"name"`
+	SizeBytes  int64  `json:"size_bytes"`
+	BlockSize  int    `json:"block_size,omitempty"`
+	WriteCache *bool  `json:"write_cache,omitempty"`
+	ReadOnly   bool   `json:"read_only,omitempty"`
+}
+
+func (s *server) createVolume(c echo.Context) error {
+	var req CreateVolumeRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	rec, err := s.svc.CreateVolume(c.Request().Context(), service.VolumeSpec{
+		Name:       req.Name,
+		SizeBytes:  req.SizeBytes,
+		BlockSize:  req.BlockSize,
+		WriteCache: req.WriteCache,
+		ReadOnly:   req.ReadOnly,
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, s.volumeView(rec))
+}
+
+// PatchVolumeRequest is the body of PATCH /api/v1/volumes/{name}. Absent
+// fields are left unchanged; at least one must be present.
+type PatchVolumeRequest struct {
+	SizeBytes  *int64 `json:"size_bytes,omitempty"`
+	WriteCache *bool  `json:"write_cache,omitempty"`
+	ReadOnly   *bool  `json:"read_only,omitempty"`
+}
+
+func (s *server) patchVolume(c echo.Context) error {
+	name := c.Param("name")
+	var req PatchVolumeRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.SizeBytes == nil && req.WriteCache == nil && req.ReadOnly == nil {
+		return badRequest("", "nothing to change: give size_bytes, write_cache or read_only")
+	}
+	rec, err := s.svc.Volume(name)
+	if err != nil {
+		return err
+	}
+	// Apply the size first: it is the change most likely to be refused,
+	// and a refused request should change nothing.
+	if req.SizeBytes != nil {
+		if rec, err = s.svc.ResizeVolume(c.Request().Context(), name, *req.SizeBytes); err != nil {
+			return err
+		}
+	}
+	if req.WriteCache != nil {
+		if rec, err = s.svc.SetWriteCache(name, *req.WriteCache); err != nil {
+			return err
+		}
+	}
+	if req.ReadOnly != nil {
+		if rec, err = s.svc.SetReadOnly(name, *req.ReadOnly); err != nil {
+			return err
+		}
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}
+
+func (s *server) deleteVolume(c echo.Context) error {
+	force, err := boolQuery(c, "force")
+	if err != nil {
+		return err
+	}
+	if err := s.svc.DeleteVolume(c.Param("name"), force); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// ImportPathRequest is the JSON body of POST /api/v1/volumes/import: a raw
+// image already on the daemon's machine, copied into a new volume.
+type ImportPathRequest struct {
+	Name       string `json:"name"`
+	Path       string `json:"path"`
+	BlockSize  int    `json:"block_size,omitempty"`
+	WriteCache *bool  `json:"write_cache,omitempty"`
+	ReadOnly   bool   `json:"read_only,omitempty"`
+}
+
+// importVolume creates a volume from a raw image: either uploaded as the
+// request body (Content-Type application/octet-stream, parameters in the
+// query) or, with a JSON body, read from a path on the daemon's machine.
+func (s *server) importVolume(c echo.Context) error {
+	r := c.Request()
+	ct := r.Header.Get(echo.HeaderContentType)
+	if strings.HasPrefix(ct, echo.MIMEApplicationJSON) {
+		var req ImportPathRequest
+		if err := decodeJSON(c, &req); err != nil {
+			return err
+		}
+		if req.Path == "" || !strings.HasPrefix(req.Path, "/") {
+			return badRequest("path", "an absolute path on the daemon's machine is required")
+		}
+		f, err := openImage(req.Path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return badRequest("path", "%v", err)
+		}
+		rec, err := s.svc.ImportVolume(r.Context(), service.VolumeSpec{
+			Name: req.Name, BlockSize: req.BlockSize, WriteCache: req.WriteCache, ReadOnly: req.ReadOnly,
+		}, f, imageSize(st))
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusCreated, s.volumeView(rec))
+	}
+	if ct != echo.MIMEOctetStream {
+		return &apiError{status: http.StatusUnsupportedMediaType, msg: "import wants application/octet-stream (the image as the body) or application/json (a path on the daemon's machine)"}
+	}
+	q := c.QueryParams()
+	for k := range q {
+		switch k {
+		case "name", "block_size", "write_cache", "read_only":
+		default:
+			return badRequest(k, "unknown query parameter %q", k)
+		}
+	}
+	spec := service.VolumeSpec{Name: q.Get("name")}
+	if v := q.Get("block_size"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return badRequest("block_size", "%q is not an integer", v)
+		}
+		spec.BlockSize = n
+	}
+	if q.Has("write_cache") {
+		wc, err := boolQuery(c, "write_cache")
+		if err != nil {
+			return err
+		}
+		spec.WriteCache = &wc
+	}
+	ro, err := boolQuery(c, "read_only")
+	if err != nil {
+		return err
+	}
+	spec.ReadOnly = ro
+	rec, err := s.svc.ImportVolume(r.Context(), spec, r.Body, r.ContentLength)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, s.volumeView(rec))
+}
+
+// boolQuery parses an optional boolean query parameter.
+func boolQuery(c echo.Context, name string) (bool, error) {
+	v := c.QueryParam(name)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, badRequest(name, "%q is not a boolean", v)
+	}
+	return b, nil
+}
+
+// openImage opens a server-side raw image for import; it must be a regular
+// file or a block device.
+func openImage(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, badRequest("path", "%v", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, badRequest("path", "%v", err)
+	}
+	if !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
+		f.Close()
+		return nil, badRequest("path", "%s is not a regular file or block device", path)
+	}
+	return f, nil
+}
+
+// imageSize is the length of a regular file, or -1 (read to EOF) for a
+// block device, whose Stat size is zero.
+func imageSize(st os.FileInfo) int64 {
+	if st.Mode().IsRegular() {
+		return st.Size()
+	}
+	return -1
+}
