@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds the kernel + initramfs of the end-to-end guest and prints their paths:
+#
+#   KERNEL=/path/to/vmlinuz
+#   INITRD=/path/to/initrd.gz
+#
+# The guest is Debian 12's cloud kernel with an initramfs holding busybox,
+# open-iscsi's iscsistart, e2fsprogs, the iSCSI/NVMe-TCP/virtio modules, the
+# e2e-guest helper (built from this repository) and init.sh as /init.
+#
+# Everything lands in a cache outside git, keyed by the Debian package
+# versions and the sources of init.sh and the helper, so a rerun with nothing
+# changed costs a few apt-cache queries:
+#   ${ANVIL_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/anvil-e2e}
+# Needs: apt-get/apt-cache (Debian), dpkg-deb, cpio, gzip, go. Downloading
+# packages for the first time may run apt-get update (as root, or via sudo).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${ANVIL_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/anvil-e2e}
+mkdir -p "$cache/debs"
+
+log() { echo "build-guest: $*" >&2; }
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
+
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+
+# Resolve the cloud kernel's real image package through the metapackage.
+resolve() {
+	kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+	[ -n "$kpkg" ] && [ -n "$(candidate "$kpkg")" ] && [ "$(candidate "$kpkg")" != "(none)" ]
+}
+if ! resolve; then
+	log "package lists lack linux-image-cloud-amd64; running apt-get update"
+	$sudo apt-get update -qq >&2
+	resolve || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
+fi
+
+pkgs=("$kpkg" busybox-static open-iscsi libopeniscsiusr e2fsprogs libext2fs2 libcom-err2)
+versions=""
+for p in "${pkgs[@]}"; do
+	v=$(candidate "$p")
+	[ -n "$v" ] && [ "$v" != "(none)" ] || { log "no candidate version for $p"; exit 1; }
+	versions+="$p=$v "
+done
+
+srchash=$(cat "$here/build-guest.sh" "$here/init.sh" "$here"/guestdata/*.go "$here"/cmd/e2e-guest/*.go "$repo/go.mod" | sha256sum | cut -c1-16)
+key=$(echo "$versions $srchash" | sha256sum | cut -c1-16)
+out="$cache/guest-$key"
+if [ -f "$out/initrd.gz" ] && [ -f "$out/vmlinuz" ]; then
+	echo "KERNEL=$out/vmlinuz"
+	echo "INITRD=$out/initrd.gz"
+	exit 0
+fi
+log "building guest $key ($versions)"
+
+# Download (once per version) and extract.
+work=$(mktemp -d "$cache/work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+for pv in $versions; do
+	p=${pv%%=*} v=${pv#*=}
+	deb=("$cache/debs/${p}_"*"${v#*:}"_amd64.deb)
+	if [ ! -f "${deb[0]}" ]; then
+		# apt-get warns when root downloads outside _apt's reach; harmless.
+		(cd "$cache/debs" && apt-get download -q "$p=$v" 2>&1 | grep -v "unsandboxed as root" >&2 || true)
+		deb=("$cache/debs/${p}_"*"${v#*:}"_amd64.deb)
+	fi
+	[ -f "${deb[0]}" ] || { log "download of $p=$v did not produce a .deb"; exit 1; }
+	dpkg-deb -x "${deb[0]}" "$work/x"
+done
+x=$work/x
+kver=$(ls "$x/lib/modules")
+root=$work/root
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,lib,lib64,etc,proc,sys,dev,tmp,mnt,run,var/run}
+
+# busybox applets as symlinks; real tools below replace the ones they shadow.
+cp "$x/bin/busybox" "$root/bin/busybox"
+for a in $("$root/bin/busybox" --list); do
+	[ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
+done
+
+# The dynamic binaries and their libraries: extracted packages first, then
+# the host's (libc, libcrypto, libkmod... are the same Debian 12 builds).
+bins=("$x/sbin/iscsistart" "$x/sbin/mke2fs" "$x/sbin/e2fsck")
+export LD_LIBRARY_PATH="$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu"
+for b in "${bins[@]}"; do
+	cp "$b" "$root/sbin/"
+	ldd "$b" | awk '/=> \// { print $3 } /^\t\/lib64\// { print $1 }' | while read -r lib; do
+		dest=$root/lib/x86_64-linux-gnu
+		[ "$lib" = /lib64/ld-linux-x86-64.so.2 ] && dest=$root/lib64
+		mkdir -p "$dest"
+		cp -L "$lib" "$dest/$(basename "$lib")"
+	done
+	if ldd "$b" | grep -q "not found"; then
+		log "unresolved libraries for $b:"; ldd "$b" >&2; exit 1
+	fi
+done
+unset LD_LIBRARY_PATH
+ln -sf mke2fs "$root/sbin/mkfs.ext4"
+rm -f "$root/bin/mkfs.ext4" "$root/bin/mke2fs" "$root/bin/e2fsck"
+cp "$x/etc/mke2fs.conf" "$root/etc/mke2fs.conf"
+
+# Kernel modules: the closure of what init.sh loads, from modules.dep that
+# busybox depmod generates over the full tree.
+mods=$x/lib/modules/$kver
+"$root/bin/busybox" depmod -b "$x" "$kver"
+want="kernel/drivers/virtio/virtio_pci.ko kernel/drivers/net/virtio_net.ko kernel/drivers/scsi/iscsi_tcp.ko kernel/drivers/scsi/sd_mod.ko kernel/drivers/nvme/host/nvme-tcp.ko"
+closure=$(for m in $want; do grep "^$m:" "$mods/modules.dep" | tr -d ':' | tr ' ' '\n'; done | sort -u)
+[ -n "$closure" ] || { log "module closure is empty"; exit 1; }
+for m in $closure; do
+	[ -f "$mods/$m" ] || { log "module $m missing"; exit 1; }
+	mkdir -p "$root/lib/modules/$kver/$(dirname "$m")"
+	cp "$mods/$m" "$root/lib/modules/$kver/$m"
+done
+cp "$mods/modules.builtin" "$mods/modules.order" "$root/lib/modules/$kver/"
+"$root/bin/busybox" depmod -b "$root" "$kver"
+
+# The helper that writes and checks the data, static so it needs no libs.
+(cd "$repo" && CGO_ENABLED=0 go build -trimpath -o "$root/bin/e2e-guest" ./test/e2e/cmd/e2e-guest)
+
+cp "$here/init.sh" "$root/init"
+chmod 755 "$root/init"
+
+mkdir -p "$out.tmp"
+cp "$x/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
+(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -1 >"$out.tmp/initrd.gz"
+echo "$versions" >"$out.tmp/versions"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+log "guest ready in $out ($(du -sh "$out/initrd.gz" | cut -f1) initramfs)"
+echo "KERNEL=$out/vmlinuz"
+echo "INITRD=$out/initrd.gz"

@@ -1,0 +1,178 @@
+#!/bin/sh
+# /init of the Anvil end-to-end guest (busybox ash). It logs in to an iSCSI
+# target with the kernel's initiator (iscsistart + iscsi_tcp), runs one phase
+# of checks on the LUN and powers off. Everything the host test reads is a
+# line starting with "ANVIL-E2E: " on the serial console.
+#
+# Kernel command line parameters (read from /proc/cmdline):
+#   anvil.phase=write|verify|nvme-write|nvme-verify|shell
+#   anvil.transport=iscsi|nvme   (default iscsi; phase names imply it too)
+#   anvil.iqn=<target IQN or NVMe subsystem NQN>
+#   anvil.addr=<portal IP>       (default 10.0.2.2, the host under slirp)
+#   anvil.port=<portal port>
+#   anvil.tpgt=<target portal group tag>  (default 1)
+#   anvil.seed=<pattern seed>
+#   anvil.iparam=<NAME=VALUE>    (repeatable: iscsistart -P, e.g. digests)
+#
+# LUN layout: the last 64 MiB hold the raw pattern; ext4 covers the rest.
+
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /mnt /run /var/run /etc/iscsi
+mount -t tmpfs tmpfs /tmp
+
+mark() { echo "ANVIL-E2E: $*"; }
+t0=$(cut -d' ' -f1 /proc/uptime)
+step() { mark "step $* t=$(cut -d' ' -f1 /proc/uptime)"; }
+finish() {
+	sync
+	mark "poweroff t=$(cut -d' ' -f1 /proc/uptime)"
+	poweroff -f
+	sleep 60
+}
+fail() {
+	mark "FAIL $*"
+	dmesg | tail -n 40 | sed 's/^/dmesg: /'
+	finish
+}
+
+param() {
+	for w in $(cat /proc/cmdline); do
+		case "$w" in "anvil.$1="*) echo "${w#*=}"; return ;; esac
+	done
+	echo "$2"
+}
+
+PHASE=$(param phase write)
+TRANSPORT=$(param transport iscsi)
+case "$PHASE" in nvme-*) TRANSPORT=nvme ;; esac
+IQN=$(param iqn "")
+ADDR=$(param addr 10.0.2.2)
+PORT=$(param port 3260)
+TPGT=$(param tpgt 1)
+SEED=$(param seed 1)
+INITIATOR=iqn.2026-11.io.anvil:e2e-guest
+RAW=$((64 * 1024 * 1024))
+mark "boot phase=$PHASE transport=$TRANSPORT target=$IQN portal=$ADDR:$PORT kernel=$(uname -r) t=$t0"
+
+for m in virtio_pci virtio_net iscsi_tcp sd_mod nvme_tcp; do
+	modprobe "$m" || fail "modprobe $m"
+done
+
+ip link set lo up
+ip link set eth0 up || fail "no eth0"
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+step net-up
+
+if [ "$PHASE" = shell ]; then
+	setsid cttyhack sh
+	finish
+fi
+
+if [ "$TRANSPORT" = iscsi ]; then
+	set --
+	for w in $(cat /proc/cmdline); do
+		case "$w" in anvil.iparam=*) set -- "$@" -P "${w#*=}" ;; esac
+	done
+	echo "InitiatorName=$INITIATOR" >/etc/iscsi/initiatorname.iscsi
+	# iscsistart logs in, hands the connection to the kernel and stays to
+	# answer the kernel's requests; it never returns on success.
+	iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
+else
+	# nvme-tcp without nvme-cli: the fabrics module takes the connect options
+	# as a string, exactly what nvme-cli would write.
+	echo "transport=tcp,traddr=$ADDR,trsvcid=$PORT,nqn=$IQN,hostnqn=nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000e2e00" \
+		>/dev/nvme-fabrics 2>/tmp/nvme-connect.log || fail "nvme connect: $(cat /tmp/nvme-connect.log)"
+fi
+
+DEV=
+for i in $(seq 1 300); do
+	for d in /dev/sda /dev/nvme0n1; do
+		[ -b "$d" ] && [ "$(blockdev --getsize64 "$d" 2>/dev/null || echo 0)" -gt 0 ] && DEV=$d
+	done
+	[ -n "$DEV" ] && break
+	sleep 0.2
+done
+if [ -z "$DEV" ]; then
+	sed 's/^/iscsistart: /' /tmp/iscsistart.log 2>/dev/null
+	fail "no disk appeared"
+fi
+SIZE=$(blockdev --getsize64 "$DEV")
+mark "disk $DEV size=$SIZE"
+step login
+[ "$SIZE" -ge $((256 * 1024 * 1024)) ] || fail "disk too small: $SIZE"
+RAWOFF=$((SIZE - RAW))
+FSBLOCKS=$((RAWOFF / 4096))
+
+dropcaches() {
+	sync
+	blockdev --flushbufs "$DEV"
+	echo 3 >/proc/sys/vm/drop_caches
+}
+
+rawverify() {
+	out=$(e2e-guest raw-verify "$DEV" "$RAWOFF" "$RAW" "$SEED" 2>/tmp/raw.err) || {
+		sed 's/^/raw: /' /tmp/raw.err
+		fail "raw pattern differs ($1)"
+	}
+	mark "$1 $out"
+}
+
+manifest() {
+	(cd /mnt && find . -type f | sort | xargs sha256sum) >/tmp/manifest || fail "checksum files"
+	sed 's/^/ANVIL-E2E: file /' /tmp/manifest
+	mark "checksums=$(sha256sum </tmp/manifest | cut -d' ' -f1)"
+}
+
+fsck() {
+	dropcaches
+	e2fsck -fn "$DEV" >/tmp/fsck.log 2>&1 || {
+		sed 's/^/fsck: /' /tmp/fsck.log
+		fail "e2fsck -fn found problems ($1)"
+	}
+	mark "fsck-ok $1"
+}
+
+case "$PHASE" in
+write | nvme-write)
+	e2e-guest raw-write "$DEV" "$RAWOFF" "$RAW" "$SEED" || fail "raw write"
+	step raw-written
+	dropcaches
+	rawverify raw-ok
+	mkfs.ext4 -F -q -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$DEV" "$FSBLOCKS" >/tmp/mkfs.log 2>&1 || {
+		sed 's/^/mkfs: /' /tmp/mkfs.log
+		fail "mkfs.ext4"
+	}
+	step mkfs
+	mount -t ext4 "$DEV" /mnt || fail "mount after mkfs"
+	e2e-guest tree-write /mnt "$SEED" || fail "tree write"
+	manifest
+	umount /mnt || fail "umount"
+	step tree-written
+	fsck first
+	mount -t ext4 "$DEV" /mnt || fail "remount"
+	manifest
+	umount /mnt || fail "umount after remount"
+	# mkfs may have discarded the filesystem's range; the pattern beyond it
+	# must have survived.
+	dropcaches
+	rawverify raw-after-fs
+	;;
+verify | nvme-verify)
+	dropcaches
+	rawverify raw-ok
+	fsck verify
+	mount -t ext4 "$DEV" /mnt || fail "mount"
+	manifest
+	umount /mnt || fail "umount"
+	;;
+*)
+	fail "unknown phase $PHASE"
+	;;
+esac
+step checks-done
+mark "DONE"
+finish
