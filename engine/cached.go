@@ -32,10 +32,8 @@ const (
 type Options struct {
 	// Name is the catalog name Volume.Name reports.
 	Name string
-	// Create makes the data file (sparse, Size bytes) and a fresh undo FIFO
-	// when the data file does not exist.
-	Create bool
-	// Size is the size of a volume made by Create.
+	// Size, when the data file does not exist yet, is the size it is
+	// created with (sparse). For an existing file or device its size wins.
 	Size int64
 	// BlockSize is the logical block size, 512 (default) or 4096.
 	BlockSize int
@@ -129,8 +127,10 @@ var (
 	_ Resizer = (*CachedVolume)(nil)
 )
 
-// Open opens (or with opts.Create makes) the volume whose raw data lives at
-// path, with its undo FIFO beside it, recovering from a crash if needed.
+// Open opens the volume whose raw data lives at path (creating a sparse file
+// of opts.Size bytes if there is none), with its undo FIFO beside it (made
+// if missing: an existing raw image can be imported as is), and recovers
+// from a crash if the FIFO holds an uncommitted epoch.
 func Open(path string, opts Options) (*CachedVolume, error) {
 	if opts.Backend == "" {
 		opts.Backend = BackendFile
@@ -144,12 +144,19 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	}
 	var data Device
 	var err error
+	create := false
+	if _, serr := os.Stat(path); errors.Is(serr, os.ErrNotExist) && opts.Backend != BackendBlock {
+		if opts.Size <= 0 {
+			return nil, fmt.Errorf("engine: create %s: no size given", path)
+		}
+		create = true
+	}
 	switch opts.Backend {
 	case BackendFile:
-		data, err = OpenFileDevice(path, opts.Create, opts.Size)
+		data, err = OpenFileDevice(path, create, opts.Size)
 	case BackendMmap:
 		var fd *FileDevice
-		if fd, err = OpenFileDevice(path, opts.Create, opts.Size); err == nil {
+		if fd, err = OpenFileDevice(path, create, opts.Size); err == nil {
 			fd.Close()
 			data, err = mmap.Open(path, mmap.Options{WindowSize: opts.MmapWindow, Windows: opts.MmapWindows})
 		}
@@ -965,6 +972,3 @@ func (v *CachedVolume) Close() error {
 	})
 	return err
 }
-
-// statFile is used by tests to check thinness.
-var statFile = os.Stat

@@ -1,0 +1,380 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func openTest(t *testing.T, path string, o Options) *CachedVolume {
+	t.Helper()
+	if o.Logger == nil {
+		o.Logger = quietLog
+	}
+	if o.Cache == nil {
+		o.Cache = NewCache(CacheOptions{Size: 32 << 20})
+	}
+	if o.UndoSize == 0 {
+		o.UndoSize = 8 << 20
+	}
+	v, err := Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func pattern(n int, seed int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(seed*31 + i*7 + i/512)
+	}
+	return p
+}
+
+func readAll(t *testing.T, v Volume) []byte {
+	t.Helper()
+	p := make([]byte, v.Size())
+	if err := v.ReadAt(context.Background(), p, 0); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestRoundTripAndReopen writes random unaligned (to the chunk) block
+// ranges, checks reads against a model both live and after reopening, on
+// both backends and block sizes.
+func TestRoundTripAndReopen(t *testing.T) {
+	for _, be := range []Backend{BackendFile, BackendMmap} {
+		for _, bs := range []int{512, 4096} {
+			t.Run(string(be)+"/"+map[int]string{512: "512", 4096: "4k"}[bs], func(t *testing.T) {
+				ctx := context.Background()
+				path := filepath.Join(t.TempDir(), "vol.img")
+				const size = 8 << 20
+				o := Options{Size: size, BlockSize: bs, Backend: be, MmapWindow: 1 << 20, MmapWindows: 3}
+				// A tiny cache forces eviction and refills.
+				o.Cache = NewCache(CacheOptions{Size: 1 << 20})
+				v := openTest(t, path, o)
+				model := make([]byte, size)
+				rng := rand.New(rand.NewPCG(7, uint64(bs)))
+				for i := range 300 {
+					n := (1 + rng.IntN(64)) * bs
+					off := rng.IntN(size/bs-n/bs+1) * bs
+					switch rng.IntN(10) {
+					case 0:
+						if err := v.Unmap(ctx, int64(off), int64(n)); err != nil {
+							t.Fatal(err)
+						}
+						clear(model[off : off+n])
+					case 1:
+						if err := v.Flush(ctx); err != nil {
+							t.Fatal(err)
+						}
+					default:
+						p := pattern(n, i)
+						if err := v.WriteAt(ctx, p, int64(off), rng.IntN(20) == 0); err != nil {
+							t.Fatal(err)
+						}
+						copy(model[off:], p)
+					}
+					if i%100 == 0 && !bytes.Equal(readAll(t, v), model) {
+						t.Fatalf("op %d: live read differs from model", i)
+					}
+				}
+				if !bytes.Equal(readAll(t, v), model) {
+					t.Fatal("live read differs from model")
+				}
+				if err := v.Close(); err != nil {
+					t.Fatal(err)
+				}
+				raw, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(raw, model) {
+					t.Fatal("raw image differs from model after Close: the data file must stay a plain image")
+				}
+				v = openTest(t, path, Options{BlockSize: bs, Backend: be})
+				defer v.Close()
+				if !bytes.Equal(readAll(t, v), model) {
+					t.Fatal("reopened volume differs from model")
+				}
+				if st := v.Stats(); st.CacheMisses == 0 || st.Reads == 0 {
+					t.Fatalf("stats not counting: %+v", st)
+				}
+			})
+		}
+	}
+}
+
+// TestThinUnmapAndMapped checks that unmap punches holes in the data file
+// once committed and that Mapped reports pending and committed state.
+func TestThinUnmapAndMapped(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "thin.img")
+	const size = 16 << 20
+	v := openTest(t, path, Options{Size: size})
+	defer v.Close()
+	if m, n, err := v.Mapped(ctx, 0, size); err != nil || m || n != size {
+		t.Fatalf("fresh volume Mapped = %v,%d,%v; want one hole", m, n, err)
+	}
+	if err := v.WriteAt(ctx, pattern(4<<20, 1), 4<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	// Pending (uncommitted) data counts as mapped.
+	if m, n, err := v.Mapped(ctx, 4<<20, 8<<20); err != nil || !m || n != 4<<20 {
+		t.Fatalf("pending data Mapped = %v,%d,%v; want mapped 4 MiB", m, n, err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if alloc := st.Blocks * 512; alloc < 4<<20 || alloc > 5<<20 {
+		t.Fatalf("allocated %d bytes after writing 4 MiB", alloc)
+	}
+	if err := v.Unmap(ctx, 5<<20, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if m, n, err := v.Mapped(ctx, 5<<20, 8<<20); err != nil || m || n != 2<<20 {
+		t.Fatalf("pending unmap Mapped = %v,%d,%v; want hole of 2 MiB", m, n, err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if alloc := st.Blocks * 512; alloc > 2<<20+64<<10 {
+		t.Fatalf("allocated %d bytes after unmapping 2 of 4 MiB: hole not punched", alloc)
+	}
+	if m, n, err := v.Mapped(ctx, 5<<20, 8<<20); err != nil || m || n != 2<<20 {
+		t.Fatalf("committed unmap Mapped = %v,%d,%v; want hole of 2 MiB", m, n, err)
+	}
+	got := make([]byte, 4<<20)
+	if err := v.ReadAt(ctx, got, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	want := pattern(4<<20, 1)
+	clear(want[1<<20 : 3<<20])
+	if !bytes.Equal(got, want) {
+		t.Fatal("data around the unmapped range is wrong")
+	}
+}
+
+// TestFaultInjectionFreezesVolume: with a failure rate set, some commit
+// fails; the flush reports a medium error, the volume turns read-only, reads
+// keep returning the acknowledged data, and ClearError brings it back.
+func TestFaultInjectionFreezesVolume(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fault.img")
+	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour})
+	defer v.Close()
+	model := make([]byte, 4<<20)
+	v.SetFaultRate(3000, 42)
+	var flushErr error
+	for i := 0; i < 200 && flushErr == nil; i++ {
+		p := pattern(8192, i)
+		off := (i * 8192 * 7) % (4<<20 - 8192)
+		if err := v.WriteAt(ctx, p, int64(off), false); err != nil {
+			t.Fatalf("write %d before any failure: %v", i, err)
+		}
+		copy(model[off:], p)
+		flushErr = v.Flush(ctx)
+	}
+	if !errors.Is(flushErr, ErrMedium) {
+		t.Fatalf("no flush failed with ErrMedium at 30%% failure rate: %v", flushErr)
+	}
+	if !v.ReadOnly() {
+		t.Fatal("volume not read-only after a failed commit")
+	}
+	if err := v.WriteAt(ctx, make([]byte, 512), 0, false); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("write on frozen volume: %v, want ErrReadOnly", err)
+	}
+	v.SetFaultRate(0, 0)
+	if !bytes.Equal(readAll(t, v), model) {
+		t.Fatal("frozen volume does not read back the acknowledged data")
+	}
+	if err := v.ClearError(); err != nil {
+		t.Fatal(err)
+	}
+	if v.ReadOnly() {
+		t.Fatal("still read-only after ClearError")
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	if !bytes.Equal(raw, model) {
+		t.Fatal("after ClearError and Flush the image lacks acknowledged data")
+	}
+	if st := v.Stats(); st.CommitErrors == 0 || st.InjectedFaults == 0 {
+		t.Fatalf("stats do not show the failure: %+v", st)
+	}
+}
+
+// TestReadErrorIsMedium: a failing backing read surfaces as ErrMedium.
+func TestReadErrorIsMedium(t *testing.T) {
+	ctx := context.Background()
+	v := openTest(t, filepath.Join(t.TempDir(), "r.img"), Options{Size: 1 << 20})
+	defer v.Close()
+	v.SetFaultRate(10000, 1)
+	err := v.ReadAt(ctx, make([]byte, 4096), 0)
+	if !errors.Is(err, ErrMedium) {
+		t.Fatalf("read with failing device: %v, want ErrMedium", err)
+	}
+	v.SetFaultRate(0, 0)
+	if err := v.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFaultDeviceDeterministic: the same seed fails the same I/Os.
+func TestFaultDeviceDeterministic(t *testing.T) {
+	run := func(seed uint64) []int {
+		d := NewFaultDevice(&nullDev{})
+		d.SetFaultRate(500, seed)
+		var failed []int
+		for i := range 10000 {
+			if _, err := d.WriteAt(nil, 0); err != nil {
+				if !errors.Is(err, unix.EIO) {
+					t.Fatalf("injected error is not EIO: %v", err)
+				}
+				failed = append(failed, i)
+			}
+		}
+		return failed
+	}
+	a, b, c := run(9), run(9), run(10)
+	if len(a) < 350 || len(a) > 650 {
+		t.Fatalf("%d failures of 10000 at rate 500", len(a))
+	}
+	if !slicesEqual(a, b) || slicesEqual(a, c) {
+		t.Fatal("failures are not a function of the seed")
+	}
+}
+
+func slicesEqual(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+type nullDev struct{ Device }
+
+func (nullDev) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
+
+// TestWriteCacheOffIsDurable: with WCE=0 every acknowledged write is already
+// in the raw image (committed), without any Flush.
+func TestWriteCacheOffIsDurable(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "wce.img")
+	v := openTest(t, path, Options{Size: 1 << 20, WriteCacheOff: true, FlushInterval: time.Hour})
+	defer v.Close()
+	if v.WriteCache() {
+		t.Fatal("write cache reported on")
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				if err := v.WriteAt(ctx, pattern(4096, g*10+i), int64((g*10+i)*4096), false); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	raw, _ := os.ReadFile(path)
+	for k := range 80 {
+		if !bytes.Equal(raw[k*4096:(k+1)*4096], pattern(4096, k)) {
+			t.Fatalf("chunk %d not durable after a WCE=0 write returned", k)
+		}
+	}
+	if st := v.Stats(); st.Epochs == 0 || st.Epochs > 80 {
+		t.Fatalf("%d epochs for 80 WCE=0 writes", st.Epochs)
+	}
+}
+
+// TestBackpressureBoundsDirty: writing far more than the dirty limit keeps
+// dirty bytes near the limit and the cache within its budget.
+func TestBackpressureBoundsDirty(t *testing.T) {
+	ctx := context.Background()
+	cache := NewCache(CacheOptions{Size: 4 << 20, DirtyLimit: 1 << 20})
+	v := openTest(t, filepath.Join(t.TempDir(), "bp.img"), Options{Size: 64 << 20, Cache: cache})
+	defer v.Close()
+	var peakDirty, peakUsed int64
+	p := pattern(256<<10, 3)
+	for off := int64(0); off < 64<<20; off += int64(len(p)) {
+		if err := v.WriteAt(ctx, p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		peakDirty = max(peakDirty, cache.DirtyBytes())
+		peakUsed = max(peakUsed, cache.Used())
+	}
+	if peakDirty > 2<<20 {
+		t.Fatalf("dirty bytes peaked at %d with a 1 MiB limit", peakDirty)
+	}
+	if peakUsed > 6<<20 {
+		t.Fatalf("cache used peaked at %d with a 4 MiB budget", peakUsed)
+	}
+}
+
+// TestResize grows and shrinks a volume.
+func TestResize(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "rs.img")
+	v := openTest(t, path, Options{Size: 1 << 20})
+	defer v.Close()
+	if err := v.WriteAt(ctx, pattern(1<<20, 5), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Resize(ctx, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, v)
+	if !bytes.Equal(got[:1<<20], pattern(1<<20, 5)) || !bytes.Equal(got[1<<20:], make([]byte, 1<<20)) {
+		t.Fatal("grown volume content wrong")
+	}
+	if err := v.Resize(ctx, 512<<10+512); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, make([]byte, 1024), 512<<10, false); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("write past shrunk end: %v", err)
+	}
+	if !bytes.Equal(readAll(t, v), pattern(1<<20, 5)[:512<<10+512]) {
+		t.Fatal("shrunk volume content wrong")
+	}
+}
+
+func TestLimitsFromFIFO(t *testing.T) {
+	small := openTest(t, filepath.Join(t.TempDir(), "a.img"), Options{Size: 1 << 20, UndoSize: 1 << 20})
+	defer small.Close()
+	big := openTest(t, filepath.Join(t.TempDir(), "b.img"), Options{Size: 1 << 20, UndoSize: 64 << 20})
+	defer big.Close()
+	a, b := small.Limits().AtomicWriteMax, big.Limits().AtomicWriteMax
+	if a <= 0 || a >= 1<<20 || b <= a || a%4096 != 0 {
+		t.Fatalf("AtomicWriteMax %d (1 MiB FIFO), %d (64 MiB FIFO)", a, b)
+	}
+}
