@@ -99,7 +99,7 @@ func (x *task) readWrite() error {
 	off := int64(lba * bs)
 	if !write {
 		buf := make([]byte, n*bs)
-		if err := lu.vol.ReadAt(x.ctx, buf, off); err != nil {
+		if err := x.readChunks(buf, off); err != nil {
 			return fmt.Errorf("read %d blocks at LBA %d: %w", n, lba, err)
 		}
 		x.res.DataIn = buf
@@ -110,8 +110,92 @@ func (x *task) readWrite() error {
 	if len(data) == 0 {
 		return nil
 	}
-	if err := lu.vol.WriteAt(x.ctx, data, off, fua); err != nil {
+	if err := x.writeChunks(data, off, fua); err != nil {
 		return fmt.Errorf("write %d blocks at LBA %d: %w", len(data)/int(bs), lba, err)
+	}
+	return nil
+}
+
+// engineChunk is the largest piece handed to the engine in one call: its
+// MaxTransfer, or the whole transfer when it states none.
+func (x *task) engineChunk(n int) int {
+	mt := x.lu.vol.Limits().MaxTransfer
+	if mt <= 0 || mt >= int64(n) {
+		return n
+	}
+	bs := int64(x.lu.vol.BlockSize())
+	return int(max(mt/bs, 1) * bs)
+}
+
+// readChunks fills buf from off in pieces of at most the engine's
+// MaxTransfer, checking for an abort between pieces.
+func (x *task) readChunks(buf []byte, off int64) error {
+	step := x.engineChunk(len(buf))
+	for done := 0; done < len(buf); done += step {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		end := min(done+step, len(buf))
+		if err := x.lu.vol.ReadAt(x.ctx, buf[done:end], off+int64(done)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeChunks writes data at off in pieces of at most the engine's
+// MaxTransfer. FUA goes with the last piece: the engine makes a FUA write
+// durable together with everything acknowledged before it. A transfer
+// larger than the engine's atomic size is not atomic, which SBC allows for
+// ordinary writes (WRITE ATOMIC is never split).
+func (x *task) writeChunks(data []byte, off int64, fua bool) error {
+	step := x.engineChunk(len(data))
+	for done := 0; done < len(data); done += step {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		end := min(done+step, len(data))
+		if err := x.lu.vol.WriteAt(x.ctx, data[done:end], off+int64(done), fua && end == len(data)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeAtomic handles WRITE ATOMIC(16) (SBC-4 5.48): the write is one
+// engine call no larger than the engine's atomic size, so after a crash it
+// is either wholly there or not at all.
+func (x *task) writeAtomic() error {
+	lu := x.lu
+	if x.cdb[1]&0xe0 != 0 {
+		return invalidCDB(1, 7) // WRPROTECT
+	}
+	lba := binary.BigEndian.Uint64(x.cdb[2:])
+	if binary.BigEndian.Uint16(x.cdb[10:]) != 0 {
+		return invalidCDB(10, -1) // ATOMIC BOUNDARY: we report no boundary support
+	}
+	n := uint64(binary.BigEndian.Uint16(x.cdb[12:]))
+	bs := uint64(lu.vol.BlockSize())
+	x.res.TransferLength = int(n * bs)
+	if n > lu.maxAtomicBlocks() {
+		return invalidCDB(12, -1)
+	}
+	if err := x.checkRange(lba, n); err != nil {
+		return err
+	}
+	if err := x.checkWritable(); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	data := x.dataOutBlocks(n)
+	if uint64(len(data)) != n*bs {
+		// A partial atomic write would not be the write the CDB asked for.
+		return errParamLength
+	}
+	if err := lu.vol.WriteAt(x.ctx, data, int64(lba*bs), x.cdb[1]&0x08 != 0); err != nil {
+		return fmt.Errorf("write atomic %d blocks at LBA %d: %w", n, lba, err)
 	}
 	return nil
 }
@@ -143,7 +227,7 @@ func (x *task) verifyMedium(lba, n uint64) error {
 func (x *task) compareMedium(lba uint64, want []byte) error {
 	bs := uint64(x.lu.vol.BlockSize())
 	got := make([]byte, len(want))
-	if err := x.lu.vol.ReadAt(x.ctx, got, int64(lba*bs)); err != nil {
+	if err := x.readChunks(got, int64(lba*bs)); err != nil {
 		return fmt.Errorf("compare %d bytes at LBA %d: %w", len(want), lba, err)
 	}
 	return miscompare(got, want, 0)
@@ -236,7 +320,7 @@ func (x *task) writeVerify() error {
 	if len(data) == 0 {
 		return nil
 	}
-	if err := lu.vol.WriteAt(x.ctx, data, int64(lba*bs), false); err != nil {
+	if err := x.writeChunks(data, int64(lba*bs), false); err != nil {
 		return fmt.Errorf("write and verify %d blocks at LBA %d: %w", n, lba, err)
 	}
 	if err := x.compareMedium(lba, data); err != nil {
@@ -348,7 +432,10 @@ func (x *task) writeSame() error {
 			return errParamLength
 		}
 	}
-	if ndob || isZero(block) {
+	// With UNMAP set on a thin volume the blocks are deallocated whatever
+	// the data block holds: SBC-3 lets the device server unmap instead of
+	// writing, and LBPRZ=1 promises they then read as zeroes.
+	if ndob || isZero(block) || (unmap && lu.thin()) {
 		if err := x.zeroRange(lba, n, unmap && lu.thin(), false); err != nil {
 			return fmt.Errorf("write same (zeroes) %d blocks at LBA %d: %w", n, lba, err)
 		}
@@ -525,6 +612,12 @@ func (x *task) compareAndWrite() error {
 		return err
 	}
 	if n == 0 {
+		if len(x.cmd.DataOut) > 0 {
+			// NUMBER OF LOGICAL BLOCKS 0 transfers nothing, yet data
+			// came: the initiator meant more blocks than the one-byte
+			// field holds (e.g. 256 wrapped to 0).
+			return invalidCDB(13, -1)
+		}
 		return nil
 	}
 	if uint64(len(x.cmd.DataOut)) < 2*n*bs {

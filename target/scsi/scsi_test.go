@@ -162,8 +162,8 @@ func TestInquiryVPD(t *testing.T) {
 		t.Errorf("device identification: NAA %v port %v rel %v tpg %v t10 %v", sawNAA, sawPort, sawRel, sawTPG, sawT10)
 	}
 	d = get(0xb0)
-	if got := binary.BigEndian.Uint32(d[8:]); got != 2048 {
-		t.Errorf("MAXIMUM TRANSFER LENGTH %d, want 2048 (1 MiB / 512)", got)
+	if got := binary.BigEndian.Uint32(d[8:]); got != 65536 {
+		t.Errorf("MAXIMUM TRANSFER LENGTH %d, want 65536 (32 MiB / 512)", got)
 	}
 	if got := binary.BigEndian.Uint32(d[12:]); got != 128 {
 		t.Errorf("OPTIMAL TRANSFER LENGTH %d, want 128", got)
@@ -338,6 +338,12 @@ func TestReadCapacity(t *testing.T) {
 	if binary.BigEndian.Uint32(r.DataIn) != 0xffffffff {
 		t.Errorf("huge READ CAPACITY(10) % x", r.DataIn)
 	}
+	// Above MAXIMUM TRANSFER LENGTH (32 MiB).
+	r = tgt.Execute(context.Background(), &Command{Nexus: n, CDB: rw(opRead16, 16, 0, 65537)})
+	p := expectSense(t, r, SenseIllegalRequest, ascInvalidFieldInCDB)
+	if p.field != 10 {
+		t.Errorf("transfer length pointer %d", p.field)
+	}
 }
 
 // hugeVolume claims 4 TiB of 512-byte blocks.
@@ -409,10 +415,20 @@ func TestReadWrite(t *testing.T) {
 			if f.vol.fuaWrites != 1 {
 				t.Errorf("FUA writes %d", f.vol.fuaWrites)
 			}
-			// Too long a transfer.
+			// Transfers above the engine's MaxTransfer are split, FUA
+			// going with the last piece.
 			f.vol.limits.MaxTransfer = 64 << 10
-			expectSense(t, f.run(rw(fm.read, fm.size, 0, 129), nil), SenseIllegalRequest, ascInvalidFieldInCDB)
-			expectGood(t, f.run(rw(fm.read, fm.size, 0, 128), nil))
+			big := fill(256*512, 5)
+			w0, fua0 := f.vol.writes, f.vol.fuaWrites
+			c = rw(fm.write, fm.size, 300, 256)
+			c[1] = 0x08
+			expectGood(t, f.run(c, big))
+			if f.vol.writes-w0 != 2 || f.vol.fuaWrites-fua0 != 1 {
+				t.Errorf("split write: %d engine writes, %d FUA", f.vol.writes-w0, f.vol.fuaWrites-fua0)
+			}
+			if r := f.run(rw(fm.read, fm.size, 300, 256), nil); !bytes.Equal(r.DataIn, big) {
+				t.Error("split read differs")
+			}
 		})
 	}
 }
@@ -992,4 +1008,63 @@ func TestConcurrentIO(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+func TestWriteAtomic(t *testing.T) {
+	f := newFixture(t)
+	wa := func(lba uint64, n uint16) []byte {
+		c := cdb(opWriteAtomic16, 16)
+		binary.BigEndian.PutUint64(c[2:], lba)
+		binary.BigEndian.PutUint16(c[12:], n)
+		return c
+	}
+	f.vol.limits.MaxTransfer = 4096 // must not split an atomic write
+	data := fill(128*512, 4)
+	w0 := f.vol.writes
+	expectGood(t, f.run(wa(10, 128), data))
+	if f.vol.writes-w0 != 1 {
+		t.Errorf("atomic write took %d engine calls", f.vol.writes-w0)
+	}
+	if r := f.run(rw(opRead10, 10, 10, 128), nil); !bytes.Equal(r.DataIn, data) {
+		t.Fatal("atomic write data differs")
+	}
+	p := expectSense(t, f.run(wa(0, 129), make([]byte, 129*512)), SenseIllegalRequest, ascInvalidFieldInCDB)
+	if p.field != 12 {
+		t.Errorf("atomic length pointer %d", p.field)
+	}
+	expectSense(t, f.run(wa(testBlocks-1, 2), make([]byte, 1024)), SenseIllegalRequest, ascLBAOutOfRange)
+	expectSense(t, f.run(wa(0, 2), make([]byte, 512)), SenseIllegalRequest, ascParameterListLength)
+	c := wa(0, 1)
+	c[11] = 1 // ATOMIC BOUNDARY
+	expectSense(t, f.run(c, make([]byte, 512)), SenseIllegalRequest, ascInvalidFieldInCDB)
+	expectGood(t, f.run(wa(0, 0), nil))
+	f.vol.ro = true
+	expectSense(t, f.run(wa(0, 1), make([]byte, 512)), SenseDataProtect, ascWriteProtected)
+}
+
+func TestEdgeCasesFromLibiscsi(t *testing.T) {
+	f := newFixture(t)
+	// COMPARE AND WRITE of 256 blocks wraps NUMBER OF LOGICAL BLOCKS to 0
+	// while 256 blocks of data arrive.
+	c := cdb(opCompareAndWrite, 16)
+	p := expectSense(t, f.run(c, make([]byte, 2*256*512)), SenseIllegalRequest, ascInvalidFieldInCDB)
+	if p.field != 13 {
+		t.Errorf("CAW pointer %d", p.field)
+	}
+	expectGood(t, f.run(c, nil))
+	// WRITE SAME with UNMAP on a thin volume deallocates even when the
+	// data block is not zero.
+	expectGood(t, f.run(rw(opWrite10, 10, 40, 4), fill(2048, 1)))
+	expectGood(t, f.run(cdbWriteSame(opWriteSame10, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
+	if r := f.run(rw(opRead10, 10, 40, 4), nil); !isZero(r.DataIn) || f.vol.mapped[40] {
+		t.Fatal("WRITE SAME UNMAP with 0xff data did not deallocate")
+	}
+	// On a thick volume the data is written.
+	f.vol.limits.MaxUnmap = 0
+	expectGood(t, f.run(cdbWriteSame(opWriteSame10, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
+	if r := f.run(rw(opRead10, 10, 40, 4), nil); !bytes.Equal(r.DataIn, bytes.Repeat([]byte{0xff}, 2048)) {
+		t.Fatal("thick WRITE SAME UNMAP did not write the data")
+	}
+	// UNMAP is not offered on a thick volume.
+	expectSense(t, f.run(cdb(opUnmap, 10), nil), SenseIllegalRequest, ascInvalidOpcode)
 }

@@ -197,22 +197,25 @@ func (x *task) deviceIdentification() []byte {
 	return b
 }
 
-// defaultMaxTransfer caps a single command's transfer when the engine
-// states no limit, so that one CDB cannot make us allocate gigabytes.
-const defaultMaxTransfer = 8 << 20
+// maxTransferBytes caps a single command's transfer so that one CDB cannot
+// make us allocate gigabytes. It matches the iSCSI transport's default
+// limit on a command's expected data transfer length. Transfers larger
+// than the engine's MaxTransfer are split into several engine calls.
+const maxTransferBytes = 32 << 20
 
 // maxTransferBlocks is the largest transfer length, in blocks, that a read
-// or write may ask for.
+// or write may ask for (MAXIMUM TRANSFER LENGTH).
 func (lu *LogicalUnit) maxTransferBlocks() uint64 {
-	mt := lu.vol.Limits().MaxTransfer
-	if mt <= 0 || mt > defaultMaxTransfer {
-		mt = defaultMaxTransfer
-	}
-	n := uint64(mt) / uint64(lu.vol.BlockSize())
-	if n == 0 {
-		n = 1
-	}
-	return n
+	return max(uint64(maxTransferBytes)/uint64(lu.vol.BlockSize()), 1)
+}
+
+// maxAtomicBlocks is the MAXIMUM ATOMIC TRANSFER LENGTH: what the engine
+// writes all-or-nothing in one call (at least one block, which every
+// engine write is).
+func (lu *LogicalUnit) maxAtomicBlocks() uint64 {
+	bs := uint64(lu.vol.BlockSize())
+	n := max(uint64(max(lu.vol.Limits().AtomicWriteMax, 0))/bs, 1)
+	return min(n, lu.maxTransferBlocks(), 0xffff)
 }
 
 // maxWriteSameBlocks bounds WRITE SAME so that its data never needs more
@@ -247,8 +250,12 @@ func (lu *LogicalUnit) blockLimits() []byte {
 	b[1] = maxCompareAndWriteBlocks
 	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
 	binary.BigEndian.PutUint32(b[4:], uint32(lu.maxTransferBlocks()))
-	if lim.OptimalTransfer > 0 {
-		binary.BigEndian.PutUint32(b[8:], uint32(min(uint64(lim.OptimalTransfer/bs), lu.maxTransferBlocks())))
+	opt := lim.OptimalTransfer
+	if opt <= 0 {
+		opt = lim.MaxTransfer
+	}
+	if opt > 0 {
+		binary.BigEndian.PutUint32(b[8:], uint32(min(max(uint64(opt/bs), 1), lu.maxTransferBlocks())))
 	}
 	binary.BigEndian.PutUint32(b[12:], uint32(lu.maxTransferBlocks())) // MAXIMUM PREFETCH LENGTH
 	if lim.MaxUnmap > 0 {
@@ -257,12 +264,10 @@ func (lu *LogicalUnit) blockLimits() []byte {
 		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBlocks)
-	if lim.AtomicWriteMax > 0 {
-		atomic := min(uint64(lim.AtomicWriteMax/bs), lu.maxTransferBlocks())
-		binary.BigEndian.PutUint32(b[40:], uint32(atomic)) // MAXIMUM ATOMIC TRANSFER LENGTH
-		binary.BigEndian.PutUint32(b[44:], 1)              // ATOMIC ALIGNMENT
-		binary.BigEndian.PutUint32(b[48:], 1)              // ATOMIC TRANSFER LENGTH GRANULARITY
-	}
+	// WRITE ATOMIC(16) is implemented, so the atomic fields describe it.
+	binary.BigEndian.PutUint32(b[40:], uint32(lu.maxAtomicBlocks())) // MAXIMUM ATOMIC TRANSFER LENGTH
+	binary.BigEndian.PutUint32(b[44:], 1)                            // ATOMIC ALIGNMENT
+	binary.BigEndian.PutUint32(b[48:], 1)                            // ATOMIC TRANSFER LENGTH GRANULARITY
 	return b
 }
 
