@@ -177,11 +177,11 @@ func (x *task) writeAtomic() error {
 	n := uint64(binary.BigEndian.Uint16(x.cdb[12:]))
 	bs := uint64(lu.vol.BlockSize())
 	x.res.TransferLength = int(n * bs)
-	if n > lu.maxAtomicBlocks() {
-		return invalidCDB(12, -1)
-	}
 	if err := x.checkRange(lba, n); err != nil {
 		return err
+	}
+	if n > lu.maxAtomicBlocks() {
+		return invalidCDB(12, -1)
 	}
 	if err := x.checkWritable(); err != nil {
 		return err
