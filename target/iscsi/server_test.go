@@ -364,19 +364,26 @@ func TestWriteR2TFlow(t *testing.T) {
 	}
 }
 
-func TestDataOutViolationsCloseConnection(t *testing.T) {
+func TestDataOutViolationsFailTask(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		send func(c *client, itt, ttt uint32)
+		name      string
+		asc, ascq byte
+		send      func(c *client, itt, ttt uint32)
 	}{
-		{"datasn 27", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 27, 0, true, make([]byte, 512)) }},
-		{"datasn repeated", func(c *client, itt, ttt uint32) {
+		{"datasn 27", 0x47, 0x05, func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 27, 0, true, make([]byte, 1024)) }},
+		{"datasn repeated", 0x47, 0x05, func(c *client, itt, ttt uint32) {
 			c.dataOut(itt, ttt, 0, 0, false, make([]byte, 512))
 			c.dataOut(itt, ttt, 0, 512, true, make([]byte, 512))
 		}},
-		{"bad offset", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 512, true, make([]byte, 512)) }},
-		{"bad ttt", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt+100, 0, 0, true, make([]byte, 1024)) }},
-		{"overrun", func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 0, true, make([]byte, 2048)) }},
+		{"datasn reversed", 0x47, 0x05, func(c *client, itt, ttt uint32) {
+			c.dataOut(itt, ttt, 1, 512, true, make([]byte, 512))
+			c.dataOut(itt, ttt, 0, 0, false, make([]byte, 512))
+		}},
+		{"bad offset", 0x4b, 0x05, func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 512, true, make([]byte, 512)) }},
+		{"bad ttt", 0x4b, 0x01, func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt+100, 0, 0, true, make([]byte, 1024)) }},
+		{"overrun", 0x0c, 0x0d, func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 0, true, make([]byte, 2048)) }},
+		{"short final", 0x0c, 0x0d, func(c *client, itt, ttt uint32) { c.dataOut(itt, ttt, 0, 0, true, make([]byte, 512)) }},
+		{"unsolicited", 0x0c, 0x0c, func(c *client, itt, ttt uint32) { c.dataOut(itt, tagNone, 0, 0, true, make([]byte, 1024)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startServer(t, Config{NopInterval: -1})
@@ -389,13 +396,20 @@ func TestDataOutViolationsCloseConnection(t *testing.T) {
 				t.Fatalf("opcode %#x, want R2T", p.hdr.opcode())
 			}
 			tc.send(c, h.itt(), p.hdr.u32(20))
-			c.expectClosed()
-			deadline := time.Now().Add(2 * time.Second)
-			for ts.tgt.lossCount() == 0 && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
+			r := c.readResponse(h.itt())
+			if r.status != byte(scsi.StatusCheckCondition) || len(r.sense) < 14 || r.sense[2] != 0x0b || r.sense[12] != tc.asc || r.sense[13] != tc.ascq {
+				t.Fatalf("status %#x sense % x", r.status, r.sense)
 			}
-			if ts.tgt.lossCount() != 1 {
-				t.Fatalf("NexusLoss calls %d, want 1", ts.tgt.lossCount())
+			ts.tgt.mu.Lock()
+			cmds := ts.tgt.cmds
+			ts.tgt.mu.Unlock()
+			if cmds != 0 {
+				t.Fatalf("broken write reached the SCSI core")
+			}
+			// The session survives.
+			w := c.write(0, make([]byte, 1024), 512)
+			if w.status != 0 {
+				t.Fatalf("next write: status %#x", w.status)
 			}
 		})
 	}

@@ -7,7 +7,6 @@ import (
 	"math/bits"
 	"runtime/debug"
 	"sync"
-	"time"
 
 	"github.com/anvilproject/anvil/target/scsi"
 )
@@ -305,9 +304,16 @@ func (c *conn) issueR2Ts(t *task) {
 	}
 }
 
-// errDataOut is a Data-Out sequence violation; at ERL 0 the connection is
-// dropped (the initiator recovers the session).
-var errDataOut = errors.New("iscsi: Data-Out protocol error")
+// Sense codes for Data-Out sequence errors (RFC 7143 §11.4.7.2, SPC-4).
+// Every violation is an ABORTED COMMAND: at ERL 0 we cannot ask for the
+// data again, but we can end the one task and keep the session.
+var (
+	senseDataSN        = [3]byte{0x0b, 0x47, 0x05} // implied digest error: PROTOCOL SERVICE CRC ERROR
+	senseDataOffset    = [3]byte{0x0b, 0x4b, 0x05} // DATA OFFSET ERROR
+	senseBadTTT        = [3]byte{0x0b, 0x4b, 0x01} // INVALID TARGET PORT TRANSFER TAG RECEIVED
+	senseUnexpectedDat = [3]byte{0x0b, 0x0c, 0x0c} // unexpected unsolicited data
+	senseDataAmount    = [3]byte{0x0b, 0x0c, 0x0d} // incorrect amount of data
+)
 
 // handleDataOut places a Data-Out PDU's payload into its task's buffer,
 // checking TTT, DataSN and BufferOffset (RFC 7143 §11.7).
@@ -320,22 +326,24 @@ func (c *conn) handleDataOut() error {
 	live := t != nil && t.state == taskCollecting
 	s.mu.Unlock()
 	if !live || t.precheck != nil {
-		// Data for a task that was aborted or already answered.
+		// Data for a task that was aborted, failed or already answered.
 		return c.rd.discardData()
 	}
 	if !t.write {
-		return c.fatal(&h, fmt.Errorf("%w: Data-Out for a command without W bit (ITT %#x)", errDataOut, t.itt))
+		return c.failData(t, senseUnexpectedDat, "Data-Out for a command without W bit")
 	}
 	ttt, dataSN, off := h.u32(20), h.u32(36), h.u32(40)
 	final := h.final()
 	if ttt == tagNone {
 		switch {
 		case !t.unsolActive:
-			return c.fatal(&h, fmt.Errorf("%w: unexpected unsolicited data (ITT %#x)", errDataOut, t.itt))
+			return c.failData(t, senseUnexpectedDat, "unexpected unsolicited Data-Out")
 		case dataSN != t.unsolDataSN:
-			return c.fatal(&h, fmt.Errorf("%w: DataSN %d, expected %d", errDataOut, dataSN, t.unsolDataSN))
-		case off != t.received || uint64(off)+uint64(n) > uint64(t.unsolLimit):
-			return c.fatal(&h, fmt.Errorf("%w: unsolicited offset %d+%d (have %d, limit %d)", errDataOut, off, n, t.received, t.unsolLimit))
+			return c.failData(t, senseDataSN, fmt.Sprintf("unsolicited DataSN %d, expected %d", dataSN, t.unsolDataSN))
+		case off != t.received:
+			return c.failData(t, senseDataOffset, fmt.Sprintf("unsolicited offset %d, expected %d", off, t.received))
+		case uint64(off)+uint64(n) > uint64(t.unsolLimit):
+			return c.failData(t, senseDataAmount, fmt.Sprintf("unsolicited data past %d", t.unsolLimit))
 		}
 		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
 			return err
@@ -355,16 +363,16 @@ func (c *conn) handleDataOut() error {
 		i++
 	}
 	if i == len(t.r2ts) {
-		return c.fatal(&h, fmt.Errorf("%w: unknown TTT %#x (ITT %#x)", errDataOut, ttt, t.itt))
+		return c.failData(t, senseBadTTT, fmt.Sprintf("unknown TTT %#x", ttt))
 	}
 	r := &t.r2ts[i]
 	switch {
 	case dataSN != r.dataSN:
-		return c.fatal(&h, fmt.Errorf("%w: DataSN %d, expected %d", errDataOut, dataSN, r.dataSN))
-	case off != r.offset+r.got || r.got+n > r.length:
-		return c.fatal(&h, fmt.Errorf("%w: offset %d+%d outside R2T %d+%d (got %d)", errDataOut, off, n, r.offset, r.length, r.got))
-	case final && r.got+n != r.length:
-		return c.fatal(&h, fmt.Errorf("%w: sequence ended at %d of %d bytes", errDataOut, r.got+n, r.length))
+		return c.failData(t, senseDataSN, fmt.Sprintf("DataSN %d, expected %d", dataSN, r.dataSN))
+	case off != r.offset+r.got:
+		return c.failData(t, senseDataOffset, fmt.Sprintf("offset %d, expected %d", off, r.offset+r.got))
+	case r.got+n > r.length, final && r.got+n != r.length:
+		return c.failData(t, senseDataAmount, fmt.Sprintf("%d+%d bytes for an R2T of %d", r.got, n, r.length))
 	}
 	if err := c.rd.readData(t.buf[off : off+n]); err != nil {
 		return err
@@ -380,22 +388,21 @@ func (c *conn) handleDataOut() error {
 	return nil
 }
 
-// fatal sends a Reject for h, lets the writer flush it, and returns err so
-// the reader closes the connection.
-func (c *conn) fatal(h *bhs, err error) error {
-	p := newOut(opReject, flagFinal)
-	p.hdr[2] = rejectProtocolError
-	p.hdr.setITT(tagNone)
-	p.data = append([]byte(nil), h[:]...)
-	p.stat = statAdvance
-	p.closeAfter = true
-	if c.send(p) {
-		select {
-		case <-c.closed:
-		case <-time.After(time.Second):
-		}
+// failData ends a task whose Data-Out sequence is broken: the offending
+// PDU is discarded and the task completes with CHECK CONDITION (ABORTED
+// COMMAND) once it is in CmdSN order. Further Data-Out for it is ignored.
+func (c *conn) failData(t *task, sense [3]byte, why string) error {
+	c.log.Info("iscsi: Data-Out sequence error", "tsih", c.sess.tsih, "itt", t.itt, "reason", why)
+	if err := c.rd.discardData(); err != nil {
+		return err
 	}
-	return err
+	t.precheck = checkCondition(sense[0], sense[1], sense[2])
+	t.unsolActive = false
+	t.r2ts = t.r2ts[:0]
+	t.nextOffset = t.edtl
+	t.received = t.edtl
+	c.maybeStart(t)
+	return nil
 }
 
 // maybeStart runs the task once it is in CmdSN order and has all its data.
