@@ -183,8 +183,9 @@ func (lu *LogicalUnit) forget(n *Nexus) {
 }
 
 // reset performs a logical unit reset's side effects: the reservation is
-// released and every nexus except by gets a unit attention asc.
-func (lu *LogicalUnit) reset(by *Nexus, asc uint16, modeDefaults bool) {
+// released and every nexus, the requester's included (SAM-5 6.3.3: the
+// unit attention goes to all I_T nexuses), gets a unit attention asc.
+func (lu *LogicalUnit) reset(asc uint16, modeDefaults bool) {
 	lu.resMu.Lock()
 	lu.reservedBy = nil
 	lu.resHeld.Store(false)
@@ -195,7 +196,7 @@ func (lu *LogicalUnit) reset(by *Nexus, asc uint16, modeDefaults bool) {
 		lu.swp.Store(false)
 		lu.modeMu.Unlock()
 	}
-	lu.broadcastUA(by, asc)
+	lu.broadcastUA(nil, asc)
 }
 
 // reservationConflict reports whether n is locked out by another nexus's

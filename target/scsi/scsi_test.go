@@ -870,6 +870,8 @@ func TestReserveRelease(t *testing.T) {
 	if err := f.tgt.Reset(f.n1, TMFLogicalUnitReset, 0); err != nil {
 		t.Fatal(err)
 	}
+	// Every path sees the reset, the one that asked for it too.
+	expectSense(t, f.run(cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascBusDeviceReset)
 	expectGood(t, f.run(cdb(opTestUnitReady, 6), nil))
 	expectSense(t, f.exec(f.n2, cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascBusDeviceReset)
 	expectGood(t, f.exec(f.n2, cdb(opTestUnitReady, 6), nil))

@@ -102,30 +102,30 @@ func (t *Target) lookup(lun uint64) *LogicalUnit {
 // Reset applies the side effects of a task management function that resets
 // state (SAM-5 7.x): LOGICAL UNIT RESET resets the unit at lun, TARGET WARM
 // RESET and TARGET COLD RESET reset every unit. Resets release RESERVE
-// reservations and establish a unit attention for every other nexus (BUS
+// reservations and establish a unit attention for every nexus (BUS
 // DEVICE RESET FUNCTION OCCURRED for a unit reset, SCSI BUS RESET OCCURRED
 // for a warm reset, POWER ON OCCURRED for a cold reset); target resets also
 // return mode parameters to their defaults, as a hard reset does. CLEAR TASK
 // SET and the abort functions change no state here: aborting the commands
 // themselves is the transport's job (it cancels their contexts).
+//
+// n is the nexus the function arrived on; SAM-5 gives it no special
+// treatment for these functions, so it does not change the outcome.
 func (t *Target) Reset(n *Nexus, fn TMF, lun uint64) error {
-	if n == nil {
-		n = &t.anon
-	}
 	switch fn {
 	case TMFLogicalUnitReset:
 		lu := t.lookup(lun)
 		if lu == nil {
 			return fmt.Errorf("scsi: target %s: reset LUN %d: %w", t.name, lun, errNoSuchLUN)
 		}
-		lu.reset(n, ascBusDeviceReset, false)
+		lu.reset(ascBusDeviceReset, false)
 	case TMFTargetWarmReset, TMFTargetColdReset:
 		asc := ascBusReset
 		if fn == TMFTargetColdReset {
 			asc = ascPowerOnOccurred
 		}
 		for _, lu := range *t.luns.Load() {
-			lu.reset(n, asc, true)
+			lu.reset(asc, true)
 		}
 	case TMFAbortTask, TMFAbortTaskSet, TMFClearTaskSet, TMFClearACA:
 		if !t.HasLUN(lun) {
