@@ -1070,3 +1070,33 @@ func TestEdgeCasesFromLibiscsi(t *testing.T) {
 	// UNMAP is not offered on a thick volume.
 	expectSense(t, f.run(cdb(opUnmap, 10), nil), SenseIllegalRequest, ascInvalidOpcode)
 }
+
+func TestOrWriteAndDefectData(t *testing.T) {
+	f := newFixture(t)
+	expectGood(t, f.run(rw(opWrite16, 16, 5, 2), bytes.Repeat([]byte{0x0f}, 1024)))
+	expectGood(t, f.run(rw(opOrWrite16, 16, 5, 2), bytes.Repeat([]byte{0xa0}, 1024)))
+	if r := f.run(rw(opRead16, 16, 5, 2), nil); !bytes.Equal(r.DataIn, bytes.Repeat([]byte{0xaf}, 1024)) {
+		t.Fatal("ORWRITE result wrong")
+	}
+	expectSense(t, f.run(rw(opOrWrite16, 16, testBlocks-1, 2), make([]byte, 1024)), SenseIllegalRequest, ascLBAOutOfRange)
+	c := rw(opOrWrite16, 16, 0, 1)
+	c[1] = 0x20
+	expectSense(t, f.run(c, make([]byte, 512)), SenseIllegalRequest, ascInvalidFieldInCDB)
+
+	c = cdb(opReadDefectData10, 10)
+	c[2] = 0x0c // GLIST, format 4
+	c[8] = 32
+	r := f.run(c, nil)
+	expectGood(t, r)
+	if len(r.DataIn) != 4 || r.DataIn[1] != 0x0c || binary.BigEndian.Uint16(r.DataIn[2:]) != 0 {
+		t.Errorf("READ DEFECT DATA(10) % x", r.DataIn)
+	}
+	c = cdb(opReadDefectData12, 12)
+	c[1] = 0x14
+	c[9] = 32
+	r = f.run(c, nil)
+	expectGood(t, r)
+	if len(r.DataIn) != 8 || r.DataIn[1] != 0x14 {
+		t.Errorf("READ DEFECT DATA(12) % x", r.DataIn)
+	}
+}
