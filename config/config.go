@@ -59,6 +59,10 @@ var Settings = []Setting{
 	{Key: "shutdown_timeout", Flag: "shutdown-timeout", Default: 30 * time.Second, Usage: "how long SIGTERM waits for in-flight commands before aborting them"},
 }
 
+// DefaultFiles are the configuration files read, first found wins, when
+// --config is not given.
+var DefaultFiles = []string{"anvil.yaml", "/etc/anvil/anvil.yaml"}
+
 // Config is the effective configuration.
 type Config struct {
 	DataDir         string        `mapstructure:"data_dir"`
@@ -138,17 +142,20 @@ func Load(fs *pflag.FlagSet) (*Config, *viper.Viper, error) {
 	}
 
 	file, _ := fs.GetString("config")
+	if file == "" {
+		// Look only for the exact names: viper's own search also accepts
+		// an extensionless "anvil", which is the binary itself when the
+		// daemon is started from the directory that holds it.
+		for _, p := range DefaultFiles {
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+				file = p
+				break
+			}
+		}
+	}
 	if file != "" {
 		v.SetConfigFile(file)
-	} else {
-		v.SetConfigName("anvil")
-		v.SetConfigType("yaml")
-		v.AddConfigPath(".")
-		v.AddConfigPath("/etc/anvil")
-	}
-	if err := v.ReadInConfig(); err != nil {
-		var notFound viper.ConfigFileNotFoundError
-		if file != "" || !errors.As(err, &notFound) {
+		if err := v.ReadInConfig(); err != nil {
 			return nil, nil, fmt.Errorf("read configuration: %w", err)
 		}
 	}
