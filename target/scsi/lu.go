@@ -25,6 +25,14 @@ type LUConfig struct {
 	NAA []byte
 	// Logger receives the unit's diagnostics; nil means slog.Default().
 	Logger *slog.Logger
+	// PR is the persistent reservation state saved by SavePR before a
+	// restart (APTPL); nil starts with none.
+	PR *PRState
+	// SavePR, when set, makes persistent reservations survivable across
+	// restarts: it is called with the new state after every change made
+	// while APTPL is (or was just) in effect, and must store it durably
+	// before returning. nil means APTPL is not supported.
+	SavePR func(PRState) error
 }
 
 // maxUAs bounds a nexus's unit attention queue. SAM-5 lets a device server
@@ -118,9 +126,12 @@ type LogicalUnit struct {
 	reservedBy *Nexus
 	resHeld    atomic.Bool
 
-	// cawMu serializes COMPARE AND WRITE so that its read-compare-write is
-	// atomic with respect to other COMPARE AND WRITE commands.
+	// cawMu serializes COMPARE AND WRITE and ORWRITE so that each
+	// read-modify-write is atomic with respect to the others.
 	cawMu sync.Mutex
+
+	// pr is the persistent reservation state.
+	pr prState
 }
 
 // NewLogicalUnit returns a logical unit serving vol with the identity cfg.
@@ -134,6 +145,7 @@ func NewLogicalUnit(vol engine.Volume, cfg LUConfig) *LogicalUnit {
 	if lu.serial == "" {
 		lu.serial = vol.Name()
 	}
+	lu.pr.restore(cfg.PR)
 	return lu
 }
 

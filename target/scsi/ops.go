@@ -75,6 +75,8 @@ type opInfo struct {
 	usage []byte
 	// serviceActions, when set, dispatches on CDB byte 1 bits 4..0.
 	serviceActions map[byte]*opInfo
+	// access is how the command relates to a persistent reservation.
+	access prAccess
 	// sa is the service action this entry implements (with serviceActions
 	// set on the parent).
 	sa    byte
@@ -148,6 +150,9 @@ func init() {
 	reg(opReadDefectData12, "READ DEFECT DATA(12)", (*task).readDefectData, 0, []byte{0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04})
 	reg(opCompareAndWrite, "COMPARE AND WRITE", (*task).compareAndWrite, 0, []byte{0, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x04})
 
+	reg(opPRIn, "PERSISTENT RESERVE IN", (*task).persistentReserveIn, 0, []byte{0, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04})
+	reg(opPROut, "PERSISTENT RESERVE OUT", (*task).persistentReserveOut, 0, []byte{0, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04})
+
 	sai := &opInfo{name: "SERVICE ACTION IN(16)", serviceActions: map[byte]*opInfo{}}
 	sai.serviceActions[saReadCapacity16] = &opInfo{name: "READ CAPACITY(16)", run: (*task).readCapacity16, usage: []byte{opServiceActionIn16, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x04}, sa: saReadCapacity16, hasSA: true}
 	sai.serviceActions[saGetLBAStatus] = &opInfo{name: "GET LBA STATUS", run: (*task).getLBAStatus, usage: []byte{opServiceActionIn16, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04}, sa: saGetLBAStatus, hasSA: true}
@@ -155,4 +160,18 @@ func init() {
 	mi := &opInfo{name: "MAINTENANCE IN", serviceActions: map[byte]*opInfo{}}
 	mi.serviceActions[saReportSupportedOpcs] = &opInfo{name: "REPORT SUPPORTED OPERATION CODES", run: (*task).reportSupportedOpcodes, flags: opNoConflict, usage: []byte{opMaintenanceIn, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04}, sa: saReportSupportedOpcs, hasSA: true}
 	opcodes[opMaintenanceIn] = mi
+
+	// Persistent reservation access classes (SPC-4 table 69): everything
+	// not listed changes state and is a write (the zero value).
+	for _, o := range []*opInfo{opcodes[opInquiry], opcodes[opReportLUNs], opcodes[opRequestSense],
+		opcodes[opTestUnitReady], opcodes[opReadCapacity10], sai.serviceActions[saReadCapacity16],
+		mi.serviceActions[saReportSupportedOpcs], opcodes[opPRIn], opcodes[opPROut],
+		opcodes[opReserve6], opcodes[opReserve10], opcodes[opRelease6], opcodes[opRelease10]} {
+		o.access = prAllowed
+	}
+	for _, op := range []byte{opRead6, opRead10, opRead12, opRead16, opVerify10, opVerify12, opVerify16,
+		opPreFetch10, opPreFetch16, opModeSense6, opModeSense10, opReadDefectData10, opReadDefectData12} {
+		opcodes[op].access = prRead
+	}
+	sai.serviceActions[saGetLBAStatus].access = prRead
 }

@@ -328,6 +328,12 @@ func (x *task) reserve() error {
 		return invalidCDB(1, 4) // 3RDPTY / LONGID
 	}
 	lu := x.lu
+	if lu.pr.active.Load() {
+		// SPC-4 5.12.3: RESERVE/RELEASE conflict while persistent
+		// reservation registrations exist.
+		x.res.Status = StatusReservationConflict
+		return nil
+	}
 	lu.resMu.Lock()
 	defer lu.resMu.Unlock()
 	if lu.reservedBy != nil && lu.reservedBy != x.n {
@@ -350,6 +356,10 @@ func (x *task) release() error {
 		return invalidCDB(1, 4)
 	}
 	lu := x.lu
+	if lu.pr.active.Load() {
+		x.res.Status = StatusReservationConflict
+		return nil
+	}
 	lu.resMu.Lock()
 	defer lu.resMu.Unlock()
 	if lu.reservedBy == x.n {

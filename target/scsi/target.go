@@ -237,6 +237,10 @@ func (x *task) run() error {
 		x.res.Status = StatusReservationConflict
 		return nil
 	}
+	if x.lu.prConflict(x.n, op.access) {
+		x.res.Status = StatusReservationConflict
+		return nil
+	}
 	if err := x.ctx.Err(); err != nil {
 		return err
 	}
