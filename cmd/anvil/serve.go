@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/anvilproject/anvil/api"
+	"github.com/anvilproject/anvil/config"
+	"github.com/anvilproject/anvil/service"
+	"github.com/anvilproject/anvil/target/iscsi"
+)
+
+func newServeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Anvil daemon",
+		Long: `Run the Anvil daemon: the iSCSI portal, the REST API and web UI.
+
+Settings come from flags, then ANVIL_* environment variables, then anvil.yaml,
+then the embedded defaults. On an empty data directory the daemon creates a
+1 GiB thin demo volume exported as iqn.2026-11.io.anvil:demo LUN 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, v, err := config.Load(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			if p, _ := cmd.Flags().GetBool("print-config"); p {
+				return printConfig(cmd.OutOrStdout(), v, cmd.Flags())
+			}
+			return serve(cfg)
+		},
+	}
+	config.AddFlags(cmd.Flags())
+	cmd.Flags().Bool("print-config", false, "print the effective configuration and where each value came from, then exit")
+	return cmd
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level)) // validated by config.Load
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// serve runs the daemon until SIGTERM or SIGINT, then shuts down in order:
+// stop accepting, let in-flight commands finish (aborting them at the
+// deadline), flush every volume, close the catalog.
+func serve(cfg *config.Config) error {
+	log := newLogger(cfg.Log)
+	slog.SetDefault(log)
+
+	svc, err := service.Open(service.Options{DataDir: cfg.DataDir, Demo: cfg.Demo, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := svc.Close(); err != nil {
+			log.Error("closing volumes and catalog", "err", err)
+		}
+	}()
+
+	iscsiLn, err := net.Listen("tcp", cfg.ISCSI.Listen)
+	if err != nil {
+		return fmt.Errorf("iSCSI portal: %w", err)
+	}
+	portal := iscsi.NewServer(iscsi.Config{
+		PortalGroupTag:           uint16(cfg.ISCSI.PortalGroupTag),
+		MaxRecvDataSegmentLength: uint32(cfg.ISCSI.MaxRecvDataSegmentLength),
+		MaxBurstLength:           uint32(cfg.ISCSI.MaxBurstLength),
+		FirstBurstLength:         uint32(cfg.ISCSI.FirstBurstLength),
+		MaxOutstandingR2T:        uint32(cfg.ISCSI.MaxOutstandingR2T),
+		NopInterval:              cfg.ISCSI.NopInterval,
+		NopTimeout:               cfg.ISCSI.NopTimeout,
+		Logger:                   log.With("frontend", "iscsi"),
+	}, svc.ISCSIRegistry())
+
+	token, created, err := api.ResolveToken(cfg.DataDir, cfg.API.Token)
+	if err != nil {
+		iscsiLn.Close()
+		return err
+	}
+	if created {
+		log.Info("generated API token", "file", filepath.Join(cfg.DataDir, api.TokenFile))
+	}
+	apiLn, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		iscsiLn.Close()
+		return fmt.Errorf("API listener: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           api.New(api.Options{Service: svc, Sessions: portal, Token: token, Logger: log.With("frontend", "api")}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- portal.Serve(iscsiLn) }()
+	go func() {
+		var err error
+		if cfg.API.TLSCert != "" {
+			err = httpSrv.ServeTLS(apiLn, cfg.API.TLSCert, cfg.API.TLSKey)
+		} else {
+			err = httpSrv.Serve(apiLn)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("API server: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	log.Info("anvil serving", "iscsi", iscsiLn.Addr().String(), "api", apiLn.Addr().String(), "api_tls", cfg.API.TLSCert != "", "data_dir", cfg.DataDir)
+
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
+	var runErr error
+	select {
+	case sig := <-sigc:
+		log.Info("shutting down", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
+	case runErr = <-errc:
+		log.Error("front end stopped; shutting down", "err", runErr)
+	}
+	signal.Stop(sigc)
+
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := portal.Shutdown(ctx); err != nil {
+		log.Warn("iSCSI shutdown", "err", err)
+	}
+	if err := httpSrv.Shutdown(ctx); err != nil {
+		log.Warn("API shutdown", "err", err)
+	}
+	if err := svc.FlushAll(context.Background()); err != nil {
+		log.Error("flushing volumes", "err", err)
+		runErr = errors.Join(runErr, err)
+	}
+	log.Info("anvil stopped")
+	return runErr
+}

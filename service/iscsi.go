@@ -1,0 +1,19 @@
+package service
+
+import "github.com/anvilproject/anvil/target/iscsi"
+
+// ISCSIRegistry returns the view of the service the iSCSI front end
+// resolves logins and discovery through.
+func (s *Service) ISCSIRegistry() iscsi.Registry { return iscsiRegistry{s} }
+
+type iscsiRegistry struct{ s *Service }
+
+func (r iscsiRegistry) Target(iqn string) (iscsi.Target, bool) {
+	t, ok := r.s.Target(iqn)
+	if !ok {
+		return nil, false
+	}
+	return t, true
+}
+
+func (r iscsiRegistry) Targets(initiator string) []string { return r.s.Targets(initiator) }

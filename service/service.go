@@ -1,0 +1,448 @@
+// Package service owns Anvil's live state: the catalog, the open engine
+// volumes, and the SCSI targets that export them. Start-up restores it from
+// the catalog, the REST API changes it through the same methods, and the
+// iSCSI front end resolves logins through it (it implements
+// iscsi.Registry). Every change is persisted in one catalog transaction
+// before it is applied to the running targets, so a crash never leaves the
+// catalog describing something the daemon did not do, or the reverse for
+// longer than one call.
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anvilproject/anvil/catalog"
+	"github.com/anvilproject/anvil/engine"
+	"github.com/anvilproject/anvil/target/scsi"
+)
+
+// Demo volume and target created on an empty data directory.
+const (
+	DemoVolume = "demo"
+	DemoIQN    = "iqn.2026-11.io.anvil:demo"
+	DemoSize   = 1 << 30
+)
+
+// Errors callers map to API status codes; test with errors.Is.
+var (
+	ErrNotFound = catalog.ErrNotFound
+	ErrExists   = catalog.ErrExists
+	ErrInUse    = errors.New("in use")
+	ErrInvalid  = errors.New("invalid")
+)
+
+// FieldError is an invalid request field; the API reports Field with a 400.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Unwrap lets errors.Is(err, ErrInvalid) match.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Options configure Open.
+type Options struct {
+	// DataDir holds catalog.db and the volumes' data files.
+	DataDir string
+	// Demo creates the demo volume and target the first time the data
+	// directory is used.
+	Demo bool
+	// Logger receives the service's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Service is the daemon's live state.
+type Service struct {
+	dataDir string
+	cat     *catalog.Catalog
+	log     *slog.Logger
+
+	// mu guards the maps. Changes hold it exclusively across the catalog
+	// transaction and the live update, so the two never disagree as seen
+	// by another caller.
+	mu      sync.RWMutex
+	volumes map[string]*liveVolume
+	targets map[string]*liveTarget // key: lower-case IQN
+}
+
+type liveVolume struct {
+	rec catalog.Volume
+	vol engine.Volume
+	lu  *scsi.LogicalUnit
+}
+
+const metaInitialized = "initialized"
+
+// Open opens the catalog in opts.DataDir, opens every volume and builds
+// every target it records. On a data directory used for the first time it
+// creates the demo volume and target when opts.Demo is set.
+func Open(opts Options) (*Service, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(filepath.Join(opts.DataDir, "volumes"), 0o750); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	cat, err := catalog.Open(filepath.Join(opts.DataDir, "catalog.db"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		dataDir: opts.DataDir,
+		cat:     cat,
+		log:     log,
+		volumes: map[string]*liveVolume{},
+		targets: map[string]*liveTarget{},
+	}
+	if err := s.restore(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	var first bool
+	err = cat.Update(func(tx *catalog.Tx) error {
+		first = tx.Meta(metaInitialized) == nil
+		return tx.SetMeta(metaInitialized, []byte(time.Now().UTC().Format(time.RFC3339)))
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("mark data directory initialized: %w", err)
+	}
+	if first && opts.Demo {
+		if err := s.createDemo(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("create demo volume: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Service) createDemo() error {
+	ctx := context.Background()
+	if _, err := s.CreateVolume(ctx, VolumeSpec{Name: DemoVolume, SizeBytes: DemoSize}); err != nil {
+		return err
+	}
+	if _, err := s.CreateTarget(TargetSpec{IQN: DemoIQN, Alias: "Anvil demo", ACL: catalog.ACL{Open: true}}); err != nil {
+		return err
+	}
+	if err := s.MapLUN(DemoIQN, 0, DemoVolume); err != nil {
+		return err
+	}
+	s.log.Info("created demo volume", "volume", DemoVolume, "target", DemoIQN, "lun", 0, "size_bytes", DemoSize)
+	return nil
+}
+
+// restore opens every catalogued volume and target.
+func (s *Service) restore() error {
+	var vols []catalog.Volume
+	var tgts []catalog.Target
+	err := s.cat.View(func(tx *catalog.Tx) error {
+		var err error
+		if vols, err = tx.Volumes(); err != nil {
+			return err
+		}
+		tgts, err = tx.Targets()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("read catalog: %w", err)
+	}
+	for _, rec := range vols {
+		lv, err := s.openVolume(rec, false)
+		if err != nil {
+			return err
+		}
+		s.volumes[rec.Name] = lv
+	}
+	for _, rec := range tgts {
+		lt, err := s.buildTarget(rec)
+		if err != nil {
+			return err
+		}
+		s.targets[strings.ToLower(rec.IQN)] = lt
+	}
+	s.log.Info("restored state from catalog", "volumes", len(vols), "targets", len(tgts))
+	return nil
+}
+
+// Close flushes and closes every volume, then the catalog. It is the last
+// step of a graceful shutdown.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for name, lv := range s.volumes {
+		if err := lv.vol.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close volume %q: %w", name, err))
+		}
+	}
+	s.volumes = map[string]*liveVolume{}
+	s.targets = map[string]*liveTarget{}
+	if s.cat != nil {
+		if err := s.cat.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close catalog: %w", err))
+		}
+		s.cat = nil
+	}
+	return errors.Join(errs...)
+}
+
+// FlushAll flushes every volume, returning the first errors joined.
+func (s *Service) FlushAll(ctx context.Context) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var errs []error
+	for name, lv := range s.volumes {
+		if err := lv.vol.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush volume %q: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ---- volumes ----
+
+// VolumeSpec is a request to create a volume.
+type VolumeSpec struct {
+	Name       string
+	SizeBytes  int64
+	BlockSize  int  // 512 (default) or 4096
+	WriteCache *bool // default on
+	ReadOnly   bool
+}
+
+var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// MaxVolumeSize bounds a volume at 64 TiB, well inside every field that
+// reports capacity (READ CAPACITY 16, NVMe NSZE) and the filesystems that
+// hold sparse files.
+const MaxVolumeSize = 64 << 40
+
+func (spec *VolumeSpec) validate() error {
+	if !volumeName.MatchString(spec.Name) {
+		return invalid("name", "%q: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", spec.Name)
+	}
+	if spec.BlockSize == 0 {
+		spec.BlockSize = 512
+	}
+	if spec.BlockSize != 512 && spec.BlockSize != 4096 {
+		return invalid("block_size", "%d: must be 512 or 4096", spec.BlockSize)
+	}
+	if spec.SizeBytes <= 0 || spec.SizeBytes > MaxVolumeSize || spec.SizeBytes%int64(spec.BlockSize) != 0 {
+		return invalid("size_bytes", "%d: must be a positive multiple of the block size (%d), at most %d", spec.SizeBytes, spec.BlockSize, int64(MaxVolumeSize))
+	}
+	return nil
+}
+
+// newNAA makes a locally assigned NAA designator (NAA 3): the high nibble is
+// 3 and the other 60 bits are random, unique with overwhelming probability.
+func newNAA() ([]byte, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	b[0] = 0x30 | b[0]&0x0f
+	return b, nil
+}
+
+// CreateVolume creates a thin volume's data file and catalog record and
+// opens it.
+func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Volume, error) {
+	if err := spec.validate(); err != nil {
+		return catalog.Volume{}, err
+	}
+	naa, err := newNAA()
+	if err != nil {
+		return catalog.Volume{}, fmt.Errorf("generate NAA identifier: %w", err)
+	}
+	rec := catalog.Volume{
+		Name:       spec.Name,
+		SizeBytes:  spec.SizeBytes,
+		BlockSize:  spec.BlockSize,
+		Thin:       true,
+		Backend:    "file",
+		Path:       filepath.Join(s.dataDir, "volumes", spec.Name+".raw"),
+		WriteCache: spec.WriteCache == nil || *spec.WriteCache,
+		ReadOnly:   spec.ReadOnly,
+		Serial:     hex.EncodeToString(naa[1:]),
+		NAA:        hex.EncodeToString(naa),
+		Created:    time.Now().UTC(),
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.volumes[rec.Name]; ok {
+		return catalog.Volume{}, fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
+	}
+	if _, err := os.Stat(rec.Path); err == nil {
+		return catalog.Volume{}, fmt.Errorf("volume %q: data file %s already exists: %w", rec.Name, rec.Path, ErrExists)
+	}
+	lv, err := s.openVolume(rec, true)
+	if err != nil {
+		return catalog.Volume{}, err
+	}
+	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.CreateVolume(rec) }); err != nil {
+		lv.vol.Close()
+		os.Remove(rec.Path)
+		return catalog.Volume{}, err
+	}
+	s.volumes[rec.Name] = lv
+	s.log.Info("created volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "block_size", rec.BlockSize)
+	return rec, nil
+}
+
+// openVolume opens the engine volume for rec and wraps it in a logical unit.
+func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, error) {
+	if !create {
+		if _, err := os.Stat(rec.Path); err != nil {
+			return nil, fmt.Errorf("volume %q: data file: %w", rec.Name, err)
+		}
+	}
+	var vol engine.Volume
+	switch rec.Backend {
+	case "file", "":
+		fv, err := engine.OpenFile(rec.Path, engine.FileOptions{
+			Name:          rec.Name,
+			BlockSize:     rec.BlockSize,
+			Size:          rec.SizeBytes,
+			ReadOnly:      rec.ReadOnly,
+			WriteCacheOff: !rec.WriteCache,
+		})
+		if err != nil {
+			return nil, err
+		}
+		vol = &countedVolume{Volume: fv}
+	default:
+		return nil, fmt.Errorf("volume %q: backend %q is not supported", rec.Name, rec.Backend)
+	}
+	naa, err := hex.DecodeString(rec.NAA)
+	if err != nil {
+		vol.Close()
+		return nil, fmt.Errorf("volume %q: NAA %q: %w", rec.Name, rec.NAA, err)
+	}
+	lu := scsi.NewLogicalUnit(vol, scsi.LUConfig{
+		VendorID:  "ANVIL",
+		ProductID: "Anvil Volume",
+		Revision:  "0001",
+		Serial:    rec.Serial,
+		NAA:       naa,
+		Logger:    s.log.With("volume", rec.Name),
+	})
+	return &liveVolume{rec: rec, vol: vol, lu: lu}, nil
+}
+
+// Volume returns a volume's record.
+func (s *Service) Volume(name string) (catalog.Volume, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	lv, ok := s.volumes[name]
+	if !ok {
+		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return lv.rec, nil
+}
+
+// EngineVolume returns the open engine volume (for statistics).
+func (s *Service) EngineVolume(name string) (engine.Volume, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	lv, ok := s.volumes[name]
+	if !ok {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return base(lv.vol), nil
+}
+
+// Volumes lists every volume's record, sorted by name.
+func (s *Service) Volumes() []catalog.Volume {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]catalog.Volume, 0, len(s.volumes))
+	for _, lv := range s.volumes {
+		out = append(out, lv.rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// DeleteVolume closes and removes a volume and its data file. A volume
+// mapped by a target is refused with ErrInUse unless force is set, in which
+// case its mappings are removed first.
+func (s *Service) DeleteVolume(name string, force bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lv, ok := s.volumes[name]
+	if !ok {
+		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	var mappedBy []string
+	err := s.cat.Update(func(tx *catalog.Tx) error {
+		var err error
+		if mappedBy, err = tx.MappedBy(name); err != nil {
+			return err
+		}
+		if len(mappedBy) > 0 && !force {
+			return fmt.Errorf("volume %q is mapped by %s: %w", name, strings.Join(mappedBy, ", "), ErrInUse)
+		}
+		for _, iqn := range mappedBy {
+			tg, err := tx.Target(iqn)
+			if err != nil {
+				return err
+			}
+			tg.LUNs = dropVolume(tg.LUNs, name)
+			if err := tx.PutTarget(tg); err != nil {
+				return err
+			}
+		}
+		return tx.DeleteVolume(name)
+	})
+	if err != nil {
+		return err
+	}
+	for _, iqn := range mappedBy {
+		lt := s.targets[strings.ToLower(iqn)]
+		for _, l := range lt.rec.LUNs {
+			if l.Volume == name {
+				lt.scsi.RemoveLUN(l.LUN)
+			}
+		}
+		lt.rec.LUNs = dropVolume(lt.rec.LUNs, name)
+	}
+	delete(s.volumes, name)
+	if err := lv.vol.Close(); err != nil {
+		s.log.Warn("closing deleted volume", "volume", name, "err", err)
+	}
+	if err := os.Remove(lv.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove data file of volume %q: %w", name, err)
+	}
+	s.log.Info("deleted volume", "volume", name, "unmapped_from", mappedBy)
+	return nil
+}
+
+func dropVolume(luns []catalog.LUN, name string) []catalog.LUN {
+	out := luns[:0:0]
+	for _, l := range luns {
+		if l.Volume != name {
+			out = append(out, l)
+		}
+	}
+	return out
+}
