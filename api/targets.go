@@ -18,9 +18,16 @@ type Target struct {
 	IQN     string        `json:"iqn"`
 	Alias   string        `json:"alias,omitempty"`
 	LUNs    []catalog.LUN `json:"luns"`
-	ACL     catalog.ACL   `json:"acl"`
+	ACL     ACL           `json:"acl"`
 	CHAP    CHAPStatus    `json:"chap"`
 	Created time.Time     `json:"created"`
+}
+
+// ACL is a target's access list as the API shows it: initiators is always
+// present, empty when the list is.
+type ACL struct {
+	Open       bool     `json:"open"`
+	Initiators []string `json:"initiators"`
 }
 
 // CHAPStatus describes a target's CHAP setting without its secrets.
@@ -32,7 +39,7 @@ type CHAPStatus struct {
 }
 
 func targetView(rec catalog.Target) Target {
-	t := Target{IQN: rec.IQN, Alias: rec.Alias, LUNs: rec.LUNs, ACL: rec.ACL, Created: rec.Created}
+	t := Target{IQN: rec.IQN, Alias: rec.Alias, LUNs: rec.LUNs, ACL: ACL{Open: rec.ACL.Open, Initiators: rec.ACL.Initiators}, Created: rec.Created}
 	if t.LUNs == nil {
 		t.LUNs = []catalog.LUN{}
 	}
