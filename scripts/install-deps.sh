@@ -10,6 +10,8 @@ packages=(
   tgt               # Debian's userspace target, the peer bench/ compares against
   cpio              # packs the guest's initramfs
   xz-utils zstd     # unpack kernel modules
+  chromium          # headless browser the web UI test drives (web/ui_test.go)
+  nodejs            # node + npm run playwright-core from web/uitest (npm ci below)
 )
 
 missing=()
@@ -21,4 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# playwright-core for the web UI test, pinned by web/uitest/package-lock.json.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$repo/web/uitest/node_modules/playwright-core" ]; then
+  (cd "$repo/web/uitest" && npm ci --no-audit --no-fund)
 fi
