@@ -41,6 +41,18 @@ func WriteRestartVerify(t *testing.T, opts harness.Options, iqn string, guest Gu
 	v.Phase, v.Name = PhaseVerify, "verify"
 	b2 := RunPhase(t, v)
 	t.Logf("boot times: write %s, verify %s", b1.Elapsed.Round(100e6), b2.Elapsed.Round(100e6))
+	CheckDaemonLog(t, d)
+}
+
+// CheckDaemonLog fails the test if the daemon's log shows a recovered
+// panic: the guest may have passed, but a connection died on the way.
+func CheckDaemonLog(t testing.TB, d *harness.Daemon) {
+	t.Helper()
+	for _, line := range strings.Split(d.Log(), "\n") {
+		if strings.Contains(strings.ToLower(line), "panic") {
+			t.Errorf("daemon log shows a panic: %s", line)
+		}
+	}
 }
 
 func tailLines(s string, n int) string {

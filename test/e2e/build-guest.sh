@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${ANVIL_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/anvil-e2e}
+cache=${ANVIL_E2E_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/anvil-e2e}
 mkdir -p "$cache/debs"
 
 log() { echo "build-guest: $*" >&2; }
@@ -26,28 +26,29 @@ log() { echo "build-guest: $*" >&2; }
 sudo=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
 
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+pkgs=(busybox-static open-iscsi libopeniscsiusr e2fsprogs libext2fs2 libcom-err2)
 
+# One apt-cache call per question: each costs a second or two on a busy box.
+# Prints "pkg=version " for every package with a candidate.
+candidates() {
+	apt-cache policy "$@" 2>/dev/null | awk '
+		/^[^ ]/ { p = $1; sub(/:$/, "", p) }
+		/Candidate:/ && $2 != "(none)" { printf "%s=%s ", p, $2 }'
+}
 # Resolve the cloud kernel's real image package through the metapackage.
 resolve() {
 	kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-	[ -n "$kpkg" ] && [ -n "$(candidate "$kpkg")" ] && [ "$(candidate "$kpkg")" != "(none)" ]
+	[ -n "$kpkg" ] || return 1
+	versions=$(candidates "$kpkg" "${pkgs[@]}")
+	[ "$(echo "$versions" | wc -w)" -eq $((${#pkgs[@]} + 1)) ]
 }
 if ! resolve; then
-	log "package lists lack linux-image-cloud-amd64; running apt-get update"
+	log "package lists lack some of: linux-image-cloud-amd64 ${pkgs[*]}; running apt-get update"
 	$sudo apt-get update -qq >&2
-	resolve || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
+	resolve || { log "cannot resolve versions: got '$versions'"; exit 1; }
 fi
 
-pkgs=("$kpkg" busybox-static open-iscsi libopeniscsiusr e2fsprogs libext2fs2 libcom-err2)
-versions=""
-for p in "${pkgs[@]}"; do
-	v=$(candidate "$p")
-	[ -n "$v" ] && [ "$v" != "(none)" ] || { log "no candidate version for $p"; exit 1; }
-	versions+="$p=$v "
-done
-
-srchash=$(cat "$here/build-guest.sh" "$here/init.sh" "$here"/guestdata/*.go "$here"/cmd/e2e-guest/*.go "$repo/go.mod" | sha256sum | cut -c1-16)
+srchash=$(cat "$here/build-guest.sh" "$here/init.sh" "$here"/guestdata/*.go "$here"/cmd/e2e-guest/*.go | sha256sum | cut -c1-16)
 key=$(echo "$versions $srchash" | sha256sum | cut -c1-16)
 out="$cache/guest-$key"
 if [ -f "$out/initrd.gz" ] && [ -f "$out/vmlinuz" ]; then
@@ -130,6 +131,8 @@ cp "$x/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 echo "$versions" >"$out.tmp/versions"
 rm -rf "$out"
 mv "$out.tmp" "$out"
+# Keep the three newest guests; older keys are dead after a package update.
+ls -dt "$cache"/guest-* | tail -n +4 | xargs -r rm -rf
 log "guest ready in $out ($(du -sh "$out/initrd.gz" | cut -f1) initramfs)"
 echo "KERNEL=$out/vmlinuz"
 echo "INITRD=$out/initrd.gz"

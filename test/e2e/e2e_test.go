@@ -38,3 +38,41 @@ func TestOpenISCSIGuestTgt(t *testing.T) {
 	v.Phase = PhaseVerify
 	RunPhase(t, v)
 }
+
+// TestOpenISCSIGuestNegotiation makes the kernel initiator ask for the
+// expensive corners of RFC 7143: CRC32C header and data digests, no
+// immediate or unsolicited data (every write waits for R2T), small bursts
+// and 4 KiB PDUs, so one 1 MiB write becomes many R2T/Data-Out exchanges.
+// One write boot checks the data; the sysfs view of the session proves the
+// target agreed to each key.
+func TestOpenISCSIGuestNegotiation(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	d := harness.Start(t, harness.Options{})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log (%s), last lines:\n%s", d.LogPath, tailLines(d.Log(), 150))
+		}
+	})
+	RunPhase(t, GuestConfig{
+		Portal: d.ISCSI, IQN: harness.DemoIQN, Phase: PhaseWrite, Seed: Seed(t), Name: "negotiation",
+		ISCSIParams: []string{
+			"node.conn[0].iscsi.HeaderDigest=CRC32C",
+			"node.conn[0].iscsi.DataDigest=CRC32C",
+			"node.session.iscsi.InitialR2T=Yes",
+			"node.session.iscsi.ImmediateData=No",
+			"node.session.iscsi.FirstBurstLength=8192",
+			"node.session.iscsi.MaxBurstLength=16384",
+			"node.conn[0].iscsi.MaxRecvDataSegmentLength=4096",
+		},
+		WantNegotiated: map[string]string{
+			// The kernel shows an agreed CRC32C digest as 1.
+			"header_digest":    "1",
+			"data_digest":      "1",
+			"initial_r2t":      "1",
+			"immediate_data":   "0",
+			"max_burst_len":    "16384",
+			"max_recv_dlength": "4096",
+		},
+	})
+	CheckDaemonLog(t, d)
+}

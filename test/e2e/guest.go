@@ -62,6 +62,9 @@ type GuestConfig struct {
 	// ISCSIParams are passed to iscsistart as -P NAME=VALUE, e.g.
 	// "node.conn[0].iscsi.HeaderDigest=CRC32C".
 	ISCSIParams []string
+	// WantNegotiated are login results the boot must show (keys of
+	// Boot.Negotiated), checked by CheckPhase.
+	WantNegotiated map[string]string
 	// Timeout bounds the boot (default DefaultBootTimeout).
 	Timeout time.Duration
 	// MemoryMiB is the guest's RAM (default 512).
@@ -97,6 +100,24 @@ func (b *Boot) MarkerAll(prefix string) []string {
 		}
 	}
 	return out
+}
+
+// Negotiated returns the iSCSI parameters the guest's kernel initiator
+// holds after login (from sysfs: initial_r2t, immediate_data,
+// first_burst_len, max_burst_len, max_outstanding_r2t, erl, tpgt,
+// header_digest, data_digest, max_recv_dlength, max_xmit_dlength).
+func (b *Boot) Negotiated() map[string]string {
+	rest, ok := b.Marker("negotiated")
+	if !ok {
+		return nil
+	}
+	m := make(map[string]string)
+	for _, kv := range strings.Fields(rest) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
 }
 
 // Tail returns the last n lines of the console, for failure messages.
@@ -299,6 +320,14 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 		want = []string{"raw-ok", "fsck-ok verify"}
 	default:
 		return fmt.Errorf("unknown phase %q", cfg.Phase)
+	}
+	if len(cfg.WantNegotiated) > 0 {
+		got := b.Negotiated()
+		for k, v := range cfg.WantNegotiated {
+			if got[k] != v {
+				return fmt.Errorf("login negotiated %s=%q, want %q (all: %v)", k, got[k], v, got)
+			}
+		}
 	}
 	rawWant := "raw-sha256=" + guestdata.PatternSHA256(cfg.Seed, 0, RawPatternBytes)
 	for _, w := range want {

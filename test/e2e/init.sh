@@ -102,6 +102,19 @@ if [ -z "$DEV" ]; then
 fi
 SIZE=$(blockdev --getsize64 "$DEV")
 mark "disk $DEV size=$SIZE"
+# What login negotiated, as the kernel initiator holds it.
+if [ "$TRANSPORT" = iscsi ]; then
+	neg=""
+	for f in /sys/class/iscsi_session/session*/initial_r2t /sys/class/iscsi_session/session*/immediate_data \
+		/sys/class/iscsi_session/session*/first_burst_len /sys/class/iscsi_session/session*/max_burst_len \
+		/sys/class/iscsi_session/session*/max_outstanding_r2t /sys/class/iscsi_session/session*/erl \
+		/sys/class/iscsi_session/session*/tpgt \
+		/sys/class/iscsi_connection/connection*/header_digest /sys/class/iscsi_connection/connection*/data_digest \
+		/sys/class/iscsi_connection/connection*/max_recv_dlength /sys/class/iscsi_connection/connection*/max_xmit_dlength; do
+		[ -r "$f" ] && neg="$neg $(basename "$f")=$(cat "$f" 2>/dev/null | tr -d ' ')"
+	done
+	mark "negotiated$neg"
+fi
 step login
 [ "$SIZE" -ge $((256 * 1024 * 1024)) ] || fail "disk too small: $SIZE"
 RAWOFF=$((SIZE - RAW))
