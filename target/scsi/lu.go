@@ -23,7 +23,8 @@ type LUConfig struct {
 	// locally assigned) or 16 bytes (NAA 6). It must be stable across
 	// restarts because initiators key multipath devices on it.
 	NAA []byte
-	// Logger receives the unit's diagnostics; nil means slog.Default().
+	// Logger receives the unit's diagnostics; nil means slog.Default()
+	// with a "volume" attribute.
 	Logger *slog.Logger
 	// PR is the persistent reservation state saved by SavePR before a
 	// restart (APTPL); nil starts with none.
@@ -138,9 +139,8 @@ type LogicalUnit struct {
 func NewLogicalUnit(vol engine.Volume, cfg LUConfig) *LogicalUnit {
 	lu := &LogicalUnit{vol: vol, cfg: cfg, log: cfg.Logger}
 	if lu.log == nil {
-		lu.log = slog.Default()
+		lu.log = slog.Default().With("volume", vol.Name())
 	}
-	lu.log = lu.log.With("volume", vol.Name())
 	lu.serial = cfg.Serial
 	if lu.serial == "" {
 		lu.serial = vol.Name()

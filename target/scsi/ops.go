@@ -77,6 +77,11 @@ type opInfo struct {
 	serviceActions map[byte]*opInfo
 	// access is how the command relates to a persistent reservation.
 	access prAccess
+	// avail, when set, says whether a logical unit offers the command:
+	// some depend on what the engine under it can do. Unavailable
+	// commands are INVALID COMMAND OPERATION CODE and missing from
+	// REPORT SUPPORTED OPERATION CODES.
+	avail func(*LogicalUnit) bool
 	// sa is the service action this entry implements (with serviceActions
 	// set on the parent).
 	sa    byte
@@ -174,4 +179,13 @@ func init() {
 		opcodes[op].access = prRead
 	}
 	sai.serviceActions[saGetLBAStatus].access = prRead
+
+	opcodes[opUnmap].avail = (*LogicalUnit).thin
+	opcodes[opWriteAtomic16].avail = (*LogicalUnit).atomicWrites
+}
+
+// supported reports whether lu offers o (lu nil: a LUN that is not mapped,
+// where only the commands that need no logical unit are offered anyway).
+func (o *opInfo) supported(lu *LogicalUnit) bool {
+	return o.avail == nil || lu == nil || o.avail(lu)
 }

@@ -475,9 +475,6 @@ func (x *task) unmap() error {
 	}
 	pll := int(binary.BigEndian.Uint16(x.cdb[7:]))
 	x.res.TransferLength = pll
-	if !lu.thin() {
-		return errInvalidOpcode
-	}
 	if pll == 0 {
 		return nil
 	}

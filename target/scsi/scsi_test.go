@@ -1067,8 +1067,24 @@ func TestEdgeCasesFromLibiscsi(t *testing.T) {
 	if r := f.run(rw(opRead10, 10, 40, 4), nil); !bytes.Equal(r.DataIn, bytes.Repeat([]byte{0xff}, 2048)) {
 		t.Fatal("thick WRITE SAME UNMAP did not write the data")
 	}
-	// UNMAP is not offered on a thick volume.
+	// UNMAP is not offered on a thick volume, nor WRITE ATOMIC when the
+	// engine only promises single-block atomicity; neither is listed.
 	expectSense(t, f.run(cdb(opUnmap, 10), nil), SenseIllegalRequest, ascInvalidOpcode)
+	f.vol.limits.AtomicWriteMax = 512
+	expectSense(t, f.run(cdb(opWriteAtomic16, 16), nil), SenseIllegalRequest, ascInvalidOpcode)
+	c = cdb(opMaintenanceIn, 12)
+	c[1] = saReportSupportedOpcs
+	binary.BigEndian.PutUint32(c[6:], 8192)
+	r := f.run(c, nil)
+	for p := r.DataIn[4:]; len(p) >= 8; p = p[8:] {
+		if p[0] == opUnmap || p[0] == opWriteAtomic16 {
+			t.Errorf("unavailable opcode %#x listed", p[0])
+		}
+	}
+	r = f.run(inquiryCDB(true, 0xb0, 64), nil)
+	if binary.BigEndian.Uint32(r.DataIn[44:]) != 0 {
+		t.Error("atomic transfer length reported without WRITE ATOMIC")
+	}
 }
 
 func TestOrWriteAndDefectData(t *testing.T) {

@@ -209,6 +209,13 @@ func (lu *LogicalUnit) maxTransferBlocks() uint64 {
 	return max(uint64(maxTransferBytes)/uint64(lu.vol.BlockSize()), 1)
 }
 
+// atomicWrites reports whether WRITE ATOMIC(16) is offered: only when the
+// engine makes more than a single block all-or-nothing, which every write
+// already is.
+func (lu *LogicalUnit) atomicWrites() bool {
+	return lu.vol.Limits().AtomicWriteMax > int64(lu.vol.BlockSize())
+}
+
 // maxAtomicBlocks is the MAXIMUM ATOMIC TRANSFER LENGTH: what the engine
 // writes all-or-nothing in one call (at least one block, which every
 // engine write is).
@@ -264,10 +271,13 @@ func (lu *LogicalUnit) blockLimits() []byte {
 		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBlocks)
-	// WRITE ATOMIC(16) is implemented, so the atomic fields describe it.
-	binary.BigEndian.PutUint32(b[40:], uint32(lu.maxAtomicBlocks())) // MAXIMUM ATOMIC TRANSFER LENGTH
-	binary.BigEndian.PutUint32(b[44:], 1)                            // ATOMIC ALIGNMENT
-	binary.BigEndian.PutUint32(b[48:], 1)                            // ATOMIC TRANSFER LENGTH GRANULARITY
+	if lu.atomicWrites() {
+		// The atomic fields describe WRITE ATOMIC(16); they must be zero
+		// when it is not offered.
+		binary.BigEndian.PutUint32(b[40:], uint32(lu.maxAtomicBlocks())) // MAXIMUM ATOMIC TRANSFER LENGTH
+		binary.BigEndian.PutUint32(b[44:], 1)                            // ATOMIC ALIGNMENT
+		binary.BigEndian.PutUint32(b[48:], 1)                            // ATOMIC TRANSFER LENGTH GRANULARITY
+	}
 	return b
 }
 
@@ -419,7 +429,7 @@ func (x *task) reportSupportedOpcodes() error {
 		var all []*opInfo
 		for _, o := range opcodes {
 			switch {
-			case o == nil:
+			case o == nil || !o.supported(x.lu):
 			case o.serviceActions != nil:
 				sas := make([]byte, 0, len(o.serviceActions))
 				for sa := range o.serviceActions {
@@ -456,7 +466,7 @@ func (x *task) reportSupportedOpcodes() error {
 		o := opcodes[reqOp]
 		var found *opInfo
 		switch {
-		case o == nil:
+		case o == nil || !o.supported(x.lu):
 		case o.serviceActions != nil:
 			if opts == 1 {
 				return invalidCDB(2, 2)

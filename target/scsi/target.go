@@ -211,6 +211,9 @@ func (x *task) run() error {
 		}
 		op = sa
 	}
+	if !op.supported(x.lu) {
+		return errInvalidOpcode
+	}
 	cdbLen := op.cdbLen()
 	if len(x.cdb) < cdbLen {
 		return invalidCDB(len(x.cdb), -1)
