@@ -113,6 +113,10 @@ type CachedVolume struct {
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
 
+	gcMu       sync.Mutex
+	gcCond     *sync.Cond // on gcMu: a group commit finished
+	committing bool       // a syncTo caller is committing
+
 	kick      chan struct{}
 	stop      chan struct{}
 	done      chan struct{}
@@ -255,6 +259,7 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		interval: opts.FlushInterval,
 	}
 	v.cond = sync.NewCond(&v.mu)
+	v.gcCond = sync.NewCond(&v.gcMu)
 	v.size.Store(data.Size())
 	v.durable.Store(fifo.Committed())
 	v.wce.Store(!opts.WriteCacheOff)
@@ -352,7 +357,7 @@ func (v *CachedVolume) Stats() Stats {
 		Reads: s.reads.Load(), Writes: s.writes.Load(),
 		ReadBytes: s.readBytes.Load(), WriteBytes: s.writeBytes.Load(),
 		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
-		UndoBytes: s.undoBytes.Load(), CacheHits: s.hits.Load(), CacheMisses: s.misses.Load(),
+		UndoBytes: s.undoBytes.Load(), CacheHits: s.lookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
 		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty,
 		InjectedFaults: v.data.Injected() + v.udev.Injected(),
 		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
@@ -396,11 +401,17 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.check(off, int64(len(p))); err != nil {
 		return err
 	}
-	start := time.Now()
-	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
 	if len(p) == 0 {
 		return nil
 	}
+	// Reading the clock costs as much as a cache hit's bookkeeping, so
+	// read latency is sampled: one read in 8 is timed.
+	var start time.Time
+	sampled := v.st.reads.Add(1)&7 == 0
+	if sampled {
+		start = time.Now()
+	}
+	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
 	// Pass 1: copy what the cache has, note the missing chunks.
 	var missing []int64
 	v.mu.RLock()
@@ -420,8 +431,10 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		missing = append(missing, k)
 	}
 	v.mu.RUnlock()
-	v.st.hits.Add(uint64(last - first + 1 - int64(len(missing))))
-	v.st.misses.Add(uint64(len(missing)))
+	v.st.lookups.Add(uint64(last - first + 1))
+	if len(missing) > 0 {
+		v.st.misses.Add(uint64(len(missing)))
+	}
 	// Pass 2: read the missing chunks in contiguous runs.
 	for i := 0; i < len(missing); {
 		j := i + 1
@@ -433,9 +446,10 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		}
 		i = j
 	}
-	v.st.reads.Add(1)
 	v.st.readBytes.Add(uint64(len(p)))
-	v.st.readLat.observe(time.Since(start))
+	if sampled {
+		v.st.readLat.observe(time.Since(start))
+	}
 	return nil
 }
 
@@ -716,7 +730,11 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			}
 		} else {
 			if b.data == nil {
-				b.data = v.cache.alloc()
+				if kind == kindData && full {
+					b.data = v.cache.allocNoZero() // overwritten whole below
+				} else {
+					b.data = v.cache.alloc()
+				}
 				reserved -= ChunkSize
 				if b.state.Load() != stateClean {
 					v.addDirtyLocked(ChunkSize)

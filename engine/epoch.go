@@ -7,23 +7,39 @@ import (
 	"time"
 )
 
-// syncTo returns once epoch target is durable. Callers queue on commitMu;
-// whoever gets it first cuts the open epoch, which then carries every write
-// applied by the callers queued behind it, so they all share one commit
-// (group commit).
+// syncTo returns once epoch target is durable. The first caller to find no
+// commit under way becomes the committer; the others sleep on gcCond and are
+// all woken together when it finishes. Every write applied while a commit
+// runs joins the next epoch, so with many concurrent WCE=0 writers or
+// flushers each commit carries a whole group of them (group commit), and
+// waking them with one broadcast lets them all queue their next writes into
+// the following epoch.
 func (v *CachedVolume) syncTo(target uint64) error {
-	if v.durable.Load() >= target {
-		return v.failedErr()
+	v.gcMu.Lock()
+	defer v.gcMu.Unlock()
+	for {
+		if v.durable.Load() >= target {
+			return nil
+		}
+		if err := v.failedErr(); err != nil {
+			return err
+		}
+		if v.committing {
+			v.gcCond.Wait()
+			continue
+		}
+		v.committing = true
+		v.gcMu.Unlock()
+		v.commitMu.Lock()
+		err := v.commitLocked()
+		v.commitMu.Unlock()
+		v.gcMu.Lock()
+		v.committing = false
+		v.gcCond.Broadcast()
+		if err != nil {
+			return err
+		}
 	}
-	v.commitMu.Lock()
-	defer v.commitMu.Unlock()
-	if err := v.failedErr(); err != nil {
-		return err
-	}
-	if v.durable.Load() >= target {
-		return nil
-	}
-	return v.commitLocked()
 }
 
 // failedErr is the error a flush reports on a volume frozen by a failed

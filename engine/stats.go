@@ -60,7 +60,7 @@ type volStats struct {
 	readBytes, writeBytes   atomic.Uint64
 	unmaps, flushes, epochs atomic.Uint64
 	undoBytes               atomic.Uint64
-	hits, misses            atomic.Uint64
+	lookups, misses         atomic.Uint64 // chunk lookups by reads
 	commitErrors            atomic.Uint64
 	readLat, writeLat       histogram
 	flushLat, commitLat     histogram
@@ -68,7 +68,7 @@ type volStats struct {
 
 // Stats is a snapshot of one volume's counters, for the API and /metrics.
 type Stats struct {
-	Reads, Writes          uint64 // commands completed
+	Reads, Writes          uint64 // commands issued (reads) and completed (writes)
 	ReadBytes, WriteBytes  uint64
 	Unmaps                 uint64 // unmap and write-zeroes commands
 	Flushes                uint64 // Flush calls
@@ -78,7 +78,7 @@ type Stats struct {
 	CommitErrors           uint64
 	DirtyBytes             int64 // dirty + in-flight bytes right now
 	InjectedFaults         uint64
-	ReadLatency            Histogram
+	ReadLatency            Histogram // sampled: one read in 8
 	WriteLatency           Histogram
 	FlushLatency           Histogram // Flush calls, including waiting
 	CommitLatency          Histogram // one epoch commit
