@@ -83,6 +83,8 @@ type Daemon struct {
 	log     *os.File
 	LogPath string
 	exited  chan struct{}
+	// last is the exit status of the most recent process that ended.
+	last *os.ProcessState
 }
 
 // Options tune Start.
@@ -131,7 +133,11 @@ func (d *Daemon) start() {
 	}
 	d.cmd = cmd
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() {
+		cmd.Wait()
+		d.last = cmd.ProcessState // published to readers by close(exited)
+		close(exited)
+	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -188,6 +194,11 @@ func (d *Daemon) Kill() {
 		d.log.Close()
 	}
 }
+
+// ExitState returns how the last daemon process that Stop or Kill waited
+// for ended (nil before any has ended), so a test can check that SIGTERM
+// gives exit status 0.
+func (d *Daemon) ExitState() *os.ProcessState { return d.last }
 
 // Restart starts the daemon again on the same data directory and ports.
 func (d *Daemon) Restart() {
