@@ -17,3 +17,21 @@ func (r iscsiRegistry) Target(iqn string) (iscsi.Target, bool) {
 }
 
 func (r iscsiRegistry) Targets(initiator string) []string { return r.s.Targets(initiator) }
+
+// Credentials implements iscsi.CHAPTarget: once a target has CHAP
+// credentials, every normal-session login to it must authenticate.
+func (t *liveTarget) Credentials(string) iscsi.CHAPCredentials {
+	c := t.CHAP()
+	if c == nil {
+		return iscsi.CHAPCredentials{}
+	}
+	return iscsi.CHAPCredentials{
+		Required:     true,
+		User:         c.User,
+		Secret:       c.Secret,
+		MutualUser:   c.MutualUser,
+		MutualSecret: c.MutualSecret,
+	}
+}
+
+var _ iscsi.CHAPTarget = (*liveTarget)(nil)
