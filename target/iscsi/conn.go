@@ -58,7 +58,7 @@ type conn struct {
 	log *slog.Logger
 
 	rd pduReader
-	bw *bufio.Writer
+	pw pduWriter
 
 	sess   *session
 	cid    uint16
@@ -97,7 +97,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		closed: make(chan struct{}),
 	}
 	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64<<10), maxData: int(s.cfg.MaxRecvDataSegmentLength)}
-	c.bw = bufio.NewWriterSize(nc, 256<<10)
+	c.pw = pduWriter{w: nc, buf: make([]byte, 0, 64<<10)}
 	c.maxXmit.Store(8192)
 	return c
 }
@@ -200,18 +200,26 @@ func (c *conn) writeLoop() {
 				return
 			}
 			if closeAfter {
-				c.bw.Flush()
+				c.pw.flush()
 				c.close(nil)
 				c.drainOut()
 				return
 			}
 			p = nil
+			if c.pw.size >= 1<<20 {
+				// Don't let a long burst pile up unsent.
+				if err := c.pw.flush(); err != nil {
+					c.close(fmt.Errorf("flush: %w", err))
+					c.drainOut()
+					return
+				}
+			}
 			select {
 			case p = <-c.out:
 			default:
 			}
 		}
-		if err := c.bw.Flush(); err != nil {
+		if err := c.pw.flush(); err != nil {
 			c.close(fmt.Errorf("flush: %w", err))
 			c.drainOut()
 			return
@@ -246,14 +254,14 @@ func (c *conn) writeOne(p *outPDU) error {
 		p.hdr.setU32(28, exp)
 		p.hdr.setU32(32, maxSN)
 	}
-	err := writePDU(c.bw, &p.hdr, p.data, c.hdrDigest, c.dataDigest)
+	c.pw.write(&p.hdr, p.data, c.hdrDigest, c.dataDigest)
 	if p.sent != nil {
 		p.sent()
 	}
 	p.data = nil
 	p.sent = nil
 	outPool.Put(p)
-	return err
+	return nil
 }
 
 // readLoop reads and dispatches full-feature-phase PDUs.

@@ -117,7 +117,7 @@ func (c *conn) login() error {
 			var le *loginError
 			if errors.As(err, &le) {
 				c.writeLoginReject(ls, &h, le.status)
-				c.bw.Flush()
+				c.pw.flush()
 			}
 			return err
 		}
@@ -169,7 +169,7 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 	if cont {
 		// More text follows: acknowledge with an empty response.
 		c.writeLoginResp(ls, h, csg, nsg, false, nil, statusSuccess)
-		return false, c.bw.Flush()
+		return false, c.pw.flush()
 	}
 	pairs, err := parseKeys(ls.text)
 	ls.text = ls.text[:0]
@@ -205,18 +205,18 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 	resp = ls.neg.finish(resp)
 	if !transit {
 		c.writeLoginResp(ls, h, csg, nsg, false, resp, statusSuccess)
-		return false, c.bw.Flush()
+		return false, c.pw.flush()
 	}
 	ls.stage = nsg
 	if nsg != stageFullFeature {
 		c.writeLoginResp(ls, h, csg, nsg, true, resp, statusSuccess)
-		return false, c.bw.Flush()
+		return false, c.pw.flush()
 	}
 	if err := c.startSession(ls); err != nil {
 		return false, err
 	}
 	c.writeLoginResp(ls, h, csg, nsg, true, resp, statusSuccess)
-	if err := c.bw.Flush(); err != nil {
+	if err := c.pw.flush(); err != nil {
 		return false, err
 	}
 	// Digests apply from the first full-feature PDU on.
@@ -544,7 +544,7 @@ func (c *conn) writeLoginResp(ls *loginState, req *bhs, csg, nsg int, transit bo
 	for _, k := range keys {
 		data = appendKey(data, k.Key, k.Value)
 	}
-	writePDU(c.bw, &h, data, false, false)
+	c.pw.write(&h, data, false, false)
 }
 
 // writeLoginReject answers a failed login; the caller closes the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 )
 
 // Opcodes (RFC 7143 §11.2.1.2). Initiator opcodes are 0x00-0x1f, target
@@ -297,8 +298,9 @@ func parseAHS(ahs []byte) (extCDB []byte, bidiRead uint32, err error) {
 	return extCDB, bidiRead, nil
 }
 
-// encodePDU serialises a PDU (used for tests and by the writer through
-// writePDU). ahs must already be padded to a multiple of 4.
+// encodePDU serialises a PDU into a new buffer (tests and the fuzzer; the
+// connection writer uses pduWriter). ahs must already be padded to a
+// multiple of 4.
 func encodePDU(h *bhs, ahs, data []byte, headerDigest, dataDigest bool) []byte {
 	hh := *h
 	hh[4] = byte(len(ahs) / 4)
@@ -322,43 +324,77 @@ func encodePDU(h *bhs, ahs, data []byte, headerDigest, dataDigest bool) []byte {
 	return out
 }
 
-// writePDU writes a header (no AHS: targets never send one) and data
-// segment to w with padding and digests. It does not flush.
-func writePDU(w *bufio.Writer, h *bhs, data []byte, headerDigest, dataDigest bool) error {
+// directThreshold is the data segment size from which the writer stops
+// copying a segment into its buffer and hands it to writev instead, so a
+// large Data-In payload is never copied in user space.
+const directThreshold = 16 << 10
+
+// pduWriter batches outgoing PDUs for one connection. Headers, digests,
+// padding and small segments are appended to buf; large segments are
+// referenced in vec between slices of buf, and flush sends everything with
+// one writev. Not safe for concurrent use: one goroutine owns it.
+type pduWriter struct {
+	w    io.Writer
+	buf  []byte
+	mark int // start of buf bytes not yet referenced from vec
+	vec  net.Buffers
+	// size is the number of bytes pending.
+	size int
+}
+
+// write queues one PDU (no AHS: targets never send one).
+func (w *pduWriter) write(h *bhs, data []byte, headerDigest, dataDigest bool) {
 	h[4] = 0
 	h.setDataLen(len(data))
-	if _, err := w.Write(h[:]); err != nil {
-		return err
-	}
-	var tail [8]byte
+	start := len(w.buf)
+	w.buf = append(w.buf, h[:]...)
 	if headerDigest {
-		binary.LittleEndian.PutUint32(tail[:4], crc32.Checksum(h[:], crc32c))
-		if _, err := w.Write(tail[:4]); err != nil {
-			return err
+		w.buf = binary.LittleEndian.AppendUint32(w.buf, crc32.Checksum(h[:], crc32c))
+	}
+	if len(data) > 0 {
+		if len(data) >= directThreshold {
+			w.vec = append(w.vec, w.buf[w.mark:], data)
+			w.mark = len(w.buf)
+		} else {
+			w.buf = append(w.buf, data...)
+		}
+		var zero [4]byte
+		pad := pad4(len(data))
+		w.buf = append(w.buf, zero[:pad]...)
+		if dataDigest {
+			crc := crc32.Update(0, crc32c, data)
+			crc = crc32.Update(crc, crc32c, zero[:pad])
+			w.buf = binary.LittleEndian.AppendUint32(w.buf, crc)
 		}
 	}
-	if len(data) == 0 {
-		return nil
+	w.size += len(w.buf) - start
+	if len(data) >= directThreshold {
+		w.size += len(data)
 	}
-	if _, err := w.Write(data); err != nil {
-		return err
-	}
-	pad := pad4(len(data))
-	var zero [4]byte
-	if pad > 0 {
-		if _, err := w.Write(zero[:pad]); err != nil {
-			return err
+}
+
+// flush writes everything queued.
+func (w *pduWriter) flush() error {
+	var err error
+	if len(w.vec) == 0 {
+		if len(w.buf) > w.mark {
+			_, err = w.w.Write(w.buf[w.mark:])
 		}
+	} else {
+		w.vec = append(w.vec, w.buf[w.mark:])
+		bufs := w.vec
+		_, err = bufs.WriteTo(w.w)
+		clear(w.vec) // drop references to data segments
+		w.vec = w.vec[:0]
 	}
-	if dataDigest {
-		crc := crc32.Update(0, crc32c, data)
-		crc = crc32.Update(crc, crc32c, zero[:pad])
-		binary.LittleEndian.PutUint32(tail[:4], crc)
-		if _, err := w.Write(tail[:4]); err != nil {
-			return err
-		}
+	if cap(w.buf) > 4<<20 {
+		// Don't keep a huge buffer around after a burst of small PDUs.
+		w.buf = nil
 	}
-	return nil
+	w.buf = w.buf[:0]
+	w.mark = 0
+	w.size = 0
+	return err
 }
 
 // Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
