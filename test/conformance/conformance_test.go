@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -69,12 +70,16 @@ const defaultSuiteTimeout = 3 * time.Minute
 
 // suiteRow is one line of the report table.
 type suiteRow struct {
-	Suite    string
+	Name     string // as shown in the table
+	Suite    string // as passed to iscsi-test-cu -t
 	Required bool
-	Result   cunitResult
-	Elapsed  time.Duration
-	Verdict  string // PASS, FAIL, TIMEOUT, NO-SUMMARY, DAEMON-DIED, DAEMON-HUNG
-	Detail   string
+	// MustRun fails the suite if libiscsi skipped any of its tests: set
+	// where the LU was configured precisely so that they can run.
+	MustRun bool
+	Result  cunitResult
+	Elapsed time.Duration
+	Verdict string // PASS, FAIL, TIMEOUT, NO-SUMMARY, DAEMON-DIED, DAEMON-HUNG
+	Detail  string
 }
 
 // target is the LUN under test and, when it is Anvil, the daemon behind it.
@@ -145,9 +150,21 @@ func TestISCSITestCU(t *testing.T) {
 
 	var rows []suiteRow
 	for _, suite := range suites {
-		row := suiteRow{Suite: suite, Required: requiredSuites[suite]}
+		row := suiteRow{Name: suite, Suite: suite, Required: requiredSuites[suite]}
 		t.Run(suite, func(t *testing.T) {
 			row = runSuite(t, tg, row, timeout, logDir)
+		})
+		rows = append(rows, row)
+	}
+
+	// On a writable LU every ReadOnly test skips itself ("Logical unit is
+	// not write-protected"), so run the suite a second time against a
+	// read-only volume exported as LUN 1, where none may skip.
+	if tg.d != nil && slices.Contains(suites, "ALL.ReadOnly") {
+		row := suiteRow{Name: "ALL.ReadOnly (write-protected LUN 1)", Suite: "ALL.ReadOnly", Required: true, MustRun: true}
+		t.Run("ALL.ReadOnly_write-protected", func(t *testing.T) {
+			ro := &target{url: exportReadOnlyLUN(t, tg.d), d: tg.d}
+			row = runSuite(t, ro, row, timeout, logDir)
 		})
 		rows = append(rows, row)
 	}
@@ -159,6 +176,24 @@ func TestISCSITestCU(t *testing.T) {
 			t.Errorf("write ANVIL_CONFORMANCE_TABLE: %v", err)
 		}
 	}
+}
+
+// exportReadOnlyLUN creates a small read-only volume through the CLI (and
+// so the REST API), maps it as LUN 1 of the demo target, and returns its URL.
+func exportReadOnlyLUN(t *testing.T, d *harness.Daemon) string {
+	t.Helper()
+	bin := harness.Binary(t)
+	global := []string{"--api", d.API, "--data-dir", d.DataDir}
+	for _, args := range [][]string{
+		{"volume", "create", "conformance-ro", "--size", "64M", "--read-only"},
+		{"target", "map", harness.DemoIQN, "1", "conformance-ro"},
+	} {
+		out, err := harness.Run(context.Background(), time.Minute, bin, append(args, global...)...)
+		if err != nil {
+			t.Fatalf("anvil %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return fmt.Sprintf("iscsi://%s/%s/1", d.ISCSI, harness.DemoIQN)
 }
 
 // listSuites returns the top-level suites of the ALL family, in the order
@@ -187,7 +222,7 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	if tg.d != nil && !tg.d.Running() {
 		// An earlier suite killed it and was already failed for it;
 		// every suite still deserves a live target.
-		t.Logf("daemon was not running before %s; restarting it", row.Suite)
+		t.Logf("daemon was not running before %s; restarting it", row.Name)
 		tg.d.Restart()
 	}
 
@@ -201,7 +236,7 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	cmd := exec.CommandContext(ctx, "iscsi-test-cu", args...)
 	out, runErr := cmd.CombinedOutput()
 	row.Elapsed = time.Since(start)
-	logPath := filepath.Join(logDir, row.Suite+".log")
+	logPath := filepath.Join(logDir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(row.Name)+".log")
 	if err := os.WriteFile(logPath, out, 0o644); err != nil {
 		t.Errorf("save suite log: %v", err)
 	}
@@ -223,6 +258,9 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	case res.Ran == 0:
 		row.Verdict = "NO-SUMMARY"
 		row.Detail = "no test ran"
+	case row.MustRun && res.Skipped() > 0:
+		row.Verdict = "SKIPPED"
+		row.Detail = fmt.Sprintf("%d tests skipped where all must run", res.Skipped())
 	default:
 		row.Verdict = "PASS"
 	}
@@ -231,11 +269,11 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	if tg.d != nil {
 		if !tg.d.Running() {
 			row.Verdict = "DAEMON-DIED"
-			t.Errorf("daemon died in suite %s; daemon log tail:\n%s", row.Suite, tail(tg.d.Log(), 40))
+			t.Errorf("daemon died in suite %s; daemon log tail:\n%s", row.Name, tail(tg.d.Log(), 40))
 			tg.d.Restart()
 		} else if msg, ok := healthy(tg.url); !ok {
 			row.Verdict = "DAEMON-HUNG"
-			t.Errorf("daemon stopped answering INQUIRY after suite %s: %s\ndaemon log tail:\n%s", row.Suite, msg, tail(tg.d.Log(), 40))
+			t.Errorf("daemon stopped answering INQUIRY after suite %s: %s\ndaemon log tail:\n%s", row.Name, msg, tail(tg.d.Log(), 40))
 			tg.d.Kill()
 			tg.d.Restart()
 		}
@@ -246,12 +284,20 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	case "FAIL":
 		report := failureReport(res)
 		if row.Required {
-			t.Errorf("required suite %s: %d of %d tests failed (full log %s):\n%s", row.Suite, res.Failed, res.Ran, logPath, report)
+			t.Errorf("required suite %s: %d of %d tests failed (full log %s):\n%s", row.Name, res.Failed, res.Ran, logPath, report)
 		} else {
-			t.Logf("suite %s (not required yet): %d of %d tests failed:\n%s", row.Suite, res.Failed, res.Ran, report)
+			t.Logf("suite %s (not required yet): %d of %d tests failed:\n%s", row.Name, res.Failed, res.Ran, report)
 		}
+	case "SKIPPED":
+		var why []string
+		for _, ct := range res.Tests {
+			if ct.Skipped {
+				why = append(why, ct.Name+": "+ct.SkipWhy)
+			}
+		}
+		t.Errorf("suite %s: %s:\n  %s", row.Name, row.Detail, strings.Join(why, "\n  "))
 	case "TIMEOUT", "NO-SUMMARY":
-		t.Errorf("suite %s did not run to its end: %s (full log %s); output tail:\n%s", row.Suite, row.Detail, logPath, tail(string(out), 30))
+		t.Errorf("suite %s did not run to its end: %s (full log %s); output tail:\n%s", row.Name, row.Detail, logPath, tail(string(out), 30))
 	}
 	return row
 }
@@ -298,7 +344,7 @@ func renderTable(url string, rows []suiteRow) string {
 		}
 		res := r.Result
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %.1fs | %s |\n",
-			r.Suite, req, res.Ran, res.RealPassed(), res.Failed, res.Skipped(), res.Inactive, r.Elapsed.Seconds(), r.Verdict)
+			r.Name, req, res.Ran, res.RealPassed(), res.Failed, res.Skipped(), res.Inactive, r.Elapsed.Seconds(), r.Verdict)
 		tot.ran += res.Ran
 		tot.passed += res.RealPassed()
 		tot.failed += res.Failed
@@ -320,7 +366,7 @@ func renderTable(url string, rows []suiteRow) string {
 		if len(r.Result.FailedTests()) == 0 && r.Detail == "" {
 			continue
 		}
-		fmt.Fprintf(&failed, "- %s (%s)", r.Suite, r.Verdict)
+		fmt.Fprintf(&failed, "- %s (%s)", r.Name, r.Verdict)
 		if r.Detail != "" {
 			fmt.Fprintf(&failed, ": %s", r.Detail)
 		}
