@@ -20,6 +20,7 @@ func main() {
 	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newTargetCmd())
 	root.AddCommand(newSessionCmd())
+	root.AddCommand(newHealthCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "anvil:", err)
 		os.Exit(1)
