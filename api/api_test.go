@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
 )
@@ -708,5 +709,21 @@ func TestConcurrentChanges(t *testing.T) {
 	v2, t2 := check(svc, "reopened")
 	if v1 != v2 || t1 != t2 {
 		t.Errorf("reopened catalog differs from the live state")
+	}
+}
+
+// TestEngineBuckets checks the conversion of the engine's log2 histogram
+// into cumulative Prometheus buckets.
+func TestEngineBuckets(t *testing.T) {
+	var h engine.Histogram
+	h.Counts[0] = 2 // < 1µs
+	h.Counts[3] = 5 // < 8µs
+	h.Counts[len(h.Counts)-1] = 7
+	b := engineBuckets(h)
+	if len(b) != len(h.Counts)-1 {
+		t.Fatalf("%d buckets", len(b))
+	}
+	if b[1e-6] != 2 || b[4e-6] != 2 || b[8e-6] != 7 || b[h.UpperBound(len(h.Counts)-2).Seconds()] != 7 {
+		t.Errorf("buckets: %v", b)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 )
 
@@ -33,6 +34,13 @@ var (
 	descSessions   = prometheus.NewDesc("anvil_iscsi_sessions", "Logged-in iSCSI sessions, by target (empty for discovery).", []string{"target"}, nil)
 	descInFlight   = prometheus.NewDesc("anvil_iscsi_commands_in_flight", "SCSI commands being executed, by target.", []string{"target"}, nil)
 	descTargets    = prometheus.NewDesc("anvil_targets", "Configured targets.", nil, nil)
+
+	// The caching engine's own counters.
+	descEpochs    = prometheus.NewDesc("anvil_engine_epochs_total", "Epochs the engine committed with data.", []string{"volume"}, nil)
+	descUndo      = prometheus.NewDesc("anvil_engine_undo_bytes_total", "Bytes appended to the undo log.", []string{"volume"}, nil)
+	descCacheHits = prometheus.NewDesc("anvil_engine_cache_lookups_total", "Chunk cache lookups on read, by result.", []string{"volume", "result"}, nil)
+	descCommitErr = prometheus.NewDesc("anvil_engine_commit_errors_total", "Epoch commits that failed.", []string{"volume"}, nil)
+	descCommitLat = prometheus.NewDesc("anvil_engine_commit_duration_seconds", "Time to commit one epoch.", []string{"volume"}, nil)
 )
 
 func newMetrics(s *server) *metrics {
@@ -84,7 +92,8 @@ func (s *server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 type liveCollector struct{ s *server }
 
 func (l liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets} {
+	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets,
+		descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
 		ch <- d
 	}
 }
@@ -118,6 +127,14 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 		if st.DirtyBytes != nil {
 			ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, float64(*st.DirtyBytes), v.Name)
 		}
+		if e := st.Engine; e != nil {
+			ch <- prometheus.MustNewConstMetric(descEpochs, prometheus.CounterValue, float64(e.Epochs), v.Name)
+			ch <- prometheus.MustNewConstMetric(descUndo, prometheus.CounterValue, float64(e.UndoBytes), v.Name)
+			ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(e.CacheHits), v.Name, "hit")
+			ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(e.CacheMisses), v.Name, "miss")
+			ch <- prometheus.MustNewConstMetric(descCommitErr, prometheus.CounterValue, float64(e.CommitErrors), v.Name)
+			ch <- prometheus.MustNewConstHistogram(descCommitLat, e.CommitCount, e.CommitSeconds, engineBuckets(e.commit), v.Name)
+		}
 	}
 	targets := s.svc.ListTargets()
 	ch <- prometheus.MustNewConstMetric(descTargets, prometheus.GaugeValue, float64(len(targets)))
@@ -135,4 +152,17 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), t)
 		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(inflight[t]), t)
 	}
+}
+
+// engineBuckets turns the engine's log2 histogram (bucket i counts
+// operations under UpperBound(i), the last bucket is open) into
+// Prometheus's cumulative buckets.
+func engineBuckets(h engine.Histogram) map[float64]uint64 {
+	out := make(map[float64]uint64, len(h.Counts)-1)
+	var cum uint64
+	for i := 0; i < len(h.Counts)-1; i++ {
+		cum += h.Counts[i]
+		out[h.UpperBound(i).Seconds()] = cum
+	}
+	return out
 }

@@ -173,7 +173,10 @@ var openAPIDoc = obj{
 				"created":   obj{"type": "string", "format": "date-time"},
 				"mapped_by": obj{"type": "array", "items": str},
 				"stats": obj{"type": "object", "properties": obj{"read": ref("OpStats"), "write": ref("OpStats"), "flush": ref("OpStats"), "unmap": ref("OpStats"),
-					"dirty_bytes": int64s}}}},
+					"dirty_bytes": int64s,
+					"engine": obj{"type": "object", "description": "counters of the caching engine, when the volume runs on it", "properties": obj{
+						"epochs": int64s, "undo_bytes": int64s, "cache_hits": int64s, "cache_misses": int64s, "commit_errors": int64s,
+						"injected_faults": int64s, "commit_count": int64s, "commit_seconds": obj{"type": "number"}}}}}}},
 			"ACL": obj{"type": "object", "additionalProperties": false, "properties": obj{"open": boolean, "initiators": obj{"type": "array", "items": str}}},
 			"CreateTarget": obj{"type": "object", "additionalProperties": false, "required": []any{"iqn"}, "properties": obj{
 				"iqn": str, "alias": str, "acl": ref("ACL")}},

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 )
 
@@ -10,13 +11,30 @@ import (
 type VolumeStats struct {
 	service.IOStats
 	// DirtyBytes is data acknowledged but not yet durable, when the engine
-	// reports it.
+	// keeps a write-back cache of its own.
 	DirtyBytes *int64 `json:"dirty_bytes,omitempty"`
+	// Engine holds the crash-consistent engine's own counters, when the
+	// volume runs on it.
+	Engine *EngineStats `json:"engine,omitempty"`
 }
 
-// dirtyReporter is implemented by engines with a write-back cache of their
-// own.
-type dirtyReporter interface{ DirtyBytes() int64 }
+// EngineStats are the counters only the caching engine keeps.
+type EngineStats struct {
+	Epochs         uint64  `json:"epochs"`
+	UndoBytes      uint64  `json:"undo_bytes"`
+	CacheHits      uint64  `json:"cache_hits"`
+	CacheMisses    uint64  `json:"cache_misses"`
+	CommitErrors   uint64  `json:"commit_errors"`
+	InjectedFaults uint64  `json:"injected_faults"`
+	CommitCount    uint64  `json:"commit_count"`
+	CommitSeconds  float64 `json:"commit_seconds"`
+
+	commit engine.Histogram
+}
+
+// statser is implemented by engines that keep their own statistics
+// (engine.CachedVolume).
+type statser interface{ Stats() engine.Stats }
 
 // statsOf returns the live statistics of volume name, or nil if it is gone.
 func (s *server) statsOf(name string) *VolumeStats {
@@ -25,10 +43,19 @@ func (s *server) statsOf(name string) *VolumeStats {
 		return nil
 	}
 	st := &VolumeStats{IOStats: io}
-	if ev, err := s.svc.EngineVolume(name); err == nil {
-		if d, ok := ev.(dirtyReporter); ok {
-			n := d.DirtyBytes()
-			st.DirtyBytes = &n
+	ev, err := s.svc.EngineVolume(name)
+	if err != nil {
+		return st
+	}
+	if es, ok := ev.(statser); ok {
+		e := es.Stats()
+		d := e.DirtyBytes
+		st.DirtyBytes = &d
+		st.Engine = &EngineStats{
+			Epochs: e.Epochs, UndoBytes: e.UndoBytes, CacheHits: e.CacheHits, CacheMisses: e.CacheMisses,
+			CommitErrors: e.CommitErrors, InjectedFaults: e.InjectedFaults,
+			CommitCount: e.CommitLatency.Count(), CommitSeconds: e.CommitLatency.Sum.Seconds(),
+			commit: e.CommitLatency,
 		}
 	}
 	return st
