@@ -67,7 +67,7 @@ type task struct {
 	state   taskState
 	aborted bool
 
-	holdsSlot   bool
+	holdsSlot   bool // under session.mu
 	slotOnce    sync.Once
 	finishOnce  sync.Once
 	ctx         context.Context
@@ -79,7 +79,11 @@ type task struct {
 // releaseSlot gives the task's CmdSN window slot back once.
 func (t *task) releaseSlot() {
 	t.slotOnce.Do(func() {
-		if t.holdsSlot {
+		t.sess.mu.Lock()
+		holds := t.holdsSlot
+		t.holdsSlot = false
+		t.sess.mu.Unlock()
+		if holds {
 			t.sess.release()
 		}
 	})
@@ -249,16 +253,20 @@ func (c *conn) handleSCSICmd() error {
 		c.issueR2Ts(t)
 	}
 	return s.sequence(cmdSN, immediate, func() error {
+		// Taking the window slot and checking for an abort happen under
+		// one lock so that an abort racing with delivery releases exactly
+		// the slots that were taken.
 		s.mu.Lock()
 		aborted := t.aborted
-		s.mu.Unlock()
 		if !immediate {
-			if aborted {
-				s.advance(false)
-				return nil
+			if !aborted {
+				t.holdsSlot = true
 			}
-			t.holdsSlot = true
-			s.advance(true)
+			s.advance(!aborted)
+		}
+		s.mu.Unlock()
+		if aborted {
+			return nil
 		}
 		t.ordered = true
 		c.maybeStart(t)
