@@ -612,9 +612,16 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		lo, hi := chunkSpan(k, off, n)
 		return lo != 0 || int(hi) < v.chunkLen(k)
 	}
-	v.cache.waitDirty(nch * ChunkSize)
-	v.cache.reserve(nch * ChunkSize)
-	reserved := nch * ChunkSize
+	// Memory this piece may need: one buffer per chunk, except that an
+	// unmap only needs buffers for partially covered chunks at its ends.
+	need := nch * ChunkSize
+	if kind == kindUnmap {
+		need = min(nch, 2) * ChunkSize
+	} else {
+		v.cache.waitDirty(need)
+	}
+	v.cache.reserve(need)
+	reserved := need
 	defer func() { v.cache.unreserve(reserved) }()
 
 	var fills map[int64]*[ChunkSize]byte
@@ -628,14 +635,14 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		// untouched bytes must come from the device.
 		v.mu.RLock()
 		gen := v.evictGen
-		var need []int64
+		var toFill []int64
 		for _, k := range []int64{first, last} {
-			if partial(k) && v.chunks[k] == nil && fills[k] == nil && (len(need) == 0 || need[0] != k) {
-				need = append(need, k)
+			if partial(k) && v.chunks[k] == nil && fills[k] == nil && (len(toFill) == 0 || toFill[0] != k) {
+				toFill = append(toFill, k)
 			}
 		}
 		v.mu.RUnlock()
-		for _, k := range need {
+		for _, k := range toFill {
 			// Fills are accounted on their own: freed if unused, kept as
 			// the buffer's memory if adopted.
 			v.cache.used.Add(ChunkSize)
@@ -701,7 +708,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			// Copy-on-write: the commit owns the frozen version; this
 			// write and later ones go to a new version.
 			nb := &buf{vol: v, key: k}
-			if b.data != nil {
+			if b.data != nil && !(kind == kindUnmap && full) {
 				nb.data = v.cache.allocNoZero()
 				*nb.data = *b.data
 				reserved -= ChunkSize
