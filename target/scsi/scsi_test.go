@@ -283,6 +283,10 @@ func TestInvalidOpcode(t *testing.T) {
 		}
 	}
 	expectSense(t, f.run(nil, nil), SenseIllegalRequest, ascInvalidOpcode)
+	// A pending unit attention beats an invalid CDB.
+	f.lu.CapacityChanged()
+	expectSense(t, f.run(cdb(0xc0, 16), nil), SenseUnitAttention, ascCapacityDataChanged)
+	expectSense(t, f.run(cdb(0xc0, 16), nil), SenseIllegalRequest, ascInvalidOpcode)
 	// A CDB shorter than its opcode's group.
 	expectSense(t, f.run([]byte{opRead10, 0, 0}, nil), SenseIllegalRequest, ascInvalidFieldInCDB)
 	// NACA is not supported.

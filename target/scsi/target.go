@@ -193,23 +193,49 @@ type task struct {
 	res Result
 }
 
-func (x *task) run() error {
-	if len(x.cdb) == 0 {
-		return errInvalidOpcode
+// lookupOp finds the table entry for the CDB: nil with an error for an
+// unknown operation code or service action.
+func lookupOp(cdb []byte) (*opInfo, error) {
+	if len(cdb) == 0 {
+		return nil, errInvalidOpcode
 	}
-	op := opcodes[x.cdb[0]]
+	op := opcodes[cdb[0]]
 	if op == nil {
-		return errInvalidOpcode
+		return nil, errInvalidOpcode
 	}
 	if op.serviceActions != nil {
-		if len(x.cdb) < 2 {
-			return invalidCDB(1, 4)
+		if len(cdb) < 2 {
+			return nil, invalidCDB(1, 4)
 		}
-		sa := op.serviceActions[x.cdb[1]&0x1f]
+		sa := op.serviceActions[cdb[1]&0x1f]
 		if sa == nil {
-			return invalidCDB(1, 4)
+			return nil, invalidCDB(1, 4)
 		}
 		op = sa
+	}
+	return op, nil
+}
+
+// run validates and dispatches the command in the order SAM-5 and SPC-4
+// give: an unmapped LUN first, then a pending unit attention (which beats
+// even an invalid CDB), then the CDB itself, reservations, and finally the
+// command.
+func (x *task) run() error {
+	op, opErr := lookupOp(x.cdb)
+	if x.lu == nil {
+		if op == nil || op.flags&opNoLU == 0 {
+			return errLUNotSupp
+		}
+	} else {
+		x.st = x.lu.nexusState(x.n)
+		if op == nil || op.flags&opNoUA == 0 {
+			if asc, ok := x.st.pop(); ok {
+				return newCC(SenseUnitAttention, asc)
+			}
+		}
+	}
+	if opErr != nil {
+		return opErr
 	}
 	if !op.supported(x.lu) {
 		return errInvalidOpcode
@@ -219,30 +245,20 @@ func (x *task) run() error {
 		return invalidCDB(len(x.cdb), -1)
 	}
 	x.cdb = x.cdb[:cdbLen]
-	if x.lu == nil {
-		if op.flags&opNoLU == 0 {
-			return errLUNotSupp
-		}
-		return op.run(x)
-	}
-	x.st = x.lu.nexusState(x.n)
-	if op.flags&opNoUA == 0 {
-		if asc, ok := x.st.pop(); ok {
-			return newCC(SenseUnitAttention, asc)
-		}
-	}
 	// NACA (control byte bit 2) asks for ACA, which we do not support
 	// (INQUIRY NORMACA=0).
 	if x.cdb[cdbLen-1]&0x04 != 0 {
 		return invalidCDB(cdbLen-1, 2)
 	}
-	if op.flags&opNoConflict == 0 && x.lu.reservationConflict(x.n) {
-		x.res.Status = StatusReservationConflict
-		return nil
-	}
-	if x.lu.prConflict(x.n, op.access) {
-		x.res.Status = StatusReservationConflict
-		return nil
+	if x.lu != nil {
+		if op.flags&opNoConflict == 0 && x.lu.reservationConflict(x.n) {
+			x.res.Status = StatusReservationConflict
+			return nil
+		}
+		if x.lu.prConflict(x.n, op.access) {
+			x.res.Status = StatusReservationConflict
+			return nil
+		}
 	}
 	if err := x.ctx.Err(); err != nil {
 		return err
