@@ -21,7 +21,7 @@ import (
 // a screenshot, delete. It then checks through the API that the UI's
 // actions really happened.
 func TestUIInChromium(t *testing.T) {
-	harness.NeedTool(t, "node", "npm", "chromium")
+	harness.NeedTool(t, "node", "npm", "chromium", "iscsi-perf")
 	uitest := filepath.Join(harness.RepoRoot(), "web", "uitest")
 	if _, err := os.Stat(filepath.Join(uitest, "node_modules", "playwright-core")); err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -68,8 +68,12 @@ func TestUIInChromium(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// Once the UI has mapped the volume, read from it with libiscsi so
+	// the dashboard has live throughput to show.
+	go driveIO(ctx, t, base, token, "iscsi://"+d.ISCSI+"/iqn.2026-11.io.anvil:ui/0")
 	cmd := exec.CommandContext(ctx, "node", "ui.mjs", base, token, shot)
 	cmd.Dir = uitest
+	cmd.Env = append(os.Environ(), "UI_EXPECT_IO=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("UI script failed: %v\n%s\ndaemon log:\n%s", err, out, d.Log())
@@ -102,4 +106,31 @@ func TestUIInChromium(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&tg); err != nil || resp.StatusCode != 200 || !tg.ACL.Open || len(tg.LUNs) != 0 {
 		t.Errorf("target after the UI run: %d %+v %v", resp.StatusCode, tg, err)
 	}
+}
+
+// driveIO waits until the UI's target maps LUN 0, then runs iscsi-perf
+// against it for a while.
+func driveIO(ctx context.Context, t *testing.T, base, token, lunURL string) {
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/v1/targets/iqn.2026-11.io.anvil:ui", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			var tg catalog.Target
+			json.NewDecoder(resp.Body).Decode(&tg)
+			resp.Body.Close()
+			if len(tg.LUNs) > 0 {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	out, err := exec.CommandContext(ctx, "iscsi-perf", "-t", "15", "-m", "4", "-b", "64", "-n", lunURL).CombinedOutput()
+	if len(out) > 600 {
+		out = out[:600]
+	}
+	t.Logf("iscsi-perf (drives the dashboard; errors after the UI deletes the volume are expected): %v\n%s", err, out)
 }

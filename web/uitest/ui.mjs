@@ -85,7 +85,12 @@ try {
     const chart = page.locator('[data-testid="chart-uivol"]');
     await chart.waitFor({ state: 'visible' });
     await page.waitForFunction(() => document.querySelector('[data-testid="chart-uivol"] .legend')?.innerText.includes('mapped by iqn.2026-11.io.anvil:ui'));
-    // Let two samples arrive so the chart has a line.
+    if (process.env.UI_EXPECT_IO) {
+      // The test drives I/O at the LUN: the chart must show it live.
+      await page.waitForFunction(() => /read [1-9][0-9]*\.[0-9]+ MiB\/s|read 0\.(0[1-9]|[1-9][0-9]) MiB\/s/.test(
+        document.querySelector('[data-testid="chart-uivol"] .legend')?.innerText || ''), null, { timeout: 20000 });
+    }
+    // Let a few samples arrive so the chart has a line.
     await page.waitForTimeout(4500);
     await page.screenshot({ path: shot, fullPage: true });
   });
