@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -133,6 +134,12 @@ type LogicalUnit struct {
 
 	// pr is the persistent reservation state.
 	pr prState
+
+	// lost remembers the unit attentions owed to I_T nexuses that ended
+	// (by nexusKey), lostOrder their age, for when they come back.
+	lostMu    sync.Mutex
+	lost      map[string][]uint16
+	lostOrder []string
 }
 
 // NewLogicalUnit returns a logical unit serving vol with the identity cfg.
@@ -169,21 +176,41 @@ func (lu *LogicalUnit) broadcastUA(skip *Nexus, asc uint16) {
 	})
 }
 
-// nexusState returns the state for n, creating it on first contact with a
-// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit attention: from the new
-// nexus's point of view the logical unit has just come up.
+// nexusState returns the state for n, creating it on first contact. A new
+// nexus starts with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED: from its
+// point of view the logical unit has just come up. A nexus with the name
+// of one that was lost (the same initiator port, e.g. the same ISID, on
+// the same target port) is the same I_T nexus coming back: it gets I_T
+// NEXUS LOSS OCCURRED instead, followed by whatever was queued for it
+// meanwhile (SPC-4 6.x, SAM-5 6.3.4).
 func (lu *LogicalUnit) nexusState(n *Nexus) *itNexusState {
 	if v, ok := lu.nexuses.Load(n); ok {
 		return v.(*itNexusState)
 	}
 	s := &itNexusState{}
-	s.uas = append(s.uas, ascPowerOnReset)
-	s.pending.Store(1)
+	id := nexusKey(n)
+	lu.lostMu.Lock()
+	if q, ok := lu.lost[id]; ok {
+		s.uas = q
+		delete(lu.lost, id)
+	} else {
+		s.uas = append(s.uas, ascPowerOnReset)
+	}
+	lu.lostMu.Unlock()
+	s.pending.Store(int32(len(s.uas)))
 	v, _ := lu.nexuses.LoadOrStore(n, s)
 	return v.(*itNexusState)
 }
 
-// forget drops what the unit knows about n and releases its reservation.
+// maxLostNexuses bounds how many lost I_T nexuses a unit remembers; beyond
+// it the oldest are forgotten and come back as new nexuses (power-on UA).
+const maxLostNexuses = 1024
+
+func nexusKey(n *Nexus) string { return n.InitiatorPort + "\x00" + n.TargetPort }
+
+// forget drops what the unit knows about n and releases its RESERVE
+// reservation, remembering n's name so that its return is reported as an
+// I_T nexus loss.
 func (lu *LogicalUnit) forget(n *Nexus) {
 	lu.nexuses.Delete(n)
 	lu.resMu.Lock()
@@ -192,6 +219,39 @@ func (lu *LogicalUnit) forget(n *Nexus) {
 		lu.resHeld.Store(false)
 	}
 	lu.resMu.Unlock()
+	if n.InitiatorPort == "" {
+		return
+	}
+	lu.lostMu.Lock()
+	defer lu.lostMu.Unlock()
+	if lu.lost == nil {
+		lu.lost = map[string][]uint16{}
+	}
+	id := nexusKey(n)
+	if _, ok := lu.lost[id]; !ok {
+		lu.lostOrder = append(lu.lostOrder, id)
+	}
+	lu.lost[id] = []uint16{ascNexusLoss}
+	for len(lu.lostOrder) > maxLostNexuses {
+		old := lu.lostOrder[0]
+		lu.lostOrder = lu.lostOrder[1:]
+		if old != id {
+			delete(lu.lost, old)
+		}
+	}
+}
+
+// queueForLost appends asc to the queue of the lost nexus named id, so the
+// initiator hears about it when it comes back. It reports whether id was
+// a lost nexus.
+func (lu *LogicalUnit) queueForLost(id string, asc uint16) bool {
+	lu.lostMu.Lock()
+	defer lu.lostMu.Unlock()
+	q, ok := lu.lost[id]
+	if ok && len(q) < maxUAs && !slices.Contains(q, asc) {
+		lu.lost[id] = append(q, asc)
+	}
+	return ok
 }
 
 // reset performs a logical unit reset's side effects: the reservation is

@@ -153,15 +153,21 @@ func (lu *LogicalUnit) PRState() PRState {
 	return lu.pr.snapshot()
 }
 
-// uaForRegistrant queues asc for the live nexus registered as r, if any.
+// uaForRegistrant queues asc for the nexus registered as r: the live one,
+// or, if it is away, for when it comes back.
 func (lu *LogicalUnit) uaForRegistrant(r PRRegistration, asc uint16) {
+	found := false
 	lu.nexuses.Range(func(k, v any) bool {
 		n := k.(*Nexus)
 		if n.InitiatorPort == r.InitiatorPort && n.TargetPort == r.TargetPort {
 			v.(*itNexusState).add(asc)
+			found = true
 		}
 		return true
 	})
+	if !found {
+		lu.queueForLost(r.InitiatorPort+"\x00"+r.TargetPort, asc)
+	}
 }
 
 // Access classes for the persistent reservation conflict check.

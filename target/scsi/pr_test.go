@@ -151,6 +151,15 @@ func TestPersistentReservationPreemptClear(t *testing.T) {
 	expectGood(t, f.prout(f.n2, proutRegisterIgnore, 0, 0, 2))
 	expectGood(t, f.prout(f.n1, proutReserve, prExclusiveAccess, 1, 0))
 	expectConflict(t, f.prout(f.n2, proutReserve, prExclusiveAccess, 2, 0))
+	// A registrant away while it is preempted hears about it on return.
+	n3 := &Nexus{InitiatorPort: "iqn.i3,i,0x1", TargetPort: f.n1.TargetPort}
+	f.clearUA(n3)
+	expectGood(t, f.prout(n3, proutRegisterIgnore, 0, 0, 3))
+	f.tgt.NexusLoss(n3)
+	expectGood(t, f.prout(f.n2, proutPreempt, prExclusiveAccess, 2, 3))
+	n3back := *n3
+	expectSense(t, f.exec(&n3back, cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascNexusLoss)
+	expectSense(t, f.exec(&n3back, cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascRegistrationsPre)
 	// n2 preempts n1: n1 loses registration and reservation and hears
 	// about it.
 	expectGood(t, f.prout(f.n2, proutPreempt, prWriteExclusive, 2, 1))

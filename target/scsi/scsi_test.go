@@ -866,8 +866,12 @@ func TestReserveRelease(t *testing.T) {
 	expectGood(t, f.run(cdb(opReserve10, 10), nil))
 	f.tgt.NexusLoss(f.n1)
 	expectGood(t, f.exec(f.n2, cdb(opTestUnitReady, 6), nil))
-	// The lost nexus (if it came back) starts with a power-on UA.
-	expectSense(t, f.run(cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascPowerOnReset)
+	// The same I_T nexus coming back (a new Nexus value with the same
+	// names) learns that it was lost.
+	back := *f.n1
+	f.n1 = &back
+	expectSense(t, f.run(cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascNexusLoss)
+	expectGood(t, f.run(cdb(opTestUnitReady, 6), nil))
 
 	// LU reset releases it and tells the other nexus.
 	expectGood(t, f.run(cdb(opReserve6, 6), nil))

@@ -142,12 +142,14 @@ var (
 	errTMFNotSupported = errors.New("task management function not supported")
 )
 
-// NexusLoss forgets everything the target's logical units hold for n: its
-// unit attentions and any RESERVE reservation it held. Transports call it
-// when an I_T nexus ends (session closed or dropped). If the same initiator
-// port comes back, its new nexus starts with a POWER ON, RESET, OR BUS
-// DEVICE RESET OCCURRED unit attention, which tells it that it may have
-// lost state.
+// NexusLoss forgets what the target's logical units hold for n: its unit
+// attentions and any RESERVE reservation it held (persistent reservation
+// registrations survive, as SPC-4 requires). Transports call it when an
+// I_T nexus ends (session closed or dropped). If the same initiator port
+// comes back through the same target port, its first command reports I_T
+// NEXUS LOSS OCCURRED, followed by anything that happened meanwhile (for
+// example REGISTRATIONS PREEMPTED); an unknown initiator port starts with
+// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
 func (t *Target) NexusLoss(n *Nexus) {
 	if n == nil {
 		return
