@@ -79,7 +79,9 @@ type conn struct {
 
 	tags counter // TTTs for R2T, NOP-In and text continuation
 
-	// keep-alive state.
+	// keep-alive state. rx counts PDUs received, so the keep-alive can tell
+	// an idle connection from a busy one without a clock read per PDU.
+	rx         atomic.Uint64
 	nopMu      sync.Mutex
 	nopTTT     uint32
 	nopSent    time.Time
@@ -271,6 +273,7 @@ func (c *conn) readLoop() error {
 		if err := c.rd.readHeader(); err != nil {
 			return err
 		}
+		c.rx.Add(1)
 		if err := c.dispatch(); err != nil {
 			return err
 		}
@@ -395,20 +398,25 @@ func (c *conn) handleNOPOut() error {
 	})
 }
 
-// keepAlive pings the initiator with NOP-In every NopInterval and drops
-// the connection when an answer is overdue.
+// keepAlive pings the initiator with a NOP-In once the connection has
+// been silent for NopInterval, and drops the connection when the answer is
+// more than NopTimeout late.
 func (c *conn) keepAlive() {
 	defer c.bg.Done()
 	cfg := &c.srv.cfg
 	period := min(cfg.NopInterval, cfg.NopTimeout)
-	t := time.NewTicker(max(period/2, 10*time.Millisecond))
+	t := time.NewTicker(max(period/4, 10*time.Millisecond))
 	defer t.Stop()
-	last := time.Now()
+	lastActive := time.Now()
+	lastRx := c.rx.Load()
 	for {
 		select {
 		case <-c.closed:
 			return
 		case now := <-t.C:
+			if rx := c.rx.Load(); rx != lastRx {
+				lastRx, lastActive = rx, now
+			}
 			c.nopMu.Lock()
 			if c.nopPending {
 				overdue := now.Sub(c.nopSent) > cfg.NopTimeout
@@ -419,11 +427,11 @@ func (c *conn) keepAlive() {
 				}
 				continue
 			}
-			if now.Sub(last) < cfg.NopInterval {
+			if now.Sub(lastActive) < cfg.NopInterval {
 				c.nopMu.Unlock()
 				continue
 			}
-			last = now
+			lastActive = now
 			c.nopTTT = c.tags.next()
 			c.nopSent = now
 			c.nopPending = true

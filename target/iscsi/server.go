@@ -121,8 +121,9 @@ type Config struct {
 	// MaxTransferLength caps a command's expected data transfer length for
 	// writes, bounding the memory one command can pin (default 32 MiB).
 	MaxTransferLength uint32
-	// NopInterval is how often we ping an idle initiator with a NOP-In
-	// (default 30 s; negative disables keep-alive).
+	// NopInterval is how long a connection may stay silent before we ping
+	// the initiator with a NOP-In. Zero or negative disables keep-alive
+	// (anvil serve's configuration defaults it to 30 s).
 	NopInterval time.Duration
 	// NopTimeout is how long we wait for the NOP-Out answer before
 	// dropping the connection (default 30 s).
@@ -169,9 +170,6 @@ func (c *Config) setDefaults() {
 	c.MaxQueuedCommands = clamp(c.MaxQueuedCommands, 16, 1<<20)
 	if c.MaxTransferLength == 0 {
 		c.MaxTransferLength = 32 << 20
-	}
-	if c.NopInterval == 0 {
-		c.NopInterval = 30 * time.Second
 	}
 	if c.NopTimeout <= 0 {
 		c.NopTimeout = 30 * time.Second

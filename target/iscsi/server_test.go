@@ -539,6 +539,32 @@ func TestNOP(t *testing.T) {
 	}
 }
 
+func TestNOPOnlyWhenIdle(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: 300 * time.Millisecond, NopTimeout: time.Second})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	// A busy connection is not pinged.
+	end := time.Now().Add(time.Second)
+	for time.Now().Before(end) {
+		h := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+		c.send(h, nil, nil)
+		p := c.recv()
+		if p.hdr.opcode() != opSCSIResp {
+			t.Fatalf("busy connection got opcode %#x", p.hdr.opcode())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// An idle one is.
+	start := time.Now()
+	p := c.recv()
+	if p.hdr.opcode() != opNOPIn || p.hdr.u32(20) == tagNone {
+		t.Fatalf("idle connection got opcode %#x", p.hdr.opcode())
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("ping after %v", d)
+	}
+}
+
 func TestAbortTask(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1})
 	ts.tgt.block = make(chan struct{})
