@@ -52,11 +52,11 @@ type Cache struct {
 	cond *sync.Cond // signalled when dirty bytes drop
 	lru  list.List  // data buffers, most recently inserted at the front
 	vols map[*CachedVolume]struct{}
-
-	slab slab
-
-	hits, misses atomic.Uint64
 }
+
+// chunkSlab is shared by every Cache in the process, so that memory one
+// cache frees (or a closed test cache leaves behind) serves the others.
+var chunkSlab slab
 
 // slab hands out chunk arrays carved from large anonymous mappings that
 // are outside the Go heap (no GC cost for a cache of many GiB) and advised
@@ -183,17 +183,17 @@ func (c *Cache) unreserve(n int64) {
 
 // alloc takes a zeroed buffer array (its memory must already be reserved).
 func (c *Cache) alloc() *[ChunkSize]byte {
-	d := c.slab.get()
+	d := chunkSlab.get()
 	clear(d[:])
 	return d
 }
 
 // allocNoZero takes a buffer array whose contents the caller overwrites.
-func (c *Cache) allocNoZero() *[ChunkSize]byte { return c.slab.get() }
+func (c *Cache) allocNoZero() *[ChunkSize]byte { return chunkSlab.get() }
 
 // free returns a buffer array and its memory.
 func (c *Cache) free(d *[ChunkSize]byte) {
-	c.slab.put(d)
+	chunkSlab.put(d)
 	c.used.Add(-ChunkSize)
 }
 

@@ -420,7 +420,9 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		lo, hi := chunkSpan(k, off, int64(len(p)))
 		dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
 		if b := v.chunks[k]; b != nil {
-			b.ref.Store(true)
+			if !b.ref.Load() {
+				b.ref.Store(true) // skip the store (and cache-line write) when set
+			}
 			if b.data == nil {
 				clear(dst)
 			} else {
