@@ -224,7 +224,7 @@ func (s *Service) FlushAll(ctx context.Context) error {
 type VolumeSpec struct {
 	Name       string
 	SizeBytes  int64
-	BlockSize  int  // 512 (default) or 4096
+	BlockSize  int   // 512 (default) or 4096
 	WriteCache *bool // default on
 	ReadOnly   bool
 }
