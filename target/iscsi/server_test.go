@@ -914,3 +914,44 @@ func TestShutdownWaitsAndReportsNexusLoss(t *testing.T) {
 		t.Fatalf("NexusLoss %d", ts.tgt.lossCount())
 	}
 }
+
+func TestTaskAttributes(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.block = make(chan struct{})
+	ts.tgt.started = make(chan struct{}, 4)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "ImmediateData=Yes")
+	w := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	c.send(w, nil, make([]byte, 512))
+	<-ts.tgt.started
+	withAttr := func(attr scsi.TaskAttr) *bhs {
+		h := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+		h[1] = h[1]&^7 | byte(attr)
+		c.send(h, nil, nil)
+		return h
+	}
+	ordered := withAttr(scsi.TaskOrdered)
+	simple := withAttr(scsi.TaskSimple)
+	hoq := withAttr(scsi.TaskHeadOfQueue)
+	// Only HEAD OF QUEUE overtakes the blocked write.
+	p := c.recv()
+	if p.hdr.itt() != hoq.itt() {
+		t.Fatalf("first response for ITT %#x, want the HEAD OF QUEUE task %#x", p.hdr.itt(), hoq.itt())
+	}
+	if p, err := c.tryRecv(200 * time.Millisecond); err == nil {
+		t.Fatalf("ITT %#x answered while an earlier task blocks the ORDERED one", p.hdr.itt())
+	}
+	close(ts.tgt.block)
+	var order []uint32
+	for i := 0; i < 3; i++ {
+		order = append(order, c.recv().hdr.itt())
+	}
+	// The write finishes first, then the ORDERED task, then the SIMPLE one
+	// that came after it.
+	want := []uint32{w.itt(), ordered.itt(), simple.itt()}
+	for i := range want {
+		if order[i] != want[i] {
+			t.Fatalf("completion order %x, want %x", order, want)
+		}
+	}
+}

@@ -48,6 +48,16 @@ type session struct {
 	abortedSN map[uint32]struct{}
 	ended     bool
 	endOnce   sync.Once
+
+	// Task attribute ordering (SAM-5 §8.6), under mu: deliverSeq numbers
+	// tasks in CmdSN order, orderedLive counts delivered ORDERED tasks not
+	// yet finished, gated holds tasks ready to run but held back.
+	deliverSeq  uint64
+	orderedLive int
+	gated       []*task
+	// live holds delivered tasks until their status is queued (or they
+	// are aborted): the task set the attribute rules look at.
+	live map[*task]struct{}
 }
 
 func newSession(srv *Server, c *conn, cmdSN uint32) *session {
@@ -61,6 +71,7 @@ func newSession(srv *Server, c *conn, cmdSN uint32) *session {
 		pending:     map[uint32]func() error{},
 		tasks:       map[uint32]*task{},
 		abortedSN:   map[uint32]struct{}{},
+		live:        map[*task]struct{}{},
 		established: time.Now(),
 	}
 	s.sn.Store(uint64(cmdSN)<<32 | uint64(cmdSN+s.window-1))
@@ -233,6 +244,7 @@ func (s *session) abortTask(t *task) <-chan struct{} {
 		return nil
 	}
 	delete(s.tasks, t.itt)
+	s.left(t)
 	t.aborted = true
 	running := t.state == taskRunning
 	if !running {
@@ -282,4 +294,60 @@ func (s *session) requestLogout(grace time.Duration) {
 	time.AfterFunc(grace, func() {
 		c.close(errors.New("initiator did not log out when asked"))
 	})
+}
+
+// mayStart applies the task attribute rules to a task whose data is
+// complete: HEAD OF QUEUE runs at once, ORDERED waits for every task
+// delivered before it, and SIMPLE (and ACA, untagged) waits only for
+// earlier ORDERED tasks. Called with s.mu held.
+func (s *session) mayStart(t *task) bool {
+	switch t.attr {
+	case scsi.TaskHeadOfQueue:
+		return true
+	case scsi.TaskOrdered:
+		for o := range s.live {
+			if o.dseq < t.dseq {
+				return false
+			}
+		}
+		return true
+	default:
+		if s.orderedLive == 0 {
+			return true
+		}
+		for o := range s.live {
+			if o.attr == scsi.TaskOrdered && o.dseq < t.dseq {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// left notes that t is no longer in the task set and starts gated tasks
+// that may now run. Called with s.mu held.
+func (s *session) left(t *task) {
+	if _, ok := s.live[t]; !ok {
+		return
+	}
+	delete(s.live, t)
+	if t.attr == scsi.TaskOrdered {
+		s.orderedLive--
+	}
+	if len(s.gated) == 0 {
+		return
+	}
+	kept := s.gated[:0]
+	for _, g := range s.gated {
+		switch {
+		case g.aborted || g.state != taskCollecting:
+		case s.mayStart(g):
+			g.state = taskRunning
+			go g.c.runTask(g)
+		default:
+			kept = append(kept, g)
+		}
+	}
+	clear(s.gated[len(kept):])
+	s.gated = kept
 }

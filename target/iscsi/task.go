@@ -66,6 +66,10 @@ type task struct {
 	// Under session.mu.
 	state   taskState
 	aborted bool
+	// dseq is the task's place in CmdSN delivery order (0 until
+	// delivered); gated marks a task held back by task attribute rules.
+	dseq  uint64
+	gated bool
 
 	holdsSlot   bool // under session.mu
 	slotOnce    sync.Once
@@ -264,6 +268,14 @@ func (c *conn) handleSCSICmd() error {
 			}
 			s.advance(!aborted)
 		}
+		if !aborted {
+			s.deliverSeq++
+			t.dseq = s.deliverSeq
+			s.live[t] = struct{}{}
+			if t.attr == scsi.TaskOrdered {
+				s.orderedLive++
+			}
+		}
 		s.mu.Unlock()
 		if aborted {
 			return nil
@@ -424,6 +436,14 @@ func (c *conn) maybeStart(t *task) {
 		s.mu.Unlock()
 		return
 	}
+	if !s.mayStart(t) {
+		if !t.gated {
+			t.gated = true
+			s.gated = append(s.gated, t)
+		}
+		s.mu.Unlock()
+		return
+	}
 	t.state = taskRunning
 	s.mu.Unlock()
 	go c.runTask(t)
@@ -440,6 +460,7 @@ func (c *conn) runTask(t *task) {
 			if s.tasks[t.itt] == t {
 				delete(s.tasks, t.itt)
 			}
+			s.left(t)
 			t.state = taskDone
 			s.mu.Unlock()
 			t.finish()
@@ -480,6 +501,11 @@ func (c *conn) runTask(t *task) {
 	}
 	t.releaseSlot()
 	c.sendResult(t, &res)
+	// The task leaves the task set once its status is queued, so an
+	// ORDERED task behind it answers after it.
+	s.mu.Lock()
+	s.left(t)
+	s.mu.Unlock()
 	t.finish()
 }
 
