@@ -90,7 +90,7 @@ func newEcho(o Options) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.instrument, s.auth)
+	e.Use(s.instrument, s.auth, checkQuery)
 
 	v1 := e.Group("/api/v1")
 	v1.GET("/health", s.health)
@@ -162,3 +162,31 @@ type noSessions struct{}
 
 func (noSessions) Sessions() []iscsi.SessionInfo { return nil }
 func (noSessions) Logout(uint16) error           { return iscsi.ErrNoSession }
+
+// queryParams lists the query parameters each API route accepts; any other
+// parameter is refused, as unknown JSON fields are, so that a typo such as
+// ?forse=true fails loudly instead of being ignored.
+var queryParams = map[string][]string{
+	"DELETE /api/v1/volumes/:name": {"force"},
+	"POST /api/v1/volumes/import":  {"name", "block_size", "write_cache", "read_only"},
+	"GET /api/v1/sessions":         {"target"},
+}
+
+func checkQuery(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if !strings.HasPrefix(c.Path(), "/api/") {
+			return next(c)
+		}
+		allowed := queryParams[c.Request().Method+" "+c.Path()]
+	params:
+		for k := range c.QueryParams() {
+			for _, a := range allowed {
+				if k == a {
+					continue params
+				}
+			}
+			return badRequest(k, "unknown query parameter %q", k)
+		}
+		return next(c)
+	}
+}

@@ -169,14 +169,7 @@ func (s *server) importVolume(c echo.Context) error {
 	if ct != echo.MIMEOctetStream {
 		return &apiError{status: http.StatusUnsupportedMediaType, msg: "import wants application/octet-stream (the image as the body) or application/json (a path on the daemon's machine)"}
 	}
-	q := c.QueryParams()
-	for k := range q {
-		switch k {
-		case "name", "block_size", "write_cache", "read_only":
-		default:
-			return badRequest(k, "unknown query parameter %q", k)
-		}
-	}
+	q := c.QueryParams() // checkQuery has refused unknown parameters
 	spec := service.VolumeSpec{Name: q.Get("name")}
 	if v := q.Get("block_size"); v != "" {
 		n, err := strconv.Atoi(v)
