@@ -212,7 +212,7 @@ result_file=$repo/bench/results/iscsi-vs-tgt-$stamp.md
   echo "## Anvil vs tgt over iSCSI (qemu-img bench, sequential)"
   echo
   echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), anvil $(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo '?'), $(tgtd -V 2>&1 | head -1 | sed 's/^/tgt /'), $(qemu-img --version | head -1)"
-  echo "- $(nproc) CPUs, $(uname -r); loopback; 1 GiB volumes pre-filled; median of $REPEATS runs per row, targets alternated"
+  echo "- $(nproc) CPUs, $(uname -r), load average at start $(cut -d' ' -f1-3 /proc/loadavg); loopback; 1 GiB volumes pre-filled; median of $REPEATS runs per row, targets alternated"
   echo "- tgt: bstype rdwr, no bsoflags (page cache, fdatasync on SYNCHRONIZE CACHE); Anvil: default settings"
   echo
   echo "| Row | Requests | Anvil IOPS | Anvil MB/s | tgt IOPS | tgt MB/s | Anvil/tgt |"
@@ -234,6 +234,9 @@ for row in "${rows[@]}"; do
     printf "| %s | %d | %.0f | %.1f | %.0f | %.1f | %.2f |\n", l, c, ai, ai * s / 1e6, ti, ti * s / 1e6, ai / ti
   }' | tee -a "$result_file"
 done
+
+echo | tee -a "$result_file"
+echo "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$result_file"
 
 # Both daemons must still be alive at the end: a crash mid-run would
 # otherwise only show up as odd numbers.

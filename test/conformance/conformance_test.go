@@ -12,6 +12,7 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -234,7 +235,15 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	defer cancel()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "iscsi-test-cu", args...)
-	out, runErr := cmd.CombinedOutput()
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	runErr := cmd.Start()
+	if runErr == nil {
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		runErr = waitSuite(tg, done, cancel)
+	}
+	out := buf.Bytes()
 	row.Elapsed = time.Since(start)
 	logPath := filepath.Join(logDir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(row.Name)+".log")
 	if err := os.WriteFile(logPath, out, 0o644); err != nil {
@@ -244,6 +253,9 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	res, perr := parseCUnit(string(out))
 	row.Result = res
 	switch {
+	case tg.d != nil && !tg.d.Running():
+		row.Verdict = "DAEMON-DIED" // failed below
+		row.Detail = fmt.Sprintf("daemon exited (%v)", tg.d.ExitState())
 	case ctx.Err() != nil:
 		row.Verdict = "TIMEOUT"
 		row.Detail = fmt.Sprintf("did not finish within %s", timeout)
@@ -300,6 +312,34 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 		t.Errorf("suite %s did not run to its end: %s (full log %s); output tail:\n%s", row.Name, row.Detail, logPath, tail(string(out), 30))
 	}
 	return row
+}
+
+// diedGrace is how long iscsi-test-cu may go on after the daemon died
+// before it is stopped: libiscsi retries its reconnect forever, and the
+// suite's verdict is already settled.
+const diedGrace = 5 * time.Second
+
+// waitSuite waits for iscsi-test-cu to exit, cancelling it a little after
+// the daemon dies rather than at the suite's time limit.
+func waitSuite(tg *target, done <-chan error, cancel context.CancelFunc) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var diedAt time.Time
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			if tg.d == nil || tg.d.Running() {
+				continue
+			}
+			if diedAt.IsZero() {
+				diedAt = time.Now()
+			} else if time.Since(diedAt) > diedGrace {
+				cancel()
+			}
+		}
+	}
 }
 
 // healthy reports whether the target still answers a standard INQUIRY on a

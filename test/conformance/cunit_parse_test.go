@@ -99,6 +99,21 @@ func TestParseCUnitNoSummary(t *testing.T) {
 	if len(r.Tests) != 3 {
 		t.Errorf("tests = %d, want 3", len(r.Tests))
 	}
+	if r.Ran != 3 || r.Passed != 2 || r.Failed != 1 || r.Skipped() != 1 || r.RealPassed() != 1 {
+		t.Errorf("counts from test lines = ran %d passed %d failed %d skipped %d", r.Ran, r.Passed, r.Failed, r.Skipped())
+	}
+}
+
+func TestParseCUnitCutMidTest(t *testing.T) {
+	// Cut inside a skipped test, before its "passed": nothing counts yet.
+	cut := sampleMixed[:strings.Index(sampleMixed, "Skipping test")+len("Skipping test")]
+	r, err := parseCUnit(cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ran != 2 || r.Skipped() != 0 || r.RealPassed() != 1 {
+		t.Errorf("ran %d skipped %d real passed %d, want 2, 0, 1", r.Ran, r.Skipped(), r.RealPassed())
+	}
 }
 
 func TestParseCUnitInconsistent(t *testing.T) {
