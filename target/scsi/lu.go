@@ -135,6 +135,9 @@ type LogicalUnit struct {
 	// pr is the persistent reservation state.
 	pr prState
 
+	// copies holds EXTENDED COPY results for RECEIVE COPY RESULTS.
+	copies copyResults
+
 	// lost remembers the unit attentions owed to I_T nexuses that ended
 	// (by nexusKey), lostOrder their age, for when they come back.
 	lostMu    sync.Mutex

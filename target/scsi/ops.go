@@ -165,6 +165,14 @@ func init() {
 	mi := &opInfo{name: "MAINTENANCE IN", serviceActions: map[byte]*opInfo{}}
 	mi.serviceActions[saReportSupportedOpcs] = &opInfo{name: "REPORT SUPPORTED OPERATION CODES", run: (*task).reportSupportedOpcodes, flags: opNoConflict, usage: []byte{opMaintenanceIn, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04}, sa: saReportSupportedOpcs, hasSA: true}
 	opcodes[opMaintenanceIn] = mi
+	xc := &opInfo{name: "EXTENDED COPY", serviceActions: map[byte]*opInfo{}}
+	xc.serviceActions[saExtendedCopyLID1] = &opInfo{name: "EXTENDED COPY(LID1)", run: (*task).extendedCopy, usage: []byte{opExtendedCopy, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}, sa: saExtendedCopyLID1, hasSA: true}
+	opcodes[opExtendedCopy] = xc
+	rcr := &opInfo{name: "RECEIVE COPY RESULTS", serviceActions: map[byte]*opInfo{}}
+	for _, sa := range []byte{saCopyStatus, saOperatingParams} {
+		rcr.serviceActions[sa] = &opInfo{name: "RECEIVE COPY RESULTS", run: (*task).receiveCopyResults, access: prAllowed, usage: []byte{opReceiveCopyResults, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}, sa: sa, hasSA: true}
+	}
+	opcodes[opReceiveCopyResults] = rcr
 
 	// Persistent reservation access classes (SPC-4 table 69): everything
 	// not listed changes state and is a write (the zero value).

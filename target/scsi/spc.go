@@ -80,13 +80,15 @@ func (x *task) inquiry() error {
 		b = vpdPage(0xb1, bdc)
 	case 0xb2:
 		b = vpdPage(0xb2, x.lu.provisioning())
+	case 0x8f:
+		b = vpdPage(0x8f, thirdPartyCopyVPD())
 	default:
 		return invalidCDB(2, -1)
 	}
 	return x.dataIn(b, alloc)
 }
 
-var supportedVPDPages = []byte{0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2}
+var supportedVPDPages = []byte{0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2}
 
 // vpdPage wraps a VPD page's body in its 4-byte header.
 func vpdPage(code byte, body []byte) []byte {
@@ -178,10 +180,7 @@ func (x *task) deviceIdentification() []byte {
 	if len(lu.cfg.NAA) > 0 {
 		b = append(b, designator(0, codeSetBinary, assocLU|desigNAA, lu.cfg.NAA)...)
 	}
-	t10 := make([]byte, 8, 8+len(lu.serial))
-	padASCII(t10, lu.cfg.VendorID)
-	t10 = append(t10, lu.serial...)
-	b = append(b, designator(0, codeSetASCII, assocLU|desigT10Vendor, t10)...)
+	b = append(b, designator(0, codeSetASCII, assocLU|desigT10Vendor, lu.t10Designator())...)
 	if x.n.TargetPort != "" {
 		b = append(b, designator(protoISCSI, codeSetUTF8, piv|assocTargetPort|desigSCSIName, scsiNameString(x.n.TargetPort))...)
 	}
