@@ -70,7 +70,14 @@ func TestUIInChromium(t *testing.T) {
 	defer cancel()
 	// Once the UI has mapped the volume, read from it with libiscsi so
 	// the dashboard has live throughput to show.
-	go driveIO(ctx, t, base, token, "iscsi://"+d.ISCSI+"/iqn.2026-11.io.anvil:ui/0")
+	ioCtx, stopIO := context.WithCancel(ctx)
+	ioDone := make(chan struct{})
+	go func() {
+		defer close(ioDone)
+		driveIO(ioCtx, t, base, token, "iscsi://"+d.ISCSI+"/iqn.2026-11.io.anvil:ui/0")
+	}()
+	// Stop the load and wait for it before the test ends: driveIO logs.
+	defer func() { stopIO(); <-ioDone }()
 	cmd := exec.CommandContext(ctx, "node", "ui.mjs", base, token, shot)
 	cmd.Dir = uitest
 	cmd.Env = append(os.Environ(), "UI_EXPECT_IO=1")
@@ -83,7 +90,7 @@ func TestUIInChromium(t *testing.T) {
 		Steps []string
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || !res.OK || len(res.Steps) != 10 {
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || !res.OK || len(res.Steps) != 11 {
 		t.Fatalf("UI script result: %v\n%s", err, out)
 	}
 	st, err := os.Stat(shot)
@@ -128,7 +135,7 @@ func driveIO(ctx context.Context, t *testing.T, base, token, lunURL string) {
 	if ctx.Err() != nil {
 		return
 	}
-	out, err := exec.CommandContext(ctx, "iscsi-perf", "-t", "15", "-m", "4", "-b", "64", "-n", lunURL).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "iscsi-perf", "-t", "40", "-m", "4", "-b", "64", "-n", lunURL).CombinedOutput()
 	if len(out) > 600 {
 		out = out[:600]
 	}

@@ -94,6 +94,12 @@ try {
     await page.waitForTimeout(4500);
     await page.screenshot({ path: shot, fullPage: true });
   });
+  if (process.env.UI_EXPECT_IO) {
+    await step('session listed', async () => {
+      await page.click('nav a[data-page=sessions]');
+      await page.waitForFunction(() => document.querySelector('#sessions-body')?.innerText.includes('iqn.2026-11.io.anvil:ui'));
+    });
+  }
   await step('delete volume', async () => {
     await page.click('nav a[data-page=volumes]');
     await page.click('[data-testid="delete-uivol"]');
