@@ -12,6 +12,9 @@ packages=(
   xz-utils zstd     # unpack kernel modules
   chromium          # headless browser the web UI test drives (web/ui_test.go)
   nodejs            # node + npm run playwright-core from web/uitest (npm ci below)
+  podman            # builds deploy/docker/Dockerfile.prebuilt (FROM scratch, no pull)
+  systemd           # systemd-analyze verifies deploy/anvil.service
+  file              # checks the container's binary is statically linked
 )
 
 missing=()
