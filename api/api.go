@@ -11,8 +11,10 @@ package api
 
 import (
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -90,7 +92,9 @@ func newEcho(o Options) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.instrument, s.auth, checkQuery)
+	// A handler panic is a bug: answer 500 JSON for that request only and
+	// log it with its stack, rather than dropping the connection.
+	e.Use(s.recover, s.instrument, s.auth, checkQuery)
 
 	v1 := e.Group("/api/v1")
 	v1.GET("/health", s.health)
@@ -129,6 +133,21 @@ func newEcho(o Options) *echo.Echo {
 	e.GET("/*", ui)
 	e.HEAD("/*", ui)
 	return e
+}
+
+func (s *server) recover(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.Error("API handler panic", "method", c.Request().Method, "path", c.Request().URL.Path, "panic", p, "stack", string(debug.Stack()))
+				err = &apiError{status: http.StatusInternalServerError, msg: fmt.Sprintf("internal error: %v", p)}
+			}
+		}()
+		return next(c)
+	}
 }
 
 // auth enforces the bearer token on every non-public path. The comparison

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/labstack/echo/v4"
+
 	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
@@ -728,5 +730,27 @@ func TestEngineBuckets(t *testing.T) {
 	}
 	if b[1e-6] != 2 || b[4e-6] != 2 || b[8e-6] != 7 || b[h.UpperBound(len(h.Counts)-2).Seconds()] != 7 {
 		t.Errorf("buckets: %v", b)
+	}
+}
+
+// TestRecover checks that a handler panic becomes a 500 JSON answer for
+// that request only.
+func TestRecover(t *testing.T) {
+	s := &server{log: quiet}
+	e := echo.New()
+	e.HTTPErrorHandler = s.handleError
+	e.Use(s.recover)
+	e.GET("/boom", func(echo.Context) error { panic("kaboom") })
+	e.GET("/fine", func(c echo.Context) error { return c.String(200, "ok") })
+	rec := httptest.NewRecorder()
+	e.ServeHTTP(rec, httptest.NewRequest("GET", "/boom", nil))
+	var eb ErrorBody
+	if rec.Code != 500 || json.Unmarshal(rec.Body.Bytes(), &eb) != nil || !strings.Contains(eb.Error, "kaboom") {
+		t.Errorf("panic answer: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	e.ServeHTTP(rec, httptest.NewRequest("GET", "/fine", nil))
+	if rec.Code != 200 {
+		t.Errorf("after a panic: %d", rec.Code)
 	}
 }
