@@ -121,14 +121,24 @@ type Params struct {
 	// MaxXmitDataSegmentLength is the largest data segment the initiator
 	// accepts (its MaxRecvDataSegmentLength), i.e. what we may send.
 	MaxXmitDataSegmentLength uint32 `json:"max_xmit_data_segment_length"`
-	MaxBurstLength           uint32 `json:"max_burst_length"`
-	FirstBurstLength         uint32 `json:"first_burst_length"`
-	DefaultTime2Wait         uint32 `json:"default_time2wait"`
-	DefaultTime2Retain       uint32 `json:"default_time2retain"`
-	MaxOutstandingR2T        uint32 `json:"max_outstanding_r2t"`
-	DataPDUInOrder           bool   `json:"data_pdu_in_order"`
-	DataSequenceInOrder      bool   `json:"data_sequence_in_order"`
-	ErrorRecoveryLevel       uint32 `json:"error_recovery_level"`
+	// MaxBurstLength bounds one Data-In sequence and one R2T's solicited
+	// data.
+	MaxBurstLength uint32 `json:"max_burst_length"`
+	// FirstBurstLength bounds unsolicited data (immediate plus unsolicited
+	// Data-Out) per command.
+	FirstBurstLength uint32 `json:"first_burst_length"`
+	// DefaultTime2Wait and DefaultTime2Retain are the logout/reconnect
+	// timers in seconds.
+	DefaultTime2Wait   uint32 `json:"default_time2wait"`
+	DefaultTime2Retain uint32 `json:"default_time2retain"`
+	// MaxOutstandingR2T is how many R2Ts a task may have unanswered.
+	MaxOutstandingR2T uint32 `json:"max_outstanding_r2t"`
+	// DataPDUInOrder and DataSequenceInOrder are always true here: data
+	// arrives in increasing offset order.
+	DataPDUInOrder      bool `json:"data_pdu_in_order"`
+	DataSequenceInOrder bool `json:"data_sequence_in_order"`
+	// ErrorRecoveryLevel is always 0 (session recovery only).
+	ErrorRecoveryLevel uint32 `json:"error_recovery_level"`
 }
 
 // defaultParams are the RFC 7143 defaults that apply to keys never

@@ -7,9 +7,17 @@
 // about SCSI semantics: CDBs go to Target.Execute and the Result comes back.
 //
 // The implementation supports ErrorRecoveryLevel 0 with one connection per
-// session, which is what every mainstream initiator uses by default. Protocol
-// errors close the offending connection (session recovery at ERL 0); they
-// never affect other sessions.
+// session, which is what every mainstream initiator uses by default, plus
+// CHAP and mutual CHAP, CRC32C header and data digests, NOP-In keep-alive,
+// task management and session reinstatement. A malformed PDU gets a Reject
+// or closes its connection (session recovery at ERL 0); a broken Data-Out
+// sequence fails only its task with CHECK CONDITION. Nothing a peer sends
+// affects other sessions.
+//
+// Each connection has one reader goroutine (login, then PDU dispatch), one
+// writer goroutine that owns the socket's write side (StatSN is assigned in
+// wire order and flushes are coalesced with writev), and one goroutine per
+// executing command, so the commands of a session run concurrently.
 package iscsi
 
 import (
@@ -205,17 +213,25 @@ func (c *Config) ourParams() Params {
 
 // SessionInfo describes one live session for the management API.
 type SessionInfo struct {
-	InitiatorName  string    `json:"initiator_name"`
-	InitiatorAlias string    `json:"initiator_alias,omitempty"`
-	ISID           string    `json:"isid"`
-	TSIH           uint16    `json:"tsih"`
-	Target         string    `json:"target,omitempty"`
-	Discovery      bool      `json:"discovery"`
-	RemoteAddr     string    `json:"remote_addr"`
-	LocalAddr      string    `json:"local_addr"`
-	Params         Params    `json:"params"`
-	InFlight       int       `json:"commands_in_flight"`
-	Established    time.Time `json:"established"`
+	// InitiatorName and InitiatorAlias are what the initiator declared.
+	InitiatorName  string `json:"initiator_name"`
+	InitiatorAlias string `json:"initiator_alias,omitempty"`
+	// ISID is the initiator session ID in hex (12 digits).
+	ISID string `json:"isid"`
+	// TSIH is the target session handle we assigned.
+	TSIH uint16 `json:"tsih"`
+	// Target is the target's name; empty for discovery sessions.
+	Target    string `json:"target,omitempty"`
+	Discovery bool   `json:"discovery"`
+	// RemoteAddr and LocalAddr are the connection's endpoints.
+	RemoteAddr string `json:"remote_addr"`
+	LocalAddr  string `json:"local_addr"`
+	// Params are the negotiated operational parameters.
+	Params Params `json:"params"`
+	// InFlight counts commands received and not yet answered.
+	InFlight int `json:"commands_in_flight"`
+	// Established is when login completed.
+	Established time.Time `json:"established"`
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
