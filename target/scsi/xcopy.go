@@ -82,8 +82,7 @@ func copyKey(n *Nexus, listID byte) string { return fmt.Sprintf("%s\x00%d", nexu
 
 // cscd is a resolved copy source or destination.
 type cscd struct {
-	lu   *LogicalUnit // nil for a NUL (null device) descriptor
-	null bool
+	lu *LogicalUnit // nil when no logical unit of the target has the designator
 }
 
 func copyAborted(asc uint16) *checkCondition { return newCC(senseCopyAborted, asc) }
@@ -130,15 +129,10 @@ func (x *task) extendedCopy() error {
 		if d[0] != cscdIdentDesc {
 			return newCC(SenseIllegalRequest, ascUnsuppTargetDescType)
 		}
-		if d[1]>>6 != 0 {
-			return invalidParam(off+1, 7) // LU ID TYPE: only "LU designator"
-		}
+		// Byte 1 bits 7-5 (SPC-3's LU ID TYPE and NUL) are obsolete in
+		// SPC-4, which we claim: the designator alone names the CSCD.
 		if d[1]&0x1f != devTypeDisk {
 			return newCC(SenseIllegalRequest, ascUnsuppTargetDescType)
-		}
-		if d[1]&0x20 != 0 {
-			cscds = append(cscds, cscd{null: true})
-			continue
 		}
 		dlen := int(d[7])
 		if dlen > 20 {
@@ -202,9 +196,6 @@ func (x *task) extendedCopy() error {
 			return finish(copyAborted(ascUnreachableTarget))
 		}
 		src, dst := cscds[s.src], cscds[s.dst]
-		if src.null || dst.null {
-			return finish(copyAborted(ascUnreachableTarget))
-		}
 		if src.lu == nil || dst.lu == nil {
 			return finish(copyAborted(ascCopyTargetNotReach))
 		}

@@ -101,12 +101,13 @@ func TestExtendedCopy(t *testing.T) {
 	bad = xcopyList(3, 2, [][]byte{f.lu.cfg.NAA}, [][5]uint64{{0, 0, 1, 0, 0}})
 	bad[xcopyHeaderLen+cscdDescLen] = 0x03
 	expectSense(t, f.run(xcopyCDB(len(bad)), bad), SenseIllegalRequest, ascUnsuppSegmentDesc)
+	// SPC-3's LU ID TYPE and NUL bits are obsolete in SPC-4: ignored.
+	ok := xcopyList(3, 2, [][]byte{f.lu.cfg.NAA}, [][5]uint64{{0, 0, 1, 0, 0}})
+	ok[xcopyHeaderLen+1] = 0xe0
+	expectGood(t, f.run(xcopyCDB(len(ok)), ok))
 	bad = xcopyList(3, 2, [][]byte{f.lu.cfg.NAA}, [][5]uint64{{0, 0, 1, 0, 0}})
-	bad[xcopyHeaderLen+1] = 0x20 // NUL
-	expectSense(t, f.run(xcopyCDB(len(bad)), bad), senseCopyAborted, ascUnreachableTarget)
-	bad = xcopyList(3, 2, [][]byte{f.lu.cfg.NAA}, [][5]uint64{{0, 0, 1, 0, 0}})
-	bad[xcopyHeaderLen+1] = 0xc0 // reserved LU ID TYPE
-	expectSense(t, f.run(xcopyCDB(len(bad)), bad), SenseIllegalRequest, ascInvalidFieldInParamList)
+	bad[xcopyHeaderLen+1] = 0x01 // a sequential-access CSCD
+	expectSense(t, f.run(xcopyCDB(len(bad)), bad), SenseIllegalRequest, ascUnsuppTargetDescType)
 	many := make([][]byte, maxCSCDDescs+1)
 	for i := range many {
 		many[i] = f.lu.cfg.NAA
