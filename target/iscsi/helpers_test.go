@@ -148,7 +148,7 @@ type testServer struct {
 	reg  *fakeRegistry
 }
 
-func startServer(t *testing.T, cfg Config, targets ...Target) *testServer {
+func startServer(t testing.TB, cfg Config, targets ...Target) *testServer {
 	t.Helper()
 	ft := newFakeTarget(testIQN)
 	reg := &fakeRegistry{targets: map[string]Target{}}
@@ -187,7 +187,7 @@ func startServer(t *testing.T, cfg Config, targets ...Target) *testServer {
 
 // client is a minimal iSCSI initiator for tests.
 type client struct {
-	t         *testing.T
+	t         testing.TB
 	nc        net.Conn
 	r         *bufio.Reader
 	isid      [6]byte
@@ -200,7 +200,7 @@ type client struct {
 	params    map[string]string
 }
 
-func dial(t *testing.T, addr string) *client {
+func dial(t testing.TB, addr string) *client {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -282,7 +282,7 @@ func keysData(pairs ...string) []byte {
 	return b
 }
 
-func keyMap(t *testing.T, data []byte) map[string]string {
+func keyMap(t testing.TB, data []byte) map[string]string {
 	t.Helper()
 	kvs, err := parseKeys(data)
 	if err != nil {
