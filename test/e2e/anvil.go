@@ -7,14 +7,26 @@ import (
 	"github.com/anvilproject/anvil/test/harness"
 )
 
+// Restart says how WriteRestartVerify takes the daemon down between boots.
+type Restart int
+
+const (
+	// Graceful stops the daemon with SIGTERM.
+	Graceful Restart = iota
+	// Crash kills it with SIGKILL. The write boot ends only after the guest
+	// has flushed (fsync of the raw device and of every file, umount), so
+	// a crash may not lose a byte of it.
+	Crash
+)
+
 // WriteRestartVerify is the open-iscsi end-to-end scenario against a real
 // Anvil daemon: start the daemon with opts, boot the guest to write and
 // check data on target iqn (LUN 0 of the demo volume when iqn is
-// harness.DemoIQN), stop the daemon with SIGTERM, start it again on the same
+// harness.DemoIQN), stop or kill the daemon, start it again on the same
 // data directory and port, and boot the guest again to check that every
 // byte survived. Later variants (another engine backend, digests) call it
 // with other daemon arguments or guest parameters.
-func WriteRestartVerify(t *testing.T, opts harness.Options, iqn string, guest GuestConfig) {
+func WriteRestartVerify(t *testing.T, opts harness.Options, iqn string, guest GuestConfig, how Restart) {
 	t.Helper()
 	d := harness.Start(t, opts)
 	t.Cleanup(func() {
@@ -32,8 +44,13 @@ func WriteRestartVerify(t *testing.T, opts harness.Options, iqn string, guest Gu
 	w.Phase, w.Name = PhaseWrite, "write"
 	b1 := RunPhase(t, w)
 
-	if err := d.Stop(); err != nil {
-		t.Fatalf("stop daemon: %v", err)
+	switch how {
+	case Crash:
+		d.Kill()
+	default:
+		if err := d.Stop(); err != nil {
+			t.Fatalf("stop daemon: %v", err)
+		}
 	}
 	d.Restart()
 

@@ -13,7 +13,14 @@ import (
 // the daemon, and checks everything again from a second boot.
 func TestOpenISCSIGuest(t *testing.T) {
 	harness.NeedTool(t, "qemu-system-x86_64")
-	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{})
+	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{}, Graceful)
+}
+
+// TestOpenISCSIGuestCrash is TestOpenISCSIGuest with SIGKILL instead of
+// SIGTERM between the boots: everything the guest flushed must survive.
+func TestOpenISCSIGuestCrash(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{}, Crash)
 }
 
 // TestOpenISCSIGuestTgt runs the same two boots against Debian's tgtd. It
