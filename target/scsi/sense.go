@@ -130,13 +130,12 @@ func (c *checkCondition) sense(descriptor bool) []byte {
 		b := make([]byte, fixedSenseLen)
 		b[0] = 0x70
 		b[2] = c.key & 0x0f
-		if c.hasInfo {
+		// Fixed format holds a 32-bit INFORMATION field; a larger value
+		// is left out with VALID=0 (SPC-4 4.5.3), descriptor format
+		// carries all 64 bits.
+		if c.hasInfo && c.info <= 0xffffffff {
 			b[0] |= 0x80 // VALID: INFORMATION is meaningful
-			if c.info > 0xffffffff {
-				binary.BigEndian.PutUint32(b[3:], 0xffffffff)
-			} else {
-				binary.BigEndian.PutUint32(b[3:], uint32(c.info))
-			}
+			binary.BigEndian.PutUint32(b[3:], uint32(c.info))
 		}
 		b[7] = fixedSenseLen - 8
 		b[12] = byte(c.asc >> 8)
