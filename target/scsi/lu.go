@@ -139,10 +139,10 @@ type LogicalUnit struct {
 	copies copyResults
 
 	// lost remembers the unit attentions owed to I_T nexuses that ended
-	// (by nexusKey), lostOrder their age, for when they come back.
-	lostMu    sync.Mutex
-	lost      map[string][]uint16
-	lostOrder []string
+	// (by nexusKey), for when they come back. lostMu also makes the
+	// creation of a nexus's state single-flight.
+	lostMu sync.Mutex
+	lost   map[string][]uint16
 }
 
 // NewLogicalUnit returns a logical unit serving vol with the identity cfg.
@@ -190,23 +190,29 @@ func (lu *LogicalUnit) nexusState(n *Nexus) *itNexusState {
 	if v, ok := lu.nexuses.Load(n); ok {
 		return v.(*itNexusState)
 	}
+	// Slow path, once per nexus: lostMu makes creation single-flight, so
+	// concurrent first commands cannot both consume the lost queue.
+	lu.lostMu.Lock()
+	defer lu.lostMu.Unlock()
+	if v, ok := lu.nexuses.Load(n); ok {
+		return v.(*itNexusState)
+	}
 	s := &itNexusState{}
 	id := nexusKey(n)
-	lu.lostMu.Lock()
 	if q, ok := lu.lost[id]; ok {
 		s.uas = q
 		delete(lu.lost, id)
 	} else {
 		s.uas = append(s.uas, ascPowerOnReset)
 	}
-	lu.lostMu.Unlock()
 	s.pending.Store(int32(len(s.uas)))
-	v, _ := lu.nexuses.LoadOrStore(n, s)
-	return v.(*itNexusState)
+	lu.nexuses.Store(n, s)
+	return s
 }
 
 // maxLostNexuses bounds how many lost I_T nexuses a unit remembers; beyond
-// it the oldest are forgotten and come back as new nexuses (power-on UA).
+// it some are forgotten and come back as new nexuses (power-on UA), which
+// still tells their initiators that state may have been lost.
 const maxLostNexuses = 1024
 
 func nexusKey(n *Nexus) string { return n.InitiatorPort + "\x00" + n.TargetPort }
@@ -231,13 +237,11 @@ func (lu *LogicalUnit) forget(n *Nexus) {
 		lu.lost = map[string][]uint16{}
 	}
 	id := nexusKey(n)
-	if _, ok := lu.lost[id]; !ok {
-		lu.lostOrder = append(lu.lostOrder, id)
-	}
 	lu.lost[id] = []uint16{ascNexusLoss}
-	for len(lu.lostOrder) > maxLostNexuses {
-		old := lu.lostOrder[0]
-		lu.lostOrder = lu.lostOrder[1:]
+	for old := range lu.lost {
+		if len(lu.lost) <= maxLostNexuses {
+			break
+		}
 		if old != id {
 			delete(lu.lost, old)
 		}
