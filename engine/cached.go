@@ -112,6 +112,7 @@ type CachedVolume struct {
 
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
+	pend     *chained      // guarded by commitMu
 
 	gcMu       sync.Mutex
 	gcCond     *sync.Cond // on gcMu: a group commit finished
@@ -358,7 +359,7 @@ func (v *CachedVolume) Stats() Stats {
 		ReadBytes: s.readBytes.Load(), WriteBytes: s.writeBytes.Load(),
 		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
 		UndoBytes: s.undoBytes.Load(), CacheHits: s.lookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
-		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty,
+		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty, ChainedEpochs: s.chained.Load(),
 		InjectedFaults: v.data.Injected() + v.udev.Injected(),
 		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
 		FlushLatency: s.flushLat.snapshot(), CommitLatency: s.commitLat.snapshot(),
@@ -912,20 +913,14 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	}
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
-	if err := v.commitLocked(); err != nil {
+	if err := v.commitAll(); err != nil {
 		return err
 	}
+	// Hold off writes while the size changes. Writes that slipped in since
+	// commitAll stay dirty and commit later (those past a new, smaller end
+	// are dropped with the range).
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.dirty) > 0 {
-		// Writes slipped in; commit them while holding off new ones.
-		v.mu.Unlock()
-		err := v.commitLocked()
-		v.mu.Lock()
-		if err != nil {
-			return err
-		}
-	}
 	if err := v.data.Truncate(size); err != nil {
 		return fmt.Errorf("engine: %s resize: %w", v.name, err)
 	}
@@ -964,7 +959,7 @@ func (v *CachedVolume) Close() error {
 		<-v.done
 		if v.failed.Load() == nil {
 			v.commitMu.Lock()
-			err = v.commitLocked()
+			err = v.commitAll()
 			v.commitMu.Unlock()
 		} else {
 			err = fmt.Errorf("engine: %s closed with unflushed data after a failed commit: %w", v.name, ErrMedium)

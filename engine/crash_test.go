@@ -146,6 +146,7 @@ type crashResult struct {
 	required int
 	feasible []interval
 	clears   int // failed commits cleared with ClearError
+	chained  int // epochs committed through the chained path
 }
 
 // runCrash drives a volume over simulated devices with concurrent random
@@ -284,6 +285,7 @@ func runCrash(t testing.TB, r crashRun) (crashResult, error) {
 	res.ops = world.ops
 	world.mu.Unlock()
 	res.clears = int(clears.Load())
+	res.chained = int(v.Stats().ChainedEpochs)
 	if r.crashAt == 0 {
 		// Crash after a final flush: everything must survive.
 		v.SetFaultRate(0, 0)
@@ -403,7 +405,7 @@ func TestCrashConsistency(t *testing.T) {
 		fmt.Sscan(s, &base)
 	}
 	t.Logf("base seed %d (ANVIL_CRASH_SEED to repeat)", base)
-	var lost, total, clears int
+	var lost, total, clears, chained int
 	for i := 0; i < iters; i++ {
 		seed := base + uint64(i)
 		prng := rand.New(rand.NewPCG(seed, 2))
@@ -436,10 +438,14 @@ func TestCrashConsistency(t *testing.T) {
 			lost++
 		}
 		clears += res.clears
+		chained += res.chained
 	}
-	t.Logf("%d crash points checked; %d lost unflushed tails; %d failed commits cleared", total, lost, clears)
+	t.Logf("%d crash points checked; %d lost unflushed tails; %d failed commits cleared; %d chained epochs", total, lost, clears, chained)
 	if lost == 0 {
 		t.Error("no crash ever lost an unflushed write: the simulator is not crashing anything")
+	}
+	if chained == 0 && iters >= 100 {
+		t.Error("no epoch was ever chained: that commit path went untested")
 	}
 	if clears == 0 && iters >= 100 {
 		t.Error("no injected fault ever failed a commit: the ClearError path went untested")

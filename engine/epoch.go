@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/anvilproject/anvil/engine/undo"
 )
 
 // syncTo returns once epoch target is durable. The first caller to find no
@@ -31,7 +33,7 @@ func (v *CachedVolume) syncTo(target uint64) error {
 		v.committing = true
 		v.gcMu.Unlock()
 		v.commitMu.Lock()
-		err := v.commitLocked()
+		err := v.commitLocked(target)
 		v.commitMu.Unlock()
 		v.gcMu.Lock()
 		v.committing = false
@@ -68,25 +70,137 @@ func (v *CachedVolume) cutLocked() (uint64, []*buf) {
 	return ep, set
 }
 
-// commitLocked cuts the open epoch and commits it. commitMu is held.
-func (v *CachedVolume) commitLocked() error {
+// maxChain bounds how many epochs one commitLocked call chains before it
+// hands the rest to the flusher.
+const maxChain = 8
+
+// chained is an epoch whose undo records are durable (written with the
+// previous epoch's header advance) but whose data is not yet in place.
+type chained struct {
+	ep    uint64
+	set   []*buf
+	batch *undo.Batch
+	start time.Time
+}
+
+// commitAll commits until nothing is dirty or pending. commitMu is held.
+func (v *CachedVolume) commitAll() error {
+	for {
+		if err := v.commitLocked(^uint64(0)); err != nil {
+			return err
+		}
+		v.mu.RLock()
+		idle := len(v.dirty) == 0
+		v.mu.RUnlock()
+		if v.pend == nil && idle {
+			return nil
+		}
+	}
+}
+
+// commitLocked commits epochs until epoch target is durable. commitMu is
+// held.
+//
+// A commit is (1) undo records durable, (2) data in place durable, (3) FIFO
+// header advanced durable. When more writes arrived while epoch E was being
+// written, commitLocked chains: it cuts E+1 right after E's step 2 and makes
+// E's header advance and E+1's undo records durable with one sync of the
+// FIFO (E+1's records describe the device after E, which is what the device
+// holds by then). Under a steady load, such as many WCE=0 writers, an epoch
+// then costs two syncs instead of three. E's waiters are woken as soon as
+// that sync completes; once target is durable the chained epoch is left in
+// v.pend for the flusher (or the next committer) to finish.
+func (v *CachedVolume) commitLocked(target uint64) error {
 	if err := v.failedErr(); err != nil {
 		return err
 	}
-	v.mu.Lock()
-	ep, set := v.cutLocked()
-	v.mu.Unlock()
-	if len(set) == 0 {
-		// Nothing changed since the last commit, which is durable.
-		v.durable.Store(ep)
-		return nil
+	var (
+		ep    uint64
+		set   []*buf
+		batch *undo.Batch
+		start time.Time
+		err   error
+	)
+	if p := v.pend; p != nil {
+		v.pend = nil
+		ep, set, batch, start = p.ep, p.set, p.batch, p.start
+	} else {
+		v.mu.Lock()
+		ep, set = v.cutLocked()
+		v.mu.Unlock()
+		if len(set) == 0 {
+			// Nothing changed since the last commit, which is durable.
+			v.durable.Store(ep)
+			return nil
+		}
+		start = time.Now()
+		if ep <= v.fifo.Committed() {
+			return v.commitFailed(ep, set, errors.New("epoch number not newer than the FIFO's"))
+		}
+		batch = v.fifo.Begin(ep)
+		err = v.recordUndoSet(batch, set)
+		if err == nil {
+			err = batch.Write() // step 1
+		}
 	}
-	start := time.Now()
-	undoBytes, err := v.commitEpoch(ep, set)
-	if err != nil {
-		v.failCommit(ep, set, err)
-		return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, ep, err, ErrMedium)
+	for chain := 1; ; chain++ {
+		if err == nil {
+			err = v.writeInPlace(set) // step 2
+		}
+		if err != nil {
+			return v.commitFailed(ep, set, err)
+		}
+		// Step 3, chained with step 1 of the next epoch when there is one
+		// and both epochs' records fit in the ring together.
+		var next *undo.Batch
+		var nep uint64
+		var nset []*buf
+		v.mu.Lock()
+		worst := int64(len(v.dirty))*undo.RecordSize(ChunkSize) + v.fifo.MaxPayload() + 2*undo.SectorSize
+		if len(v.dirty) > 0 && batch.Len()+worst <= v.fifo.RingSize() {
+			nep, nset = v.cutLocked()
+		}
+		v.mu.Unlock()
+		if nset == nil {
+			if err := batch.Commit(); err != nil {
+				return v.commitFailed(ep, set, err)
+			}
+		} else {
+			next = batch.Next(nep)
+			err = v.recordUndoSet(next, nset)
+			if err == nil {
+				err = batch.CommitWith(next)
+			}
+			v.st.chained.Add(1)
+			if err != nil {
+				// Neither epoch is known durable; recovery rolls both back.
+				return v.commitFailed(ep, append(set, nset...), err)
+			}
+		}
+		v.finishEpoch(ep, set, batch.PayloadBytes(), start)
+		if nset == nil {
+			return nil
+		}
+		if v.durable.Load() >= target || chain >= maxChain {
+			v.pend = &chained{ep: nep, set: nset, batch: next, start: time.Now()}
+			v.kickFlusher()
+			return nil
+		}
+		ep, set, batch, start = nep, nset, next, time.Now()
 	}
+}
+
+// commitFailed freezes the volume and returns the error a flush reports.
+func (v *CachedVolume) commitFailed(ep uint64, set []*buf, err error) error {
+	v.failCommit(ep, set, err)
+	v.wakeSyncWaiters()
+	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, ep, err, ErrMedium)
+}
+
+// finishEpoch runs after epoch ep is durable: its buffers become clean (or
+// are released when a newer version replaced them, or when they were
+// holes), and its waiters are woken.
+func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start time.Time) {
 	var gone []*buf
 	var freed int64
 	v.mu.Lock()
@@ -113,6 +227,7 @@ func (v *CachedVolume) commitLocked() error {
 	v.durable.Store(ep)
 	v.cond.Broadcast()
 	v.mu.Unlock()
+	v.wakeSyncWaiters()
 	v.cache.untrack(gone)
 	for _, b := range gone {
 		v.cache.free(b.data)
@@ -120,7 +235,13 @@ func (v *CachedVolume) commitLocked() error {
 	v.st.epochs.Add(1)
 	v.st.undoBytes.Add(uint64(undoBytes))
 	v.st.commitLat.observe(time.Since(start))
-	return nil
+}
+
+// wakeSyncWaiters wakes syncTo callers to recheck the durable epoch.
+func (v *CachedVolume) wakeSyncWaiters() {
+	v.gcMu.Lock()
+	v.gcCond.Broadcast()
+	v.gcMu.Unlock()
 }
 
 // failCommit freezes the volume after a failed commit. The FIFO stays where
@@ -164,28 +285,26 @@ func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
 	v.cache.wakeDirtyWaiters()
 }
 
-// commitEpoch performs the three durable steps of a commit for the sorted,
-// frozen buffers of epoch ep and returns the undo bytes written.
-func (v *CachedVolume) commitEpoch(ep uint64, set []*buf) (int64, error) {
-	if ep <= v.fifo.Committed() {
-		return 0, errors.New("epoch number not newer than the FIFO's")
-	}
-	// Step 1: undo records for the old contents of every chunk, durable.
-	batch := v.fifo.Begin(ep)
+// recordUndoSet appends undo records for the sorted buffers of one epoch,
+// one contiguous run at a time.
+func (v *CachedVolume) recordUndoSet(batch *undo.Batch, set []*buf) error {
 	for i := 0; i < len(set); {
 		j := i + 1
 		for j < len(set) && set[j].key == set[j-1].key+1 {
 			j++
 		}
 		if err := v.recordUndo(batch, set[i].key, set[j-1].key+1); err != nil {
-			return 0, err
+			return err
 		}
 		i = j
 	}
-	if err := batch.Write(); err != nil {
-		return 0, err
-	}
-	// Step 2: data in place, sorted and coalesced, durable.
+	return nil
+}
+
+// writeInPlace writes an epoch's sorted buffers to the data device,
+// coalescing adjacent chunks into vectored writes and punching holes for
+// unmapped ones, and syncs it.
+func (v *CachedVolume) writeInPlace(set []*buf) error {
 	size := v.size.Load()
 	for i := 0; i < len(set); {
 		hole := set[i].data == nil
@@ -197,7 +316,7 @@ func (v *CachedVolume) commitEpoch(ep uint64, set []*buf) (int64, error) {
 		end := min((set[j-1].key+1)*ChunkSize, size)
 		if hole {
 			if err := v.data.Discard(off, end-off); err != nil {
-				return 0, err
+				return err
 			}
 		} else {
 			iov := make([][]byte, 0, j-i)
@@ -205,19 +324,12 @@ func (v *CachedVolume) commitEpoch(ep uint64, set []*buf) (int64, error) {
 				iov = append(iov, b.data[:min(ChunkSize, size-b.key*ChunkSize)])
 			}
 			if err := v.data.WriteAtv(iov, off); err != nil {
-				return 0, err
+				return err
 			}
 		}
 		i = j
 	}
-	if err := v.data.Sync(); err != nil {
-		return 0, err
-	}
-	// Step 3: advance the FIFO header past the epoch, durable.
-	if err := batch.Commit(); err != nil {
-		return 0, err
-	}
-	return batch.PayloadBytes(), nil
+	return v.data.Sync()
 }
 
 // recordUndo appends undo records for chunks [k0, k1): hole records for

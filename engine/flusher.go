@@ -11,7 +11,8 @@ func (v *CachedVolume) kickFlusher() {
 }
 
 // flusher commits the open epoch every interval, and early when kicked
-// (epoch half full, dirty threshold, a writer waiting for room).
+// (epoch half full, dirty threshold, a writer waiting for room, a chained
+// epoch handed over by a committer).
 func (v *CachedVolume) flusher() {
 	defer close(v.done)
 	t := time.NewTicker(v.interval)
@@ -26,15 +27,14 @@ func (v *CachedVolume) flusher() {
 		if v.failed.Load() != nil {
 			continue
 		}
+		v.commitMu.Lock()
 		v.mu.RLock()
 		idle := len(v.dirty) == 0
 		v.mu.RUnlock()
-		if idle {
-			continue
+		if !idle || v.pend != nil {
+			// Errors freeze the volume and are reported by the next Flush.
+			_ = v.commitLocked(^uint64(0))
 		}
-		v.commitMu.Lock()
-		// Errors freeze the volume and are reported by the next Flush.
-		_ = v.commitLocked()
 		v.commitMu.Unlock()
 	}
 }

@@ -62,6 +62,7 @@ type volStats struct {
 	undoBytes               atomic.Uint64
 	lookups, misses         atomic.Uint64 // chunk lookups by reads
 	commitErrors            atomic.Uint64
+	chained                 atomic.Uint64
 	readLat, writeLat       histogram
 	flushLat, commitLat     histogram
 }
@@ -73,6 +74,7 @@ type Stats struct {
 	Unmaps                 uint64 // unmap and write-zeroes commands
 	Flushes                uint64 // Flush calls
 	Epochs                 uint64 // epochs committed with data
+	ChainedEpochs          uint64 // epochs whose undo records rode on the previous header sync
 	UndoBytes              uint64 // bytes appended to the undo FIFO
 	CacheHits, CacheMisses uint64 // chunk lookups on read
 	CommitErrors           uint64

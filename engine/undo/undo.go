@@ -196,6 +196,21 @@ func decodeHeader(b []byte) (header, bool) {
 // writeHeader durably records (committed, start) under the next generation,
 // in the slot the current generation does not use.
 func (f *FIFO) writeHeader(committed, start uint64) error {
+	gen, err := f.putHeader(committed, start)
+	if err != nil {
+		return err
+	}
+	if err := f.dev.Sync(); err != nil {
+		return fmt.Errorf("undo: sync header: %w", err)
+	}
+	f.gen, f.committed, f.start = gen, committed, start
+	return nil
+}
+
+// putHeader writes (committed, start) under the next generation without
+// syncing, and returns that generation. The in-memory state changes only
+// once a sync has made the header durable.
+func (f *FIFO) putHeader(committed, start uint64) (uint64, error) {
 	gen := f.gen + 1
 	b := make([]byte, SectorSize)
 	copy(b, headerMagic[:])
@@ -206,13 +221,9 @@ func (f *FIFO) writeHeader(committed, start uint64) error {
 	binary.LittleEndian.PutUint64(b[40:], start)
 	binary.LittleEndian.PutUint32(b[headerLen:], crc32.Checksum(b[:headerLen], castagnoli))
 	if _, err := f.dev.WriteAt(b, int64(gen%2)*slotSize); err != nil {
-		return fmt.Errorf("undo: write header: %w", err)
+		return 0, fmt.Errorf("undo: write header: %w", err)
 	}
-	if err := f.dev.Sync(); err != nil {
-		return fmt.Errorf("undo: sync header: %w", err)
-	}
-	f.gen, f.committed, f.start = gen, committed, start
-	return nil
+	return gen, nil
 }
 
 // Batch collects one epoch's undo records and writes them to the ring.
@@ -385,6 +396,44 @@ func (b *Batch) Commit() error {
 // nothing in place).
 func (f *FIFO) Commit(epoch uint64) error {
 	return f.writeHeader(epoch, f.start)
+}
+
+// Next starts the records of the epoch after b's, placed right behind b's
+// records, before b is committed. Together with CommitWith it lets one sync
+// both commit b's epoch and make the next epoch's records durable. The two
+// epochs' records must fit in the ring together.
+func (b *Batch) Next(epoch uint64) *Batch {
+	n := &Batch{f: b.f, epoch: epoch, pos: b.pos, flushed: b.pos, err: b.err}
+	if epoch <= b.epoch && n.err == nil {
+		n.err = fmt.Errorf("undo: epoch %d does not follow epoch %d", epoch, b.epoch)
+	}
+	return n
+}
+
+// CommitWith advances the header past b's epoch and writes next's records
+// (see Next), then syncs once. Afterwards b's epoch is committed and next's
+// records are durable, exactly as after b.Commit and next.Write. If the
+// sync fails neither is known durable; recovery then rolls both back.
+func (b *Batch) CommitWith(next *Batch) error {
+	if b.err != nil {
+		return b.err
+	}
+	if next.err != nil {
+		return next.err
+	}
+	gen, err := b.f.putHeader(b.epoch, b.pos)
+	if err != nil {
+		return err
+	}
+	if err := next.write(); err != nil {
+		return err
+	}
+	if err := b.f.dev.Sync(); err != nil {
+		next.err = fmt.Errorf("undo: sync header and records: %w", err)
+		return next.err
+	}
+	b.f.gen, b.f.committed, b.f.start = gen, b.epoch, b.pos
+	return nil
 }
 
 // record is a parsed record header.

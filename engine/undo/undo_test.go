@@ -227,3 +227,53 @@ func TestRingWrapAndStaleRecords(t *testing.T) {
 		copy(committed, data.b)
 	}
 }
+
+// TestCommitWithChainsEpochs: epoch 2's header advance and epoch 3's
+// records share one sync. If that sync is lost entirely, recovery must roll
+// back epoch 2; if it completed, only epoch 3.
+func TestCommitWithChainsEpochs(t *testing.T) {
+	for _, lostSync := range []bool{false, true} {
+		fdev := newMem(MinSize * 4)
+		f, err := Create(fdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := newMem(1 << 20)
+		copy(data.b, fill(len(data.b), 3))
+		orig := append([]byte(nil), data.b...)
+		b1 := writeEpoch(t, f, data, 2, [][2]int64{{0, 8192}, {65536, 4096}}, nil)
+		after1 := append([]byte(nil), data.b...)
+		snapshot := append([]byte(nil), fdev.b...)
+		b2 := b1.Next(3)
+		p, err := b2.AppendData(4096, 8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(p, data.b[4096:4096+8192])
+		if err := b1.CommitWith(b2); err != nil {
+			t.Fatal(err)
+		}
+		if lostSync {
+			// Nothing of the shared sync reached the disk, but the first
+			// epoch's records (synced before its data went in place) did.
+			// Epoch 3's data cannot be in place: it waits for that sync.
+			copy(fdev.b, snapshot)
+		} else {
+			copy(data.b[4096:], fill(8192, 77)) // epoch 3 in place, uncommitted
+		}
+		f2, err := Open(fdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f2.Recover(data); err != nil {
+			t.Fatal(err)
+		}
+		want := after1
+		if lostSync {
+			want = orig
+		}
+		if !bytes.Equal(data.b, want) {
+			t.Fatalf("lostSync=%v: recovery did not restore the right epoch", lostSync)
+		}
+	}
+}
