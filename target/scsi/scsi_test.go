@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/anvilproject/anvil/engine"
 )
 
 func TestPowerOnUnitAttention(t *testing.T) {
@@ -1122,5 +1124,46 @@ func TestOrWriteAndDefectData(t *testing.T) {
 	expectGood(t, r)
 	if len(r.DataIn) != 8 || r.DataIn[1] != 0x14 {
 		t.Errorf("READ DEFECT DATA(12) % x", r.DataIn)
+	}
+}
+
+// panicVolume panics on reads, standing in for a bug below the command
+// core.
+type panicVolume struct{ *memVolume }
+
+func (p *panicVolume) ReadAt(ctx context.Context, b []byte, off int64) error { panic("boom") }
+
+// lyingVolume says it is writable but refuses writes, as a volume frozen
+// by a failed commit between the check and the write would.
+type lyingVolume struct{ *memVolume }
+
+func (l *lyingVolume) WriteAt(ctx context.Context, b []byte, off int64, fua bool) error {
+	return fmt.Errorf("frozen: %w", engine.ErrReadOnly)
+}
+
+func TestEngineFailuresBecomeSense(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		vol  engine.Volume
+		cdb  []byte
+		key  byte
+		asc  uint16
+	}{
+		{"panic", &panicVolume{newMemVolume(16, 512)}, rw(opRead10, 10, 0, 1), SenseHardwareError, ascInternalTargetFailure},
+		{"read-only race", &lyingVolume{newMemVolume(16, 512)}, rw(opWrite10, 10, 0, 1), SenseDataProtect, ascWriteProtected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tgt := NewTarget("t")
+			tgt.AddLUN(0, NewLogicalUnit(tc.vol, LUConfig{}))
+			n := &Nexus{}
+			tgt.Execute(context.Background(), &Command{Nexus: n, CDB: cdb(opTestUnitReady, 6)})
+			r := tgt.Execute(context.Background(), &Command{Nexus: n, CDB: tc.cdb, DataOut: make([]byte, 512)})
+			expectSense(t, r, tc.key, tc.asc)
+			// The target keeps working.
+			expectGood(t, tgt.Execute(context.Background(), &Command{Nexus: n, CDB: cdb(opTestUnitReady, 6)}))
+		})
+	}
+	if NewTarget("x").Name() != "x" {
+		t.Error("Name")
 	}
 }
