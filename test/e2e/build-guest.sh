@@ -26,7 +26,9 @@ log() { echo "build-guest: $*" >&2; }
 sudo=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
 
-pkgs=(busybox-static open-iscsi libopeniscsiusr e2fsprogs libext2fs2 libcom-err2)
+# Libraries a minimal Debian image may lack come from packages too; ldd
+# takes the rest (libc, libzstd, liblzma, libblkid, libuuid) from the host.
+pkgs=(busybox-static open-iscsi libopeniscsiusr libssl3 libkmod2 e2fsprogs libext2fs2 libcom-err2)
 
 # One apt-cache call per question: each costs a second or two on a busy box.
 # Prints "pkg=version " for every package with a candidate.
