@@ -35,6 +35,9 @@ type outPDU struct {
 	// closeAfter closes the connection once this PDU is on the wire
 	// (Logout Response, TARGET COLD RESET).
 	closeAfter bool
+	// closeOnly is a marker, not a PDU: the writer flushes what was queued
+	// before it and closes the connection (graceful shutdown).
+	closeOnly bool
 	// sent, if set, runs after the PDU is written (or dropped).
 	sent func()
 }
@@ -88,6 +91,9 @@ type conn struct {
 	nopPending bool
 
 	text textState // reader goroutine only
+
+	// inFFP is set once the writer goroutine runs.
+	inFFP atomic.Bool
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -150,6 +156,7 @@ func (c *conn) serve() {
 	}
 	c.bg.Add(1)
 	go c.writeLoop()
+	c.inFFP.Store(true)
 	if c.srv.cfg.NopInterval > 0 {
 		c.bg.Add(1)
 		go c.keepAlive()
@@ -195,6 +202,12 @@ func (c *conn) writeLoop() {
 		}
 		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		for p != nil {
+			if p.closeOnly {
+				c.pw.flush()
+				c.close(nil)
+				c.drainOut()
+				return
+			}
 			closeAfter := p.closeAfter
 			if err := c.writeOne(p); err != nil {
 				c.close(fmt.Errorf("write: %w", err))
@@ -226,6 +239,19 @@ func (c *conn) writeLoop() {
 			c.drainOut()
 			return
 		}
+	}
+}
+
+// closeGracefully closes the connection after the PDUs already queued are
+// sent. If the queue is full, it closes at once.
+func (c *conn) closeGracefully() {
+	p := newOut(0, 0)
+	p.closeOnly = true
+	select {
+	case c.out <- p:
+	case <-c.closed:
+	default:
+		c.close(errors.New("shutdown with a full output queue"))
 	}
 }
 

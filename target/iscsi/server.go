@@ -355,8 +355,10 @@ wait:
 		case <-tick.C:
 		}
 	}
-	// Close every connection; each connection's exit aborts its session's
-	// tasks and reports nexus loss.
+	// Close every connection once its queued responses are out; each
+	// connection's exit aborts its session's remaining tasks and reports
+	// nexus loss. Connections still in login have no writer yet and are
+	// closed at once.
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -364,7 +366,11 @@ wait:
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.close(errors.New("server shutdown"))
+		if c.inFFP.Load() && err == nil {
+			c.closeGracefully()
+		} else {
+			c.close(errors.New("server shutdown"))
+		}
 	}
 	done := make(chan struct{})
 	go func() { s.connWG.Wait(); close(done) }()
@@ -373,6 +379,9 @@ wait:
 	case <-ctx.Done():
 		if err == nil {
 			err = ctx.Err()
+		}
+		for _, c := range conns {
+			c.close(errors.New("server shutdown deadline"))
 		}
 	}
 	if err != nil {

@@ -41,6 +41,9 @@ type session struct {
 	// keyed by CmdSN; only the connection's reader touches it.
 	pending map[uint32]func() error
 
+	// active counts registered tasks that have not finished.
+	active atomic.Int32
+
 	mu    sync.Mutex
 	tasks map[uint32]*task // by ITT
 	// abortedSN records CmdSNs that ABORT TASK named before the command
@@ -180,11 +183,9 @@ func (s *session) sequence(cmdSN uint32, immediate bool, fn func() error) error 
 	}
 }
 
-func (s *session) inFlight() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.tasks)
-}
+// inFlight counts tasks received and not finished: a task stops counting
+// once its status is queued for the writer (or it was aborted).
+func (s *session) inFlight() int { return int(s.active.Load()) }
 
 func (s *session) info() SessionInfo {
 	inf := SessionInfo{

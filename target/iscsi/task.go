@@ -98,6 +98,7 @@ func (t *task) finish() {
 	t.finishOnce.Do(func() {
 		t.releaseSlot()
 		t.cancel()
+		t.sess.active.Add(-1)
 		close(t.done)
 	})
 }
@@ -251,6 +252,7 @@ func (c *conn) handleSCSICmd() error {
 		return nil
 	}
 	s.tasks[t.itt] = t
+	s.active.Add(1)
 	s.mu.Unlock()
 
 	if t.write && !t.unsolActive && t.precheck == nil {
