@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/anvilproject/anvil/test/harness"
 )
 
@@ -206,5 +208,47 @@ func TestSystemdUnit(t *testing.T) {
 		if !strings.Contains(u, want) {
 			t.Errorf("unit lacks %s", want)
 		}
+	}
+}
+
+// TestCompose checks compose.yaml parses and points at the Dockerfile, the
+// three ports and the data volume.
+func TestCompose(t *testing.T) {
+	b, err := os.ReadFile("docker/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Services map[string]struct {
+			Build struct {
+				Context    string `yaml:"context"`
+				Dockerfile string `yaml:"dockerfile"`
+			} `yaml:"build"`
+			Ports   []string `yaml:"ports"`
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+		Volumes map[string]any `yaml:"volumes"`
+	}
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	s, ok := c.Services["anvil"]
+	if !ok {
+		t.Fatalf("no anvil service: %+v", c.Services)
+	}
+	if _, err := os.Stat(filepath.Join("docker", s.Build.Context, s.Build.Dockerfile)); err != nil {
+		t.Errorf("build context/dockerfile %s/%s: %v", s.Build.Context, s.Build.Dockerfile, err)
+	}
+	ports := strings.Join(s.Ports, " ")
+	for _, p := range []string{"3260:3260", "4420:4420", "8080:8080"} {
+		if !strings.Contains(ports, p) {
+			t.Errorf("port %s not published: %v", p, s.Ports)
+		}
+	}
+	if len(s.Volumes) != 1 || !strings.HasSuffix(s.Volumes[0], ":/var/lib/anvil") {
+		t.Errorf("volumes: %v", s.Volumes)
+	}
+	if _, ok := c.Volumes["anvil-data"]; !ok {
+		t.Errorf("named volume anvil-data not declared")
 	}
 }
