@@ -129,6 +129,11 @@ type Config struct {
 	// MaxTransferLength caps a command's expected data transfer length for
 	// writes, bounding the memory one command can pin (default 32 MiB).
 	MaxTransferLength uint32
+	// MaxSessionDataOut bounds the Data-Out buffer memory one session may
+	// hold at once (default 1 GiB, at least MaxTransferLength). A write
+	// that would exceed it is answered with TASK SET FULL, so that one
+	// initiator cannot make the target allocate without limit.
+	MaxSessionDataOut int64
 	// NopInterval is how long a connection may stay silent before we ping
 	// the initiator with a NOP-In. Zero or negative disables keep-alive
 	// (anvil serve's configuration defaults it to 30 s).
@@ -179,6 +184,10 @@ func (c *Config) setDefaults() {
 	if c.MaxTransferLength == 0 {
 		c.MaxTransferLength = 32 << 20
 	}
+	if c.MaxSessionDataOut <= 0 {
+		c.MaxSessionDataOut = 1 << 30
+	}
+	c.MaxSessionDataOut = max(c.MaxSessionDataOut, int64(c.MaxTransferLength))
 	if c.NopTimeout <= 0 {
 		c.NopTimeout = 30 * time.Second
 	}

@@ -958,3 +958,32 @@ func TestTaskAttributes(t *testing.T) {
 		}
 	}
 }
+
+func TestDataOutMemoryBudget(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1, MaxTransferLength: 64 << 10, MaxSessionDataOut: 64 << 10})
+	c := dial(t, ts.addr)
+	c.login(testIQN, "InitialR2T=Yes", "ImmediateData=No")
+	// The first write reserves the whole budget while it waits for data.
+	h1 := c.scsiCmd(cdb10(0x2a, 0, 128), false, true, true, 64<<10)
+	c.send(h1, nil, nil)
+	r2t := c.recv()
+	if r2t.hdr.opcode() != opR2T {
+		t.Fatalf("opcode %#x", r2t.hdr.opcode())
+	}
+	// A second one does not fit: TASK SET FULL, without any R2T.
+	h2 := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	c.send(h2, nil, nil)
+	if r := c.readResponse(h2.itt()); r.status != byte(scsi.StatusTaskSetFull) || len(r.r2ts) != 0 {
+		t.Fatalf("status %#x r2ts %d, want TASK SET FULL", r.status, len(r.r2ts))
+	}
+	// Finishing the first frees the budget for the next write.
+	for off := uint32(0); off < r2t.hdr.u32(44); off += 8192 {
+		c.dataOut(h1.itt(), r2t.hdr.u32(20), off/8192, off, off+8192 == r2t.hdr.u32(44), make([]byte, 8192))
+	}
+	if r := c.readResponse(h1.itt()); r.status != 0 {
+		t.Fatalf("first write: status %#x", r.status)
+	}
+	if r := c.write(0, make([]byte, 512), 512); r.status != 0 {
+		t.Fatalf("write after release: status %#x", r.status)
+	}
+}

@@ -43,6 +43,8 @@ type session struct {
 
 	// active counts registered tasks that have not finished.
 	active atomic.Int32
+	// dataOut is the Data-Out buffer memory reserved by live tasks.
+	dataOut atomic.Int64
 
 	mu    sync.Mutex
 	tasks map[uint32]*task // by ITT

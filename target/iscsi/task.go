@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"github.com/anvilproject/anvil/target/scsi"
 )
@@ -71,7 +72,8 @@ type task struct {
 	dseq  uint64
 	gated bool
 
-	holdsSlot   bool // under session.mu
+	reserved    atomic.Int64 // Data-Out bytes reserved against the session's budget
+	holdsSlot   bool         // under session.mu
 	slotOnce    sync.Once
 	finishOnce  sync.Once
 	ctx         context.Context
@@ -93,10 +95,18 @@ func (t *task) releaseSlot() {
 	})
 }
 
+// releaseMem returns the task's Data-Out reservation once.
+func (t *task) releaseMem() {
+	if n := t.reserved.Swap(0); n != 0 {
+		t.sess.dataOut.Add(-n)
+	}
+}
+
 // finish marks the task as no longer running.
 func (t *task) finish() {
 	t.finishOnce.Do(func() {
 		t.releaseSlot()
+		t.releaseMem()
 		t.cancel()
 		t.sess.active.Add(-1)
 		close(t.done)
@@ -219,8 +229,14 @@ func (c *conn) handleSCSICmd() error {
 		t.precheck = checkCondition(0x05, 0x24, 0x00)
 	}
 	if t.precheck == nil && t.write && t.edtl > 0 {
-		t.bufp = getBuf(int(t.edtl))
-		t.buf = (*t.bufp)[:t.edtl]
+		if s.dataOut.Add(int64(t.edtl)) > c.srv.cfg.MaxSessionDataOut {
+			s.dataOut.Add(-int64(t.edtl))
+			t.precheck = &scsi.Result{Status: scsi.StatusTaskSetFull}
+		} else {
+			t.reserved.Store(int64(t.edtl))
+			t.bufp = getBuf(int(t.edtl))
+			t.buf = (*t.bufp)[:t.edtl]
+		}
 	}
 	if dsl > 0 {
 		if t.buf != nil {
@@ -490,6 +506,7 @@ func (c *conn) runTask(t *task) {
 		putBuf(t.bufp)
 		t.bufp, t.buf = nil, nil
 	}
+	t.releaseMem()
 	s.mu.Lock()
 	aborted := t.aborted
 	if !aborted {
