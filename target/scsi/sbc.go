@@ -419,7 +419,7 @@ func (x *task) writeSame() error {
 		// that is allowed but capped by MAXIMUM WRITE SAME LENGTH.
 		n = lu.blocks() - lba
 	}
-	if n > maxWriteSameBlocks {
+	if n > lu.maxWriteSameBlocks() {
 		return invalidCDB(lenField, -1)
 	}
 	if err := x.checkWritable(); err != nil {

@@ -224,9 +224,11 @@ func (lu *LogicalUnit) maxAtomicBlocks() uint64 {
 	return min(n, lu.maxTransferBlocks(), 0xffff)
 }
 
-// maxWriteSameBlocks bounds WRITE SAME so that its data never needs more
-// than one engine call per maxUnmap-sized chunk.
-const maxWriteSameBlocks = 1 << 22
+// maxWriteSameBlocks is the MAXIMUM WRITE SAME LENGTH: the same 32 MiB a
+// single transfer may span. Initiators (and libiscsi's tests) size the
+// ordinary writes they pair with WRITE SAME by it, and deallocating more at
+// once is what UNMAP, with its own larger limit, is for.
+func (lu *LogicalUnit) maxWriteSameBlocks() uint64 { return lu.maxTransferBlocks() }
 
 // maxUnmapDescriptors bounds an UNMAP parameter list.
 const maxUnmapDescriptors = 256
@@ -269,7 +271,7 @@ func (lu *LogicalUnit) blockLimits() []byte {
 		binary.BigEndian.PutUint32(b[20:], maxUnmapDescriptors)
 		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
 	}
-	binary.BigEndian.PutUint64(b[32:], maxWriteSameBlocks)
+	binary.BigEndian.PutUint64(b[32:], lu.maxWriteSameBlocks())
 	if lu.atomicWrites() {
 		// The atomic fields describe WRITE ATOMIC(16); they must be zero
 		// when it is not offered.
