@@ -335,8 +335,9 @@ func (c *conn) dispatch() error {
 	case opLogoutReq:
 		return c.handleLogout()
 	case opSNACKReq:
-		// SNACK needs ErrorRecoveryLevel > 0, which we never negotiate.
-		return c.rejectAndDiscard(rejectNotSupported)
+		// SNACK needs ErrorRecoveryLevel > 0, which we never negotiate: at
+		// ERL 0 it is a protocol error.
+		return c.rejectAndDiscard(rejectProtocolError)
 	case opLoginReq:
 		// A login request in full feature phase is a protocol error.
 		return c.rejectAndDiscard(rejectProtocolError)

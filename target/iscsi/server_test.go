@@ -773,8 +773,8 @@ func TestMalformedPDUs(t *testing.T) {
 		h[0] = opSNACKReq
 		h[1] = flagFinal
 		c.send(&h, nil, nil)
-		if p := c.recv(); p.hdr.opcode() != opReject {
-			t.Fatalf("opcode %#x", p.hdr.opcode())
+		if p := c.recv(); p.hdr.opcode() != opReject || p.hdr[2] != rejectProtocolError {
+			t.Fatalf("opcode %#x reason %#x", p.hdr.opcode(), p.hdr[2])
 		}
 	})
 	t.Run("oversized segment closes", func(t *testing.T) {

@@ -160,7 +160,7 @@ func (c *conn) handleSCSICmd() error {
 	dsl := uint32(h.dataLen())
 	extCDB, bidiRead, err := parseAHS(c.rd.ahs[:c.rd.ahsLen])
 	if err != nil {
-		return c.rejectAndDiscard(rejectProtocolError)
+		return c.rejectCommand(&h, rejectProtocolError)
 	}
 	if !immediate && s.checkCmdSN(cmdSN) == cmdDrop {
 		// Outside the window: the RFC says to ignore it silently.
@@ -265,6 +265,7 @@ func (c *conn) handleSCSICmd() error {
 	if s.ended {
 		s.mu.Unlock()
 		t.cancel()
+		t.releaseMem()
 		return nil
 	}
 	s.tasks[t.itt] = t
