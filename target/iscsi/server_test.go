@@ -987,3 +987,54 @@ func TestDataOutMemoryBudget(t *testing.T) {
 		t.Fatalf("write after release: status %#x", r.status)
 	}
 }
+
+func TestTextRequestContinuationAndFFPKeys(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c := dial(t, ts.addr)
+	c.login(testIQN)
+	req := keysData("SendTargets=All", "MaxRecvDataSegmentLength=16384", "InitialR2T=No", "X-foo=bar")
+	var h bhs
+	h[0] = opTextReq
+	h[1] = flagContinue
+	h.setITT(c.nextITT())
+	h.setU32(20, tagNone)
+	h.setU32(24, c.cmdSN)
+	c.cmdSN++
+	c.send(&h, nil, req[:10])
+	p := c.recv()
+	if p.hdr.opcode() != opTextResp || len(p.data) != 0 || p.hdr[1]&flagFinal != 0 || p.hdr.u32(20) == tagNone {
+		t.Fatalf("continuation ack: opcode %#x flags %#x ttt %#x data %q", p.hdr.opcode(), p.hdr[1], p.hdr.u32(20), p.data)
+	}
+	h[1] = flagFinal
+	h.setU32(20, p.hdr.u32(20))
+	h.setU32(24, c.cmdSN)
+	c.cmdSN++
+	c.send(&h, nil, req[10:])
+	p = c.recv()
+	if p.hdr[1]&flagFinal == 0 {
+		t.Fatalf("final response flags %#x", p.hdr[1])
+	}
+	m := keyMap(t, p.data)
+	if m["TargetName"] != testIQN || m["InitialR2T"] != "Reject" || m["X-foo"] != "NotUnderstood" {
+		t.Fatalf("FFP text answer %v", m)
+	}
+	if _, ok := m["MaxRecvDataSegmentLength"]; ok {
+		t.Fatalf("declarative key answered: %v", m)
+	}
+	if si := ts.srv.Sessions(); si[0].Params.MaxXmitDataSegmentLength != 16384 {
+		t.Fatalf("MaxRecvDataSegmentLength not applied: %d", si[0].Params.MaxXmitDataSegmentLength)
+	}
+	// A non-immediate NOP-Out consumes a CmdSN.
+	var nop bhs
+	nop[0] = opNOPOut
+	nop[1] = flagFinal
+	nop.setITT(c.nextITT())
+	nop.setU32(20, tagNone)
+	nop.setU32(24, c.cmdSN)
+	c.cmdSN++
+	c.send(&nop, nil, nil)
+	p = c.recv()
+	if p.hdr.opcode() != opNOPIn || p.hdr.u32(28) != c.cmdSN {
+		t.Fatalf("NOP-In opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+	}
+}
