@@ -1038,3 +1038,80 @@ func TestTextRequestContinuationAndFFPKeys(t *testing.T) {
 		t.Fatalf("NOP-In opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
 	}
 }
+
+func TestRejectedCommands(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	ts.tgt.block = make(chan struct{})
+	ts.tgt.started = make(chan struct{}, 1)
+	defer close(ts.tgt.block)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "InitialR2T=Yes", "ImmediateData=No")
+	cases := []struct {
+		name string
+		h    func() (*bhs, []byte)
+	}{
+		{"immediate data refused", func() (*bhs, []byte) {
+			return c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512), make([]byte, 512)
+		}},
+		{"unsolicited with InitialR2T", func() (*bhs, []byte) {
+			return c.scsiCmd(cdb10(0x2a, 0, 1), false, true, false, 512), nil
+		}},
+		{"data on a read", func() (*bhs, []byte) {
+			return c.scsiCmd(cdb10(0x28, 0, 1), true, false, true, 512), make([]byte, 8)
+		}},
+		{"bad AHS", func() (*bhs, []byte) {
+			h := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+			h[4] = 1 // one AHS word follows, of an unknown type
+			return h, nil
+		}},
+	}
+	for _, tc := range cases {
+		h, data := tc.h()
+		var ahs []byte
+		if h[4] != 0 {
+			ahs = []byte{0, 1, 9, 0}
+		}
+		c.send(h, ahs, data)
+		p := c.recv()
+		if p.hdr.opcode() != opReject || p.hdr.u32(28) != c.cmdSN {
+			t.Fatalf("%s: opcode %#x ExpCmdSN %d, want Reject and %d", tc.name, p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+		}
+		if !bytes.Equal(p.data[16:20], h[16:20]) {
+			t.Fatalf("%s: Reject does not carry the rejected header", tc.name)
+		}
+	}
+	// An ITT still in use is refused ("task in progress").
+	w := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
+	c.send(w, nil, nil)
+	r2t := c.recv()
+	c.dataOut(w.itt(), r2t.hdr.u32(20), 0, 0, true, make([]byte, 512))
+	<-ts.tgt.started
+	dup := c.scsiCmd(make([]byte, 6), false, false, true, 0)
+	dup.setITT(w.itt())
+	c.send(dup, nil, nil)
+	if p := c.recv(); p.hdr.opcode() != opReject || p.hdr[2] != rejectTaskInProgress {
+		t.Fatalf("duplicate ITT: opcode %#x reason %#x", p.hdr.opcode(), p.hdr[2])
+	}
+}
+
+func TestLoginWithTSIH(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	c1 := dial(t, ts.addr)
+	c1.login(testIQN)
+	try := func(tsih uint16) uint16 {
+		c := dial(t, ts.addr)
+		c.tsih = tsih
+		p := c.loginPDU(0, 1, true, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=None"))
+		if loginStatus(p) != 0 {
+			return loginStatus(p)
+		}
+		p = c.loginPDU(1, 3, true, nil)
+		return loginStatus(p)
+	}
+	if st := try(c1.tsih); st != statusTooManyConnections {
+		t.Fatalf("second connection: status %#04x, want %#04x", st, statusTooManyConnections)
+	}
+	if st := try(c1.tsih + 77); st != statusSessionDoesNotExist {
+		t.Fatalf("unknown TSIH: status %#04x, want %#04x", st, statusSessionDoesNotExist)
+	}
+}
