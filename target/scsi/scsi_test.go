@@ -1151,6 +1151,7 @@ func TestEngineFailuresBecomeSense(t *testing.T) {
 	}{
 		{"panic", &panicVolume{newMemVolume(16, 512)}, rw(opRead10, 10, 0, 1), SenseHardwareError, ascInternalTargetFailure},
 		{"read-only race", &lyingVolume{newMemVolume(16, 512)}, rw(opWrite10, 10, 0, 1), SenseDataProtect, ascWriteProtected},
+		{"closed", &closedVolume{newMemVolume(16, 512)}, rw(opRead10, 10, 0, 1), SenseNotReady, ascLUNotReady},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tgt := NewTarget("t")
@@ -1165,5 +1166,30 @@ func TestEngineFailuresBecomeSense(t *testing.T) {
 	}
 	if NewTarget("x").Name() != "x" {
 		t.Error("Name")
+	}
+}
+
+// closedVolume has been closed under a mapped LUN.
+type closedVolume struct{ *memVolume }
+
+func (c *closedVolume) ReadAt(ctx context.Context, b []byte, off int64) error {
+	return fmt.Errorf("vol0: %w", engine.ErrClosed)
+}
+
+func TestReportLUNsFlatAddressing(t *testing.T) {
+	f := newFixture(t)
+	if err := f.tgt.AddLUN(300, NewLogicalUnit(newMemVolume(8, 512), LUConfig{})); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.tgt.AddLUN(maxLUN+1, f.lu); err == nil {
+		t.Fatal("LUN beyond flat addressing accepted")
+	}
+	if err := f.tgt.AddLUN(5, nil); err == nil {
+		t.Fatal("nil logical unit accepted")
+	}
+	r := f.run(reportLUNsCDB(2, 64), nil)
+	expectGood(t, r)
+	if got := binary.BigEndian.Uint16(r.DataIn[16:]); got != 0x4000|300 {
+		t.Errorf("LUN 300 encoded as %#04x", got)
 	}
 }

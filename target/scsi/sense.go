@@ -23,6 +23,7 @@ const (
 // ASC<<8 | ASCQ.
 const (
 	ascNoAdditionalSense       uint16 = 0x0000
+	ascLUNotReady              uint16 = 0x0400
 	ascWriteError              uint16 = 0x0c00
 	ascUnrecoveredReadError    uint16 = 0x1100
 	ascParameterListLength     uint16 = 0x1a00
@@ -100,6 +101,7 @@ var (
 	errWriteMedium   = newCC(SenseMediumError, ascWriteError)
 	errInternal      = newCC(SenseHardwareError, ascInternalTargetFailure)
 	errSavingNotSupp = newCC(SenseIllegalRequest, ascSavingNotSupported)
+	errNotReady      = newCC(SenseNotReady, ascLUNotReady)
 )
 
 // senseKeySpecific encodes the three sense-key specific bytes (SPC-4

@@ -279,8 +279,12 @@ func (x *task) fail(err error) Result {
 		cc = errWriteProtect
 	case errors.Is(err, engine.ErrOutOfRange):
 		cc = errLBARange
+	case errors.Is(err, engine.ErrClosed):
+		// The volume is going away under a mapped LUN (deletion,
+		// shutdown): not a medium fault, the unit is just not ready.
+		cc = errNotReady
 	default:
-		// ErrMedium, ErrClosed and anything unexpected: the backing store
+		// ErrMedium and anything unexpected: the backing store
 		// failed us. Reads report an unrecovered read error, everything
 		// else a write error.
 		cc = errWriteMedium
