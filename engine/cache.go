@@ -29,6 +29,11 @@ type buf struct {
 	// that reads as zeroes and commits as a punched hole.
 	data *[ChunkSize]byte
 
+	// orig, for a dirty buffer that was clean (so equal to the device) when
+	// the epoch first changed it, is that clean content, kept for the undo
+	// record so the commit need not read it back from the device.
+	orig *[ChunkSize]byte
+
 	// Guarded by vol.mu (state is atomic so the evictor can peek).
 	state  atomic.Uint32
 	frozen bool

@@ -729,6 +729,23 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			}
 			v.chunks[k] = b
 		}
+		if b.data != nil && b.state.Load() == stateClean && b.orig == nil {
+			// First change to a clean buffer in this epoch: keep its
+			// content (the device's) for the undo record, and modify a copy.
+			b.orig = b.data
+			v.addDirtyLocked(ChunkSize) // pinned until the commit
+			if kind == kindUnmap && full {
+				b.data = nil
+				dropped = append(dropped, b)
+			} else {
+				nd := v.cache.allocNoZero()
+				reserved -= ChunkSize
+				if kind != kindData || !full {
+					*nd = *b.orig
+				}
+				b.data = nd
+			}
+		}
 		if kind == kindUnmap && full {
 			if b.data != nil {
 				dropped = append(dropped, b)
@@ -944,6 +961,11 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 			}
 			v.cache.free(b.data)
 		}
+		if b.orig != nil {
+			v.addDirtyLocked(-ChunkSize)
+			v.cache.free(b.orig)
+			b.orig = nil
+		}
 	}
 	v.cache.untrack(gone)
 	return nil
@@ -981,6 +1003,9 @@ func (v *CachedVolume) Close() error {
 		for _, b := range all {
 			if b.data != nil && !b.frozen {
 				v.cache.free(b.data)
+			}
+			if b.orig != nil && !b.frozen {
+				v.cache.free(b.orig)
 			}
 		}
 		v.cache.unregister(v)

@@ -202,10 +202,16 @@ func (v *CachedVolume) commitFailed(ep uint64, set []*buf, err error) error {
 // holes), and its waiters are woken.
 func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start time.Time) {
 	var gone []*buf
+	var origs []*[ChunkSize]byte
 	var freed int64
 	v.mu.Lock()
 	for _, b := range set {
 		b.frozen = false
+		if b.orig != nil {
+			origs = append(origs, b.orig)
+			b.orig = nil
+			freed += ChunkSize
+		}
 		if v.chunks[b.key] == b {
 			if b.data == nil {
 				// A committed hole needs no buffer: the device reads zeroes.
@@ -231,6 +237,9 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 	v.cache.untrack(gone)
 	for _, b := range gone {
 		v.cache.free(b.data)
+	}
+	for _, d := range origs {
+		v.cache.free(d)
 	}
 	v.st.epochs.Add(1)
 	v.st.undoBytes.Add(uint64(undoBytes))
@@ -269,6 +278,12 @@ func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
 			v.addDirtyLocked(-ChunkSize)
 			gone = append(gone, b)
 		}
+		if b.orig != nil {
+			// Replaced: the newer version is recorded from the device.
+			v.addDirtyLocked(-ChunkSize)
+			v.cache.free(b.orig)
+			b.orig = nil
+		}
 	}
 	if !v.pinned {
 		// The frozen volume's dirty bytes cannot drain; stop counting them
@@ -288,12 +303,13 @@ func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
 // recordUndoSet appends undo records for the sorted buffers of one epoch,
 // one contiguous run at a time.
 func (v *CachedVolume) recordUndoSet(batch *undo.Batch, set []*buf) error {
+	var ext extent
 	for i := 0; i < len(set); {
 		j := i + 1
 		for j < len(set) && set[j].key == set[j-1].key+1 {
 			j++
 		}
-		if err := v.recordUndo(batch, set[i].key, set[j-1].key+1); err != nil {
+		if err := v.recordUndo(batch, &ext, set[i:j]); err != nil {
 			return err
 		}
 		i = j
@@ -335,20 +351,18 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 // recordUndo appends undo records for chunks [k0, k1): hole records for
 // chunks the device has not allocated, data records with the old bytes for
 // the rest.
-func (v *CachedVolume) recordUndo(batch interface {
-	AppendHole(off, n int64) error
-	AppendData(off int64, n int) ([]byte, error)
-}, k0, k1 int64) error {
+func (v *CachedVolume) recordUndo(batch *undo.Batch, ext *extent, run []*buf) error {
+	k0, k1 := run[0].key, run[len(run)-1].key+1
 	size := v.size.Load()
 	maxPay := v.fifo.MaxPayload() / ChunkSize
 	// Classify each chunk: allocated if any byte of it is mapped.
 	mapped := make([]bool, k1-k0)
 	for off, end := k0*ChunkSize, min(k1*ChunkSize, size); off < end; {
-		m, n, err := v.data.Mapped(off, end-off)
+		m, n, err := ext.lookup(v.data, off, size)
 		if err != nil {
 			return err
 		}
-		n = max(n, 1)
+		n = max(min(n, end-off), 1)
 		if m {
 			for k := off / ChunkSize; k <= (off+n-1)/ChunkSize; k++ {
 				mapped[k-k0] = true
@@ -372,11 +386,50 @@ func (v *CachedVolume) recordUndo(batch interface {
 			if err != nil {
 				return err
 			}
-			if _, err := v.data.ReadAt(p, off); err != nil {
+			if err := v.oldContents(p, off, run[i:j]); err != nil {
 				return err
 			}
 		}
 		i = j
+	}
+	return nil
+}
+
+// extent remembers the last allocation query of a commit. The runs of an
+// epoch are visited in offset order and one SEEK_DATA/SEEK_HOLE answer
+// usually covers many of them (a fully written file is one extent), so this
+// saves two system calls per run.
+type extent struct {
+	from, until int64
+	mapped      bool
+}
+
+// lookup answers like Device.Mapped(off, size-off).
+func (e *extent) lookup(d Device, off, size int64) (bool, int64, error) {
+	if off >= e.from && off < e.until {
+		return e.mapped, e.until - off, nil
+	}
+	m, n, err := d.Mapped(off, size-off)
+	if err != nil {
+		return false, 0, err
+	}
+	n = max(n, 1)
+	e.from, e.until, e.mapped = off, off+n, m
+	return m, n, nil
+}
+
+// oldContents fills p, the old contents of the chunks of run starting at
+// off, from the buffers' saved clean copies when every one has one, and
+// from the device otherwise.
+func (v *CachedVolume) oldContents(p []byte, off int64, run []*buf) error {
+	for _, b := range run {
+		if b.orig == nil {
+			_, err := v.data.ReadAt(p, off)
+			return err
+		}
+	}
+	for i, b := range run {
+		copy(p[i*ChunkSize:], b.orig[:])
 	}
 	return nil
 }
