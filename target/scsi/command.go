@@ -5,6 +5,23 @@
 // command's data-out, hands a Command to Target.Execute, and moves the
 // Result's data-in and status back to the initiator, computing residuals
 // from Result.TransferLength against its own expected length.
+//
+// Commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (VPD 0x00, 0x80, 0x83,
+// 0x8F, 0xB0, 0xB1, 0xB2), REPORT LUNS, REPORT SUPPORTED OPERATION CODES,
+// MODE SENSE/SELECT (6)/(10) (caching, control, informational exceptions),
+// READ CAPACITY (10)/(16), READ/WRITE (6)/(10)/(12)/(16), VERIFY and WRITE
+// AND VERIFY (10)/(12)/(16), WRITE ATOMIC(16), ORWRITE(16), COMPARE AND
+// WRITE, WRITE SAME (10)/(16), UNMAP, GET LBA STATUS, SYNCHRONIZE CACHE
+// (10)/(16), PRE-FETCH (10)/(16), START STOP UNIT, PREVENT ALLOW MEDIUM
+// REMOVAL, READ DEFECT DATA (10)/(12), RESERVE/RELEASE (6)/(10), PERSISTENT
+// RESERVE IN/OUT, EXTENDED COPY (LID1) and RECEIVE COPY RESULTS. WRITE
+// ATOMIC and UNMAP are offered only when the engine backs them (Limits).
+//
+// Concurrency: Target.Execute runs commands concurrently. The LUN map is an
+// immutable map behind an atomic pointer, per-nexus unit attention state
+// sits in a sync.Map with an atomic "pending" count, and reservation checks
+// read atomic flags first, so an ordinary READ or WRITE takes no lock of
+// the command core.
 package scsi
 
 // Status is a SCSI status byte (SAM-5).
