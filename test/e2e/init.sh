@@ -81,6 +81,7 @@ if [ "$TRANSPORT" = iscsi ]; then
 	# iscsistart logs in, hands the connection to the kernel and stays to
 	# answer the kernel's requests; it never returns on success.
 	iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
+	ISCSISTART=$!
 else
 	# nvme-tcp without nvme-cli: the fabrics module takes the connect options
 	# as a string, exactly what nvme-cli would write. Not yet exercised:
@@ -95,6 +96,10 @@ for i in $(seq 1 300); do
 		[ -b "$d" ] && [ "$(blockdev --getsize64 "$d" 2>/dev/null || echo 0)" -gt 0 ] && DEV=$d
 	done
 	[ -n "$DEV" ] && break
+	if [ -n "${ISCSISTART:-}" ] && ! kill -0 "$ISCSISTART" 2>/dev/null; then
+		sed 's/^/iscsistart: /' /tmp/iscsistart.log
+		fail "iscsistart exited: login failed"
+	fi
 	sleep 0.2
 done
 if [ -z "$DEV" ]; then
