@@ -27,7 +27,7 @@ const (
 	segB2BLen         = 28
 	maxCSCDDescs      = 16
 	maxSegmentDescs   = 64
-	maxDescListLength = xcopyHeaderLen + maxCSCDDescs*cscdDescLen + maxSegmentDescs*segB2BLen
+	maxDescListLength = maxCSCDDescs*cscdDescLen + maxSegmentDescs*segB2BLen // both lists, no header
 	maxCopyStatuses   = 64
 
 	ascTooManyTargetDescs   uint16 = 0x2606
@@ -109,7 +109,7 @@ func (x *task) extendedCopy() error {
 	if inline != 0 {
 		return invalidParam(12, -1) // no inline-data segments
 	}
-	if tdl+sdl > maxDescListLength-xcopyHeaderLen {
+	if tdl+sdl > maxDescListLength {
 		return errParamLength
 	}
 	if xcopyHeaderLen+tdl+sdl > pll {
