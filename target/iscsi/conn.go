@@ -38,7 +38,9 @@ type outPDU struct {
 	// closeOnly is a marker, not a PDU: the writer flushes what was queued
 	// before it and closes the connection (graceful shutdown).
 	closeOnly bool
-	// sent, if set, runs after the PDU is written (or dropped).
+	// sent, if set, runs once the PDU has been flushed to the socket (or
+	// dropped because the connection closed). Until then the writer may
+	// still reference p.data.
 	sent func()
 }
 
@@ -94,6 +96,9 @@ type conn struct {
 
 	// inFFP is set once the writer goroutine runs.
 	inFFP atomic.Bool
+	// afterFlush holds sent callbacks of written PDUs until the next
+	// flush; writer goroutine only.
+	afterFlush []func()
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -203,7 +208,7 @@ func (c *conn) writeLoop() {
 		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		for p != nil {
 			if p.closeOnly {
-				c.pw.flush()
+				c.flush()
 				c.close(nil)
 				c.drainOut()
 				return
@@ -215,7 +220,7 @@ func (c *conn) writeLoop() {
 				return
 			}
 			if closeAfter {
-				c.pw.flush()
+				c.flush()
 				c.close(nil)
 				c.drainOut()
 				return
@@ -223,7 +228,7 @@ func (c *conn) writeLoop() {
 			p = nil
 			if c.pw.size >= 1<<20 {
 				// Don't let a long burst pile up unsent.
-				if err := c.pw.flush(); err != nil {
+				if err := c.flush(); err != nil {
 					c.close(fmt.Errorf("flush: %w", err))
 					c.drainOut()
 					return
@@ -234,7 +239,7 @@ func (c *conn) writeLoop() {
 			default:
 			}
 		}
-		if err := c.pw.flush(); err != nil {
+		if err := c.flush(); err != nil {
 			c.close(fmt.Errorf("flush: %w", err))
 			c.drainOut()
 			return
@@ -255,8 +260,25 @@ func (c *conn) closeGracefully() {
 	}
 }
 
+// flush sends the batched PDUs and then runs their sent callbacks (also
+// when the write failed: the data is no longer referenced either way).
+func (c *conn) flush() error {
+	err := c.pw.flush()
+	for i, f := range c.afterFlush {
+		f()
+		c.afterFlush[i] = nil
+	}
+	c.afterFlush = c.afterFlush[:0]
+	return err
+}
+
 // drainOut runs the callbacks of PDUs that will never be sent.
 func (c *conn) drainOut() {
+	for i, f := range c.afterFlush {
+		f()
+		c.afterFlush[i] = nil
+	}
+	c.afterFlush = c.afterFlush[:0]
 	for {
 		select {
 		case p := <-c.out:
@@ -284,7 +306,7 @@ func (c *conn) writeOne(p *outPDU) error {
 	}
 	c.pw.write(&p.hdr, p.data, c.hdrDigest, c.dataDigest)
 	if p.sent != nil {
-		p.sent()
+		c.afterFlush = append(c.afterFlush, p.sent)
 	}
 	p.data = nil
 	p.sent = nil

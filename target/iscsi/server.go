@@ -72,6 +72,14 @@ type Target interface {
 	NexusLoss(n *scsi.Nexus)
 }
 
+// DataInReleaser is implemented by Targets that recycle Result.DataIn
+// buffers. The transport calls ReleaseDataIn exactly once for every
+// non-empty Result.DataIn it received, after the data has been written to
+// the socket or dropped; after the call it no longer references b.
+type DataInReleaser interface {
+	ReleaseDataIn(b []byte)
+}
+
 // CHAPCredentials are a target's CHAP secrets (RFC 7143 §12.1.3). A target
 // that implements CHAPTarget and returns Required=true makes CHAP mandatory
 // for normal sessions to it.

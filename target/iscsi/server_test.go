@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -1113,5 +1114,56 @@ func TestLoginWithTSIH(t *testing.T) {
 	}
 	if st := try(c1.tsih + 77); st != statusSessionDoesNotExist {
 		t.Fatalf("unknown TSIH: status %#04x, want %#04x", st, statusSessionDoesNotExist)
+	}
+}
+
+// scribbler recycles Data-In buffers by overwriting them, so a transport
+// that released a buffer before sending it would corrupt the read.
+type scribbler struct {
+	*fakeTarget
+	mu       sync.Mutex
+	released int
+}
+
+func (s *scribbler) ReleaseDataIn(b []byte) {
+	for i := range b {
+		b[i] = 0xee
+	}
+	s.mu.Lock()
+	s.released++
+	s.mu.Unlock()
+}
+
+func TestDataInRelease(t *testing.T) {
+	ft := newFakeTarget(testIQN)
+	copy(ft.disk, pattern(len(ft.disk), 11))
+	sc := &scribbler{fakeTarget: ft}
+	ts := startServer(t, Config{NopInterval: -1}, sc)
+	c := dial(t, ts.addr)
+	c.login(testIQN, "MaxRecvDataSegmentLength=65536")
+	const reads = 20
+	for i := 0; i < reads; i++ {
+		blocks := uint16(1 + i*37%512)
+		r := c.read(uint32(i), blocks)
+		if !bytes.Equal(r.data, ft.disk[i*512:i*512+int(blocks)*512]) {
+			t.Fatalf("read %d: data overwritten before it was sent", i)
+		}
+	}
+	// INQUIRY with a short allocation length, and a failing read.
+	h := c.scsiCmd([]byte{0x12, 0, 0, 0, 36, 0}, true, false, true, 36)
+	c.send(h, nil, nil)
+	c.readResponse(h.itt())
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		sc.mu.Lock()
+		n := sc.released
+		sc.mu.Unlock()
+		if n == reads+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d buffers released, want %d", n, reads+1)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -508,6 +508,11 @@ func (c *conn) runTask(t *task) {
 		t.bufp, t.buf = nil, nil
 	}
 	t.releaseMem()
+	var release func()
+	if rel, ok := s.target.(DataInReleaser); ok && len(res.DataIn) > 0 {
+		b := res.DataIn
+		release = func() { rel.ReleaseDataIn(b) }
+	}
 	s.mu.Lock()
 	aborted := t.aborted
 	if !aborted {
@@ -516,11 +521,14 @@ func (c *conn) runTask(t *task) {
 	}
 	s.mu.Unlock()
 	if aborted {
+		if release != nil {
+			release()
+		}
 		t.finish()
 		return
 	}
 	t.releaseSlot()
-	c.sendResult(t, &res)
+	c.sendResult(t, &res, release)
 	// The task leaves the task set once its status is queued, so an
 	// ORDERED task behind it answers after it.
 	s.mu.Lock()
@@ -530,7 +538,8 @@ func (c *conn) runTask(t *task) {
 }
 
 // sendResult sends Data-In PDUs and the status for a finished task.
-func (c *conn) sendResult(t *task, res *scsi.Result) {
+// release, if not nil, runs once the last of them is on the wire.
+func (c *conn) sendResult(t *task, res *scsi.Result, release func()) {
 	var flags uint8
 	var residual uint32
 	var data []byte
@@ -561,7 +570,16 @@ func (c *conn) sendResult(t *task, res *scsi.Result) {
 	}
 	collapse := len(data) > 0 && res.Status == scsi.StatusGood && len(res.Sense) == 0
 	if len(data) > 0 {
-		c.sendDataIn(t, data, collapse, flags, residual)
+		var last func()
+		if collapse {
+			last = release
+		}
+		if !c.sendDataIn(t, data, collapse, flags, residual, last) {
+			if release != nil && !collapse {
+				release()
+			}
+			return
+		}
 	}
 	if collapse {
 		return
@@ -584,13 +602,18 @@ func (c *conn) sendResult(t *task, res *scsi.Result) {
 		p.data = sense
 	}
 	p.stat = statAdvance
+	p.sent = release
 	c.send(p)
 }
 
 // sendDataIn queues data as Data-In PDUs no larger than the initiator's
 // MaxRecvDataSegmentLength, with the F bit closing every MaxBurstLength
 // sequence. With status, the last PDU carries the status (phase collapse).
-func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, residual uint32) {
+//
+// done runs once the last PDU is on the wire. sendDataIn reports whether
+// every PDU was queued; if not, the connection is closing and done has
+// already run.
+func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, residual uint32, done func()) bool {
 	maxSeg := int(c.maxXmit.Load())
 	burst := int(c.params.MaxBurstLength)
 	inBurst := 0
@@ -615,12 +638,19 @@ func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, res
 		p.hdr.setU32(36, t.dataInCount)
 		p.hdr.setU32(40, uint32(off))
 		p.data = data[off : off+n]
+		if last {
+			p.sent = done
+		}
 		t.dataInCount++
 		if !c.send(p) {
-			return
+			if !last && done != nil {
+				done()
+			}
+			return false
 		}
 		off += n
 	}
+	return true
 }
 
 // Data-Out buffers come from size-class pools so a steady write workload
