@@ -19,6 +19,9 @@
 #   SCALE=1           multiply every request count (0.25 for a smoke run)
 #   KEEP_WORK=1       keep the scratch directory (daemon logs, images)
 #   ANVIL_BIN=path    use this anvil binary instead of building one
+#   TGT_DEFAULTS=1    leave tgt's stock iSCSI limits (8 KiB MaxRecvDataSegmentLength,
+#                     64 KiB FirstBurstLength, 256 KiB MaxBurstLength, one R2T)
+#                     instead of matching Anvil's
 #   ANVIL_URL=iscsi://host:port/iqn/lun
 #                     benchmark an already running target in Anvil's column
 #                     instead of starting one (it is then not stopped either)
@@ -150,6 +153,29 @@ tgtd_pid=$!
 wait_port "$tgt_port" "$tgtd_pid" tgtd
 tgtadm() { command tgtadm -C "$ctl_port" --lld iscsi "$@"; }
 tgtadm --mode target --op new --tid 1 --targetname "$TGT_IQN"
+# Offer the initiator the same iSCSI limits on both targets, so the rows
+# compare implementations rather than defaults: with tgt's stock 8 KiB
+# MaxRecvDataSegmentLength and 64 KiB FirstBurstLength a 128 KiB write
+# costs an R2T round trip and 16 Data-Out PDUs, while Anvil's defaults take
+# it as one PDU of immediate data. Both keep InitialR2T=Yes and
+# ImmediateData=Yes (the RFC 7143 defaults, and both targets' own).
+tgt_limits="stock"
+if [ "${TGT_DEFAULTS:-}" != 1 ]; then
+  # Anvil's effective settings (defaults, ANVIL_* env, anvil.yaml), or its
+  # built-in defaults when benchmarking an already running target.
+  declare -A lim=([iscsi.max_recv_data_segment_length]=262144 [iscsi.first_burst_length]=262144
+    [iscsi.max_burst_length]=1048576 [iscsi.max_outstanding_r2t]=16)
+  if [ -n "${anvil_bin:-}" ]; then
+    while read -r key value _; do
+      [ -n "${lim[$key]:-}" ] && lim[$key]=$value
+    done < <("$anvil_bin" serve --print-config 2>/dev/null)
+  fi
+  tgtadm --mode target --op update --tid 1 --name MaxRecvDataSegmentLength --value "${lim[iscsi.max_recv_data_segment_length]}"
+  tgtadm --mode target --op update --tid 1 --name FirstBurstLength --value "${lim[iscsi.first_burst_length]}"
+  tgtadm --mode target --op update --tid 1 --name MaxBurstLength --value "${lim[iscsi.max_burst_length]}"
+  tgtadm --mode target --op update --tid 1 --name MaxOutstandingR2T --value "${lim[iscsi.max_outstanding_r2t]}"
+  tgt_limits="matched to Anvil: MaxRecvDataSegmentLength=${lim[iscsi.max_recv_data_segment_length]} FirstBurstLength=${lim[iscsi.first_burst_length]} MaxBurstLength=${lim[iscsi.max_burst_length]} MaxOutstandingR2T=${lim[iscsi.max_outstanding_r2t]}"
+fi
 # Default rdwr backing store, no --bsoflags: buffered pread/pwrite through
 # the page cache, fdatasync on SYNCHRONIZE CACHE. That is the same contract
 # as Anvil's default (write-back cache, durable at SYNCHRONIZE CACHE or FUA).
@@ -187,6 +213,13 @@ prefill_count=$((VOL_BYTES / 131072))
 for url in "$anvil_url" "$tgt_url"; do
   qemu-img bench -f raw -t none -w --pattern=165 -c "$prefill_count" -d 16 -s 131072 -S 131072 "$url" >/dev/null
 done
+# Check that the pre-fill landed: the first MiB of each LUN must be 0xa5.
+head -c 1048576 /dev/zero | tr '\0' '\245' >"$work/a5.bin"
+for url in "$anvil_url" "$tgt_url"; do
+  rm -f "$work/head.bin"
+  qemu-img dd -f raw -O raw bs=1M count=1 "if=$url" "of=$work/head.bin"
+  cmp -s "$work/a5.bin" "$work/head.bin" || { echo "$url: pre-fill pattern not read back" >&2; exit 1; }
+done
 # Write the pre-fill back (syncfs of the scratch file system, which holds
 # both backing files) so the kernel's writeback of 2 GiB of dirty pages
 # does not land in the first rows.
@@ -213,7 +246,7 @@ result_file=$repo/bench/results/iscsi-vs-tgt-$stamp.md
   echo
   echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), anvil $(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo '?'), $(tgtd -V 2>&1 | head -1 | sed 's/^/tgt /'), $(qemu-img --version | head -1)"
   echo "- $(nproc) CPUs, $(uname -r), load average at start $(cut -d' ' -f1-3 /proc/loadavg); loopback; 1 GiB volumes pre-filled; median of $REPEATS runs per row, targets alternated"
-  echo "- tgt: bstype rdwr, no bsoflags (page cache, fdatasync on SYNCHRONIZE CACHE); Anvil: default settings"
+  echo "- tgt: bstype rdwr, no bsoflags (page cache, fdatasync on SYNCHRONIZE CACHE); iSCSI limits $tgt_limits; Anvil: default settings"
   echo
   echo "| Row | Requests | Anvil IOPS | Anvil MB/s | tgt IOPS | tgt MB/s | Anvil/tgt |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
