@@ -294,6 +294,8 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	switch row.Verdict {
 	case "PASS":
 	case "FAIL":
+		explainFailures(tg, row.Suite, &res, logDir)
+		row.Result = res
 		report := failureReport(res)
 		if row.Required {
 			t.Errorf("required suite %s: %d of %d tests failed (full log %s):\n%s", row.Name, res.Failed, res.Ran, logPath, report)
@@ -352,6 +354,78 @@ func healthy(url string) (string, bool) {
 	return "", true
 }
 
+// maxExplained bounds how many failed tests of one suite are re-run.
+const maxExplained = 6
+
+// explainFailures re-runs each failed test of suite alone with libiscsi's
+// SCSI-level logging (-V), which prints every command it sends with the
+// status it expects ("Send WRITE10 (Expecting SUCCESS) ...") just before
+// the "[FAILED] ... got ..." line, and keeps those lines as the test's
+// Context: the precise expected-versus-got a fix needs.
+func explainFailures(tg *target, suite string, res *cunitResult, logDir string) {
+	n := 0
+	for i := range res.Tests {
+		ft := &res.Tests[i]
+		if !ft.Failed || n >= maxExplained {
+			continue
+		}
+		n++
+		if tg.d != nil && !tg.d.Running() {
+			return
+		}
+		name := suite + "." + ft.Name
+		out, _ := harness.Run(context.Background(), time.Minute, "iscsi-test-cu", "-d", "-V", "-t", name, tg.url, tg.url)
+		os.WriteFile(filepath.Join(logDir, name+".verbose.log"), []byte(out), 0o644)
+		ft.Context = failureContext(out)
+	}
+}
+
+// failureContext returns the lines leading up to the first "[FAILED]" of a
+// verbose run: the test's own narration and the command it sent with its
+// expectation, then the failure itself. Tests that fail by CU_ASSERT alone
+// print no "[FAILED]" line; for them it returns the whole narration up to
+// CUnit's FAILED marker, whose "[OK]" lines are then the "got".
+func failureContext(out string) []string {
+	const maxNarration = 14
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		if !strings.Contains(l, "[FAILED]") {
+			continue
+		}
+		var ctx []string
+		for j := i - 1; j >= 0 && len(ctx) < 4; j-- {
+			t := strings.TrimSpace(lines[j])
+			if t == "" || strings.HasPrefix(t, "[OK]") || strings.HasPrefix(t, "Test:") {
+				continue
+			}
+			ctx = append([]string{t}, ctx...)
+			if strings.HasPrefix(t, "Send ") && len(ctx) >= 2 {
+				break
+			}
+		}
+		return append(ctx, strings.TrimSpace(l))
+	}
+	var narration []string
+	in := false
+	for _, l := range lines {
+		t := strings.TrimSpace(l)
+		switch {
+		case testLineRE.MatchString(l):
+			in = true
+			narration = narration[:0]
+		case !in || t == "":
+		case t == "FAILED":
+			if len(narration) > maxNarration {
+				narration = append([]string{"..."}, narration[len(narration)-maxNarration:]...)
+			}
+			return narration
+		default:
+			narration = append(narration, t)
+		}
+	}
+	return []string{"(the failure did not reproduce when the test ran alone)"}
+}
+
 // failureReport lists the failed tests with libiscsi's explanation and the
 // first failed assertions.
 func failureReport(r cunitResult) string {
@@ -363,6 +437,9 @@ func failureReport(r cunitResult) string {
 		}
 		for _, a := range ft.Asserts {
 			fmt.Fprintf(&b, "      assert: %s\n", a)
+		}
+		for _, c := range ft.Context {
+			fmt.Fprintf(&b, "      | %s\n", c)
 		}
 	}
 	return b.String()
@@ -419,6 +496,9 @@ func renderTable(url string, rows []suiteRow) string {
 				line += ": " + ft.Asserts[0]
 			}
 			fmt.Fprintf(&failed, "  - %s\n", line)
+			for _, c := range ft.Context {
+				fmt.Fprintf(&failed, "    - `%s`\n", c)
+			}
 		}
 	}
 	if failed.Len() > 0 {

@@ -124,3 +124,54 @@ func TestParseCUnitInconsistent(t *testing.T) {
 		t.Fatal("inconsistent output parsed without error")
 	}
 }
+
+func TestFailureContextFailedLine(t *testing.T) {
+	out := `Suite: GetLBAStatus
+  Test: BeyondEol ...
+    Test GETLBASTATUS one block beyond the end of the LUN
+    Send GET_LBA_STATUS (Expecting CHECK_CONDITION) LBA:2097153 alloc_len:24
+    [OK] GET_LBA_STATUS returned ILLEGAL_REQUEST(0x05) LBA_OUT_OF_RANGE(0x2100)
+    Test GETLBASTATUS at LBA 2^63
+    Send GET_LBA_STATUS (Expecting CHECK_CONDITION) LBA:9223372036854775808 alloc_len:24
+    [FAILED] GET_LBA_STATUS successful but should have failed with ILLEGAL_REQUEST(0x05)/LBA_OUT_OF_RANGE(0x2100)
+FAILED
+`
+	ctx := failureContext(out)
+	if len(ctx) < 2 {
+		t.Fatalf("context = %q", ctx)
+	}
+	if last := ctx[len(ctx)-1]; !strings.HasPrefix(last, "[FAILED] GET_LBA_STATUS successful") {
+		t.Errorf("last line = %q, want the [FAILED] line", last)
+	}
+	if prev := ctx[len(ctx)-2]; !strings.Contains(prev, "LBA:9223372036854775808") {
+		t.Errorf("line before the failure = %q, want the command that failed", prev)
+	}
+	for _, l := range ctx {
+		if strings.HasPrefix(l, "[OK]") {
+			t.Errorf("context keeps an [OK] line: %q", l)
+		}
+	}
+}
+
+func TestFailureContextAssertOnly(t *testing.T) {
+	out := `Suite: iSCSIdatasn
+  Test: iSCSIDataSnInvalid ...
+    Send two Data-Out PDU's with DataSN==0. Should fail.
+    Send WRITE10 (Expecting SUCCESS) LBA:100 blocks:2
+    [OK] WRITE10 returned SUCCESS NO SENSE(0x00) (null)(0x0000)
+FAILED
+    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
+`
+	ctx := failureContext(out)
+	want := []string{
+		"Send two Data-Out PDU's with DataSN==0. Should fail.",
+		"Send WRITE10 (Expecting SUCCESS) LBA:100 blocks:2",
+		"[OK] WRITE10 returned SUCCESS NO SENSE(0x00) (null)(0x0000)",
+	}
+	if strings.Join(ctx, "\n") != strings.Join(want, "\n") {
+		t.Errorf("context = %q, want %q", ctx, want)
+	}
+	if got := failureContext("Suite: X\n  Test: Y ...passed\n"); len(got) != 1 || !strings.Contains(got[0], "did not reproduce") {
+		t.Errorf("passing re-run context = %q", got)
+	}
+}

@@ -38,6 +38,9 @@ type cunitTest struct {
 	// Why holds libiscsi's own "[FAILED] ..." explanations (first few):
 	// they name the command, the expected and the received status.
 	Why []string
+	// Context is filled in by a verbose re-run of the failed test: the
+	// commands sent, with their expected status, up to the failure.
+	Context []string
 }
 
 // Skipped returns how many tests libiscsi skipped (and CUnit counted as
