@@ -101,7 +101,7 @@ type CachedVolume struct {
 
 	mu          sync.RWMutex
 	cond        *sync.Cond // on mu: epoch cut or commit finished
-	chunks      map[int64]*buf
+	chunks      chunkTable
 	dirty       map[int64]*buf // dirty buffers of the open epoch
 	epoch       uint64         // open epoch
 	epochChunks int64          // chunks in the open epoch
@@ -251,7 +251,6 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		udev:     fudev,
 		fifo:     fifo,
 		noGroup:  opts.DisableGroupCommit,
-		chunks:   map[int64]*buf{},
 		dirty:    map[int64]*buf{},
 		epoch:    fifo.Committed() + 1,
 		kick:     make(chan struct{}, 1),
@@ -420,7 +419,7 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	for k := first; k <= last; k++ {
 		lo, hi := chunkSpan(k, off, int64(len(p)))
 		dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
-		if b := v.chunks[k]; b != nil {
+		if b := v.chunks.get(k); b != nil {
 			if !b.ref.Load() {
 				b.ref.Store(true) // skip the store (and cache-line write) when set
 			}
@@ -488,9 +487,9 @@ func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64) erro
 	var added []*buf
 	v.mu.Lock()
 	for i, k := range ks {
-		if v.evictGen == gen && v.chunks[k] == nil {
+		if v.evictGen == gen && v.chunks.get(k) == nil {
 			b := &buf{vol: v, key: k, data: bufs[i]}
-			v.chunks[k] = b
+			v.chunks.set(k, b)
 			added = append(added, b)
 			bufs[i] = nil
 		}
@@ -640,7 +639,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		gen := v.evictGen
 		var toFill []int64
 		for _, k := range []int64{first, last} {
-			if partial(k) && v.chunks[k] == nil && fills[k] == nil && (len(toFill) == 0 || toFill[0] != k) {
+			if partial(k) && v.chunks.get(k) == nil && fills[k] == nil && (len(toFill) == 0 || toFill[0] != k) {
 				toFill = append(toFill, k)
 			}
 		}
@@ -681,14 +680,14 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			// Fill again.
 			stale := false
 			for k, d := range fills {
-				if v.chunks[k] == nil {
+				if v.chunks.get(k) == nil {
 					delete(fills, k)
 					v.cache.free(d)
 					stale = true
 				}
 			}
 			for _, k := range []int64{first, last} {
-				if partial(k) && v.chunks[k] == nil && fills[k] == nil {
+				if partial(k) && v.chunks.get(k) == nil && fills[k] == nil {
 					stale = true
 				}
 			}
@@ -706,7 +705,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 	for k := first; k <= last; k++ {
 		lo, hi := chunkSpan(k, off, n)
 		full := !partial(k)
-		b := v.chunks[k]
+		b := v.chunks.get(k)
 		if b != nil && b.frozen {
 			// Copy-on-write: the commit owns the frozen version; this
 			// write and later ones go to a new version.
@@ -717,7 +716,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				reserved -= ChunkSize
 				added = append(added, nb)
 			}
-			v.chunks[k] = nb
+			v.chunks.set(k, nb)
 			b = nb
 		}
 		if b == nil {
@@ -727,7 +726,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				delete(fills, k)
 				added = append(added, b)
 			}
-			v.chunks[k] = b
+			v.chunks.set(k, b)
 		}
 		if b.data != nil && b.state.Load() == stateClean && b.orig == nil {
 			// First change to a clean buffer in this epoch: keep its
@@ -813,14 +812,14 @@ func (v *CachedVolume) addDirtyLocked(n int64) {
 func (v *CachedVolume) dropClean(b *buf) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.chunks[b.key] != b || b.data == nil {
+	if v.chunks.get(b.key) != b || b.data == nil {
 		return false
 	}
 	if b.state.Load() != stateClean || b.frozen {
 		v.cache.track([]*buf{b})
 		return false
 	}
-	delete(v.chunks, b.key)
+	v.chunks.del(b.key)
 	v.evictGen++
 	v.cache.free(b.data)
 	b.data = nil
@@ -838,7 +837,7 @@ func (v *CachedVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, e
 	}
 	n = min(n, 64<<20) // bound the chunk scan; callers iterate
 	pending := func(k int64) (*buf, bool) {
-		b := v.chunks[k]
+		b := v.chunks.get(k)
 		return b, b != nil && (b.state.Load() == stateDirty || b.frozen)
 	}
 	v.mu.RLock()
@@ -945,13 +944,13 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 		return fmt.Errorf("engine: %s resize: %v: %w", v.name, err, ErrMedium)
 	}
 	var gone []*buf
-	for k, b := range v.chunks {
+	v.chunks.each(func(k int64, b *buf) {
 		if (k+1)*ChunkSize > size {
-			delete(v.chunks, k)
+			v.chunks.del(k)
 			delete(v.dirty, k)
 			gone = append(gone, b)
 		}
-	}
+	})
 	v.evictGen++
 	v.size.Store(size)
 	for _, b := range gone {
@@ -990,14 +989,12 @@ func (v *CachedVolume) Close() error {
 		v.mu.Lock()
 		v.cond.Broadcast()
 		var all []*buf
-		for _, b := range v.chunks {
-			all = append(all, b)
-		}
+		v.chunks.each(func(_ int64, b *buf) { all = append(all, b) })
 		if !v.pinned {
 			v.cache.addDirty(-v.dirtyBytes)
 		}
 		v.dirtyBytes = 0
-		v.chunks, v.dirty = map[int64]*buf{}, map[int64]*buf{}
+		v.chunks, v.dirty = chunkTable{}, map[int64]*buf{}
 		v.mu.Unlock()
 		v.cache.untrack(all)
 		for _, b := range all {

@@ -212,10 +212,10 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 			b.orig = nil
 			freed += ChunkSize
 		}
-		if v.chunks[b.key] == b {
+		if v.chunks.get(b.key) == b {
 			if b.data == nil {
 				// A committed hole needs no buffer: the device reads zeroes.
-				delete(v.chunks, b.key)
+				v.chunks.del(b.key)
 				v.evictGen++
 			} else {
 				b.state.Store(stateClean)
@@ -267,7 +267,7 @@ func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
 	v.failed.Store(&e)
 	for _, b := range set {
 		b.frozen = false
-		if v.chunks[b.key] == b {
+		if v.chunks.get(b.key) == b {
 			if _, ok := v.dirty[b.key]; !ok {
 				v.dirty[b.key] = b
 				v.epochChunks++
