@@ -227,6 +227,11 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 		tg.d.Restart()
 	}
 
+	panicsBefore := 0
+	if tg.d != nil {
+		panicsBefore = len(panicLines(tg.d.Log()))
+	}
+
 	// -d allows the destructive (data-writing) tests. The URL is passed a
 	// second time as the multipath URL so the MultipathIO suite and the
 	// two-nexus tests have a second I_T nexus to work with.
@@ -283,6 +288,12 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 			row.Verdict = "DAEMON-DIED"
 			t.Errorf("daemon died in suite %s; daemon log tail:\n%s", row.Name, tail(tg.d.Log(), 40))
 			tg.d.Restart()
+		} else if p := panicLines(tg.d.Log()); len(p) > panicsBefore {
+			// Recovered at the connection boundary, so the daemon lives
+			// on, but a panic is still a bug in Anvil.
+			row.Verdict = "PANIC"
+			row.Detail = p[panicsBefore]
+			t.Errorf("daemon recovered from %d panic(s) during suite %s; first:\n%s", len(p)-panicsBefore, row.Name, p[panicsBefore])
 		} else if msg, ok := healthy(tg.url); !ok {
 			row.Verdict = "DAEMON-HUNG"
 			t.Errorf("daemon stopped answering INQUIRY after suite %s: %s\ndaemon log tail:\n%s", row.Name, msg, tail(tg.d.Log(), 40))
@@ -342,6 +353,17 @@ func waitSuite(tg *target, done <-chan error, cancel context.CancelFunc) error {
 			}
 		}
 	}
+}
+
+// panicLines returns the daemon log lines that report a recovered panic.
+func panicLines(log string) []string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=ERROR") && strings.Contains(l, "panic") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // healthy reports whether the target still answers a standard INQUIRY on a

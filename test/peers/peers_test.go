@@ -475,6 +475,13 @@ func TestMalformedPDUs(t *testing.T) {
 			if !d.Running() {
 				t.Fatalf("daemon died on %s; log tail:\n%s", tc.name, tail(d.Log(), 40))
 			}
+			// A panic recovered at the connection boundary keeps the
+			// daemon up but is still a bug: bad input must be rejected.
+			for _, l := range strings.Split(d.Log(), "\n") {
+				if strings.Contains(l, "level=ERROR") && strings.Contains(l, "panic") {
+					t.Fatalf("daemon recovered from a panic on %s:\n%s", tc.name, l)
+				}
+			}
 			// New sessions still work.
 			out := run(t, d, "iscsi-inq", url)
 			if v, _ := field(out, "Vendor"); strings.TrimSpace(v) == "" {
