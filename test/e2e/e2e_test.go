@@ -23,6 +23,13 @@ func TestOpenISCSIGuestCrash(t *testing.T) {
 	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{}, Crash)
 }
 
+// TestOpenISCSIGuestPowerCut kills the daemon and the guest while the
+// kernel initiator is overwriting flushed data; nothing flushed may be lost.
+func TestOpenISCSIGuestPowerCut(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	PowerCut(t, harness.Options{}, harness.DemoIQN, 2)
+}
+
 // TestOpenISCSIGuestTgt runs the same two boots against Debian's tgtd. It
 // checks the harness rather than Anvil, so it runs only on request:
 // ANVIL_E2E_PEER=tgt go test ./test/e2e -run Tgt

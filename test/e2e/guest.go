@@ -42,6 +42,13 @@ const (
 	PhaseVerify     = "verify"      // raw pattern, fsck, files of an earlier write
 	PhaseNVMeWrite  = "nvme-write"  // PhaseWrite over nvme-tcp
 	PhaseNVMeVerify = "nvme-verify" // PhaseVerify over nvme-tcp
+
+	// PhasePowerCutWrite overwrites a raw region with generation after
+	// generation, flushing after each; the host cuts power meanwhile.
+	PhasePowerCutWrite = "power-cut-write"
+	// PhasePowerCutVerify checks every block holds a generation in
+	// [Params["lo"], Params["hi"]].
+	PhasePowerCutVerify = "power-cut-verify"
 )
 
 // GuestConfig says what one boot of the guest does.
@@ -65,6 +72,11 @@ type GuestConfig struct {
 	// WantNegotiated are login results the boot must show (keys of
 	// Boot.Negotiated), checked by CheckPhase.
 	WantNegotiated map[string]string
+	// Params are extra anvil.<key>=<value> kernel parameters (see init.sh).
+	Params map[string]string
+	// OnMarker, when set, sees each marker as it arrives; returning true
+	// powers the guest off at once (qemu is killed), as a power cut.
+	OnMarker func(marker string) (cut bool)
 	// Timeout bounds the boot (default DefaultBootTimeout).
 	Timeout time.Duration
 	// MemoryMiB is the guest's RAM (default 512).
@@ -79,6 +91,7 @@ type Boot struct {
 	LogPath string        // where the console was streamed
 	Elapsed time.Duration // qemu start to exit
 	Markers []string      // the ANVIL-E2E lines, prefix stripped, in order
+	Cut     bool          // OnMarker cut the power
 }
 
 // Marker returns the rest of the last marker that starts with prefix.
@@ -219,6 +232,12 @@ func BootGuest(t testing.TB, cfg GuestConfig) *Boot {
 	for _, p := range cfg.ISCSIParams {
 		appendArgs = append(appendArgs, "anvil.iparam="+p)
 	}
+	for k, v := range cfg.Params {
+		if k == "" || v == "" || strings.ContainsAny(k+v, " \t\n\"=") {
+			t.Fatalf("guest parameter %q=%q is empty or has blanks, quotes or '='", k, v)
+		}
+		appendArgs = append(appendArgs, "anvil."+k+"="+v)
+	}
 	args := []string{
 		// TCG, not KVM: KVM guests hang on these machines, and TCG is what
 		// every CI runner has.
@@ -256,6 +275,7 @@ func BootGuest(t testing.TB, cfg GuestConfig) *Boot {
 	var (
 		console  strings.Builder
 		markers  []string
+		cut      bool
 		readDone = make(chan struct{})
 	)
 	go func() {
@@ -274,6 +294,10 @@ func BootGuest(t testing.TB, cfg GuestConfig) *Boot {
 				if !strings.HasPrefix(m, "file ") {
 					t.Logf("guest[%s] %.1fs: %s", cfg.Name, time.Since(start).Seconds(), m)
 				}
+				if !cut && cfg.OnMarker != nil && cfg.OnMarker(m) {
+					cut = true
+					cmd.Process.Kill()
+				}
 			}
 		}
 		io.Copy(io.Discard, pr)
@@ -281,8 +305,11 @@ func BootGuest(t testing.TB, cfg GuestConfig) *Boot {
 	waitErr := cmd.Wait()
 	pw.Close()
 	<-readDone
-	b := &Boot{Console: console.String(), LogPath: logPath, Elapsed: time.Since(start), Markers: markers}
+	b := &Boot{Console: console.String(), LogPath: logPath, Elapsed: time.Since(start), Markers: markers, Cut: cut}
 	t.Logf("guest[%s] exited after %s (console log %s)", cfg.Name, b.Elapsed.Round(100*time.Millisecond), logPath)
+	if cut {
+		return b
+	}
 	if ctx.Err() != nil {
 		t.Fatalf("guest[%s] did not power off within %s; console tail:\n%s", cfg.Name, cfg.Timeout, b.Tail(80))
 	}
@@ -318,6 +345,11 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 		want = []string{"raw-ok", "raw-after-fs", "fsck-ok first"}
 	case PhaseVerify, PhaseNVMeVerify:
 		want = []string{"raw-ok", "fsck-ok verify"}
+	case PhasePowerCutVerify:
+		if _, ok := b.Marker("gens-ok"); !ok {
+			return fmt.Errorf("guest never reported gens-ok")
+		}
+		return nil
 	default:
 		return fmt.Errorf("unknown phase %q", cfg.Phase)
 	}

@@ -13,8 +13,12 @@
 #   anvil.tpgt=<target portal group tag>  (default 1)
 #   anvil.seed=<pattern seed>
 #   anvil.iparam=<NAME=VALUE>    (repeatable: iscsistart -P, e.g. digests)
+#   anvil.rawsize=<bytes>        (power-cut phases: region size, default 16 MiB)
+#   anvil.gens=<n>               (power-cut-write: generations to write)
+#   anvil.lo=<gen> anvil.hi=<gen> (power-cut-verify: allowed generations)
 #
 # LUN layout: the last 64 MiB hold the raw pattern; ext4 covers the rest.
+# The power-cut phases use the start of that raw region.
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
@@ -187,6 +191,20 @@ verify | nvme-verify)
 	mount -t ext4 "$DEV" /mnt || fail "mount"
 	manifest
 	umount /mnt || fail "umount"
+	;;
+power-cut-write)
+	# The host kills the daemon and qemu while this runs.
+	e2e-guest raw-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$(param gens 1000)" ||
+		fail "raw generations"
+	;;
+power-cut-verify)
+	dropcaches
+	out=$(e2e-guest raw-check-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$(param lo 0)" "$(param hi 0)" 2>/tmp/raw.err) || {
+		sed 's/^/raw: /' /tmp/raw.err
+		mark "$out"
+		fail "blocks from outside the allowed generations"
+	}
+	mark "gens-ok $out"
 	;;
 *)
 	fail "unknown phase $PHASE"
