@@ -136,6 +136,19 @@ var (
 // of opts.Size bytes if there is none), with its undo FIFO beside it (made
 // if missing: an existing raw image can be imported as is), and recovers
 // from a crash if the FIFO holds an uncommitted epoch.
+//
+// On disk a volume is two files: the raw image at path, which is always a
+// plain image an operator can copy or loop-mount once the volume is closed,
+// and the undo FIFO at opts.UndoPath (default path + ".undo", sparse, up to
+// opts.UndoSize bytes). Deleting a volume means deleting both; copying a
+// volume that was not closed cleanly needs both, or a recovery first (open
+// and close it).
+//
+// Typical use, with one cache for the whole daemon:
+//
+//	cache := engine.NewCache(engine.CacheOptions{Size: cfgCacheSize})
+//	v, err := engine.Open(path, engine.Options{Name: name, Size: size,
+//		BlockSize: 512, Backend: engine.BackendFile, Cache: cache})
 func Open(path string, opts Options) (*CachedVolume, error) {
 	if opts.Backend == "" {
 		opts.Backend = BackendFile
@@ -176,6 +189,14 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	usize := opts.UndoSize
 	if usize <= 0 {
 		usize = undo.DefaultSize
+	}
+	if create {
+		// A FIFO left over from an earlier volume at this path must not
+		// "recover" records onto the new, empty image.
+		if err := os.Remove(undoPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			data.Close()
+			return nil, fmt.Errorf("engine: remove stale undo FIFO %s: %w", undoPath, err)
+		}
 	}
 	udev, err := OpenFileDevice(undoPath, true, usize)
 	if err != nil {
