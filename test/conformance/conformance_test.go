@@ -232,10 +232,11 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 		panicsBefore = len(panicLines(tg.d.Log()))
 	}
 
-	// -d allows the destructive (data-writing) tests. The URL is passed a
-	// second time as the multipath URL so the MultipathIO suite and the
-	// two-nexus tests have a second I_T nexus to work with.
-	args := []string{"-d", "-t", row.Suite, tg.url, tg.url}
+	// -d allows the destructive (data-writing) tests and -S the SANITIZE
+	// ones: the LUN is scratch. The URL is passed a second time as the
+	// multipath URL so the MultipathIO suite and the two-nexus tests have a
+	// second I_T nexus to work with.
+	args := []string{"-d", "-S", "-t", row.Suite, tg.url, tg.url}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	start := time.Now()
@@ -396,7 +397,7 @@ func explainFailures(tg *target, suite string, res *cunitResult, logDir string) 
 			return
 		}
 		name := suite + "." + ft.Name
-		out, _ := harness.Run(context.Background(), time.Minute, "iscsi-test-cu", "-d", "-V", "-t", name, tg.url, tg.url)
+		out, _ := harness.Run(context.Background(), time.Minute, "iscsi-test-cu", "-d", "-S", "-V", "-t", name, tg.url, tg.url)
 		os.WriteFile(filepath.Join(logDir, name+".verbose.log"), []byte(out), 0o644)
 		ft.Context = failureContext(out)
 	}
