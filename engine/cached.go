@@ -296,10 +296,11 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 	}
 	atomicMax := min((v.maxEpochChunks-1)*ChunkSize, 16<<20)
 	v.limit = Limits{
-		AtomicWriteMax:  atomicMax,
-		MaxTransfer:     atomicMax,
+		AtomicWriteMax: atomicMax,
+		// Any transfer size works (writes past AtomicWriteMax are split
+		// into atomic pieces), like the plain engine.
 		OptimalTransfer: 1 << 20,
-		MaxUnmap:        256 << 20,
+		MaxUnmap:        1 << 30,
 	}
 	v.cache.register(v)
 	go v.flusher()
