@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/undo"
 )
 
 func openTest(t *testing.T, path string, o Options) *CachedVolume {
@@ -376,5 +378,58 @@ func TestLimitsFromFIFO(t *testing.T) {
 	a, b := small.Limits().AtomicWriteMax, big.Limits().AtomicWriteMax
 	if a <= 0 || a >= 1<<20 || b <= a || a%4096 != 0 {
 		t.Fatalf("AtomicWriteMax %d (1 MiB FIFO), %d (64 MiB FIFO)", a, b)
+	}
+}
+
+// TestNewImageIgnoresStaleUndo: a live undo record left beside a deleted
+// image must not be "recovered" onto a new image created at that path.
+func TestNewImageIgnoresStaleUndo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stale.img")
+	v := openTest(t, path, Options{Size: 1 << 20})
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Leave a live record for an uncommitted epoch, as a crash would.
+	ud, err := OpenFileDevice(path+".undo", false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := undo.Open(ud)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.Begin(f.Committed() + 1)
+	p, err := b.AppendData(0, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(p, bytes.Repeat([]byte{0xaa}, 4096))
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	ud.Close()
+	// Sanity: reopening the existing image does apply it.
+	v = openTest(t, path, Options{})
+	if got := readAll(t, v); got[0] != 0xaa {
+		t.Fatal("test setup: the live record was not recovered onto its own image")
+	}
+	v.Close()
+	// Recreate the stale record, delete the image, create a new one.
+	ud, _ = OpenFileDevice(path+".undo", false, 0)
+	f, _ = undo.Open(ud)
+	b = f.Begin(f.Committed() + 1)
+	p, _ = b.AppendData(0, 4096)
+	copy(p, bytes.Repeat([]byte{0xaa}, 4096))
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	ud.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	v = openTest(t, path, Options{Size: 1 << 20})
+	defer v.Close()
+	if !bytes.Equal(readAll(t, v), make([]byte, 1<<20)) {
+		t.Fatal("new image inherited a stale undo record")
 	}
 }
