@@ -20,12 +20,15 @@ import (
 
 // SchemaVersion is the catalog layout this code writes. Open migrates older
 // catalogs forward and refuses newer ones.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 var (
 	bucketMeta    = []byte("meta")
 	bucketVolumes = []byte("volumes")
 	bucketTargets = []byte("targets")
+	// bucketReservations holds each volume's persistent reservation state
+	// (SPC-4 APTPL), keyed by volume name. Added in schema version 2.
+	bucketReservations = []byte("reservations")
 
 	keySchema = []byte("schema_version")
 )
@@ -112,6 +115,10 @@ var migrations = []func(tx *bolt.Tx) error{
 			}
 		}
 		return nil
+	},
+	func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketReservations)
+		return err
 	},
 }
 
@@ -203,12 +210,37 @@ func (t *Tx) CreateVolume(v Volume) error {
 // PutVolume stores v, replacing any record of the same name.
 func (t *Tx) PutVolume(v Volume) error { return put(t.tx, bucketVolumes, v.Name, v) }
 
-// DeleteVolume removes the volume record.
+// DeleteVolume removes the volume record and its reservation state.
 func (t *Tx) DeleteVolume(name string) error {
 	if t.tx.Bucket(bucketVolumes).Get([]byte(name)) == nil {
 		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
+	if err := t.tx.Bucket(bucketReservations).Delete([]byte(name)); err != nil {
+		return err
+	}
 	return t.tx.Bucket(bucketVolumes).Delete([]byte(name))
+}
+
+// Reservation returns the persistent reservation state saved for a volume
+// (opaque to the catalog: the SCSI core's JSON), or nil if there is none.
+func (t *Tx) Reservation(volume string) []byte {
+	if v := t.tx.Bucket(bucketReservations).Get([]byte(volume)); v != nil {
+		return append([]byte(nil), v...)
+	}
+	return nil
+}
+
+// PutReservation saves a volume's persistent reservation state; nil or
+// empty state deletes it. The volume must exist, so that a late save
+// cannot resurrect the state of a deleted volume.
+func (t *Tx) PutReservation(volume string, state []byte) error {
+	if t.tx.Bucket(bucketVolumes).Get([]byte(volume)) == nil {
+		return fmt.Errorf("volume %q: %w", volume, ErrNotFound)
+	}
+	if len(state) == 0 {
+		return t.tx.Bucket(bucketReservations).Delete([]byte(volume))
+	}
+	return t.tx.Bucket(bucketReservations).Put([]byte(volume), state)
 }
 
 // Target returns the target with the given IQN.

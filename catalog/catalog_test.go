@@ -111,3 +111,72 @@ func TestCatalogRefusesNewerSchema(t *testing.T) {
 		t.Fatal("catalog with schema 99 opened")
 	}
 }
+
+func TestReservationsFollowTheirVolume(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Update(func(tx *Tx) error { return tx.PutReservation("ghost", []byte("{}")) }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("reservation for a missing volume = %v, want ErrNotFound", err)
+	}
+	err = c.Update(func(tx *Tx) error {
+		if err := tx.CreateVolume(Volume{Name: "v"}); err != nil {
+			return err
+		}
+		return tx.PutReservation("v", []byte(`{"aptpl":true}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.View(func(tx *Tx) error {
+		if got := string(tx.Reservation("v")); got != `{"aptpl":true}` {
+			t.Errorf("reservation = %q", got)
+		}
+		return nil
+	})
+	if err := c.Update(func(tx *Tx) error { return tx.DeleteVolume("v") }); err != nil {
+		t.Fatal(err)
+	}
+	c.Update(func(tx *Tx) error {
+		if err := tx.CreateVolume(Volume{Name: "v"}); err != nil {
+			return err
+		}
+		if got := tx.Reservation("v"); got != nil {
+			t.Errorf("a new volume inherited a deleted one's reservation: %q", got)
+		}
+		return nil
+	})
+}
+
+func TestMigrationFromSchemaOne(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	// A version-1 catalog: volumes and targets buckets only.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		tx.CreateBucket(bucketVolumes)
+		tx.CreateBucket(bucketTargets)
+		tx.Bucket(bucketVolumes).Put([]byte("old"), []byte(`{"name":"old","size_bytes":512}`))
+		return meta.Put(keySchema, []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	})
+	db.Close()
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Update(func(tx *Tx) error {
+		if _, err := tx.Volume("old"); err != nil {
+			return err
+		}
+		return tx.PutReservation("old", []byte("{}"))
+	})
+	if err != nil {
+		t.Fatalf("after migration from schema 1: %v", err)
+	}
+}

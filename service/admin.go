@@ -83,7 +83,8 @@ func (s *Service) SetWriteCache(name string, on bool) (catalog.Volume, error) {
 	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutVolume(rec) }); err != nil {
 		return catalog.Volume{}, err
 	}
-	if err := lv.vol.SetWriteCache(on); err != nil {
+	// base: the record is saved here already, and s.mu is held.
+	if err := base(lv.vol).SetWriteCache(on); err != nil {
 		// Put the record back so catalog and live state agree.
 		if uerr := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutVolume(lv.rec) }); uerr != nil {
 			s.log.Error("undo write cache record", "volume", name, "err", uerr)

@@ -83,6 +83,20 @@ func (c *opCounters) snapshot() OpStats {
 type countedVolume struct {
 	engine.Volume
 	read, write, flush, unmap opCounters
+	// saveWriteCache persists a write cache change that came from a front
+	// end (MODE SELECT), so the catalog keeps what the initiator set.
+	saveWriteCache func(on bool) error
+}
+
+// SetWriteCache changes the engine's write cache and records the change.
+func (v *countedVolume) SetWriteCache(on bool) error {
+	if err := v.Volume.SetWriteCache(on); err != nil {
+		return err
+	}
+	if v.saveWriteCache != nil {
+		return v.saveWriteCache(on)
+	}
+	return nil
 }
 
 // Unwrap returns the engine volume underneath.

@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -338,15 +339,72 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		vol.Close()
 		return nil, fmt.Errorf("volume %q: NAA %q: %w", rec.Name, rec.NAA, err)
 	}
+	pr, err := s.loadReservation(rec.Name)
+	if err != nil {
+		vol.Close()
+		return nil, err
+	}
+	name := rec.Name
+	vol.(*countedVolume).saveWriteCache = func(on bool) error { return s.saveWriteCache(name, on) }
 	lu := scsi.NewLogicalUnit(vol, scsi.LUConfig{
 		VendorID:  "ANVIL",
 		ProductID: "Anvil Volume",
 		Revision:  "0001",
 		Serial:    rec.Serial,
 		NAA:       naa,
+		PR:        pr,
+		SavePR:    func(st scsi.PRState) error { return s.saveReservation(name, st) },
 		Logger:    s.log.With("volume", rec.Name),
 	})
 	return &liveVolume{rec: rec, vol: vol, lu: lu}, nil
+}
+
+// loadReservation reads the persistent reservation state a volume's logical
+// unit saved with APTPL, or nil if it has none.
+func (s *Service) loadReservation(volume string) (*scsi.PRState, error) {
+	var raw []byte
+	s.cat.View(func(tx *catalog.Tx) error { raw = tx.Reservation(volume); return nil })
+	if raw == nil {
+		return nil, nil
+	}
+	var st scsi.PRState
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, fmt.Errorf("volume %q: saved reservation state: %w", volume, err)
+	}
+	return &st, nil
+}
+
+// saveReservation persists a logical unit's reservation state (APTPL). The
+// SCSI core calls it before it answers PERSISTENT RESERVE OUT, so an
+// acknowledged APTPL change survives a restart. It does not take s.mu:
+// the catalog transaction is its own lock.
+func (s *Service) saveReservation(volume string, st scsi.PRState) error {
+	var raw []byte
+	if st.APTPL || len(st.Registrations) > 0 {
+		var err error
+		if raw, err = json.Marshal(st); err != nil {
+			return err
+		}
+	}
+	return s.cat.Update(func(tx *catalog.Tx) error { return tx.PutReservation(volume, raw) })
+}
+
+// saveWriteCache records a write cache change made by an initiator (MODE
+// SELECT of the caching page) so that WCE survives a restart.
+func (s *Service) saveWriteCache(volume string, on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lv, ok := s.volumes[volume]
+	if !ok || lv.rec.WriteCache == on {
+		return nil
+	}
+	rec := lv.rec
+	rec.WriteCache = on
+	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutVolume(rec) }); err != nil {
+		return fmt.Errorf("save write cache of volume %q: %w", volume, err)
+	}
+	lv.rec = rec
+	return nil
 }
 
 // Volume returns a volume's record.
