@@ -107,7 +107,10 @@ func TestProcessKill(t *testing.T) {
 			}
 			close(lines)
 		}()
-		deadline := time.After(time.Duration(150+rand.IntN(600)) * time.Millisecond)
+		// The kill comes at a random moment after the child's first
+		// completed flush (a slow machine may take a while to get there).
+		var deadline <-chan time.Time
+		giveUp := time.After(2 * time.Minute)
 	wait:
 		for {
 			select {
@@ -119,7 +122,12 @@ func TestProcessKill(t *testing.T) {
 					t.Fatalf("child: %s", l)
 				}
 				fmt.Sscanf(l, "flushed %d", &flushed)
+				if deadline == nil && flushed > 0 {
+					deadline = time.After(time.Duration(rand.IntN(600)) * time.Millisecond)
+				}
 			case <-deadline:
+				break wait
+			case <-giveUp:
 				break wait
 			}
 		}
