@@ -59,11 +59,12 @@ type File struct {
 }
 
 type window struct {
-	idx   int64
-	mem   []byte
-	refs  int
-	dirty bool
-	elem  *list.Element
+	idx    int64
+	mem    []byte
+	refs   int
+	dirty  bool
+	lo, hi int64 // written range since the last Sync, when dirty
+	elem   *list.Element
 }
 
 // ErrFault wraps a page fault taken while copying through a window.
@@ -123,13 +124,28 @@ func (m *File) acquire(idx int64) (*window, error) {
 	return w, nil
 }
 
-func (m *File) release(w *window, wrote bool) {
+func (m *File) release(w *window, wrote bool, lo, hi int64) {
 	m.mu.Lock()
 	w.refs--
 	if wrote {
-		w.dirty = true
+		if !w.dirty {
+			w.dirty, w.lo, w.hi = true, lo, hi
+		} else {
+			w.lo, w.hi = min(w.lo, lo), max(w.hi, hi)
+		}
 	}
 	m.mu.Unlock()
+}
+
+// syncRange msyncs the written part of a window, page aligned.
+func syncRange(w *window, lo, hi int64) error {
+	ps := int64(os.Getpagesize())
+	lo = lo / ps * ps
+	hi = min((hi+ps-1)/ps*ps, int64(len(w.mem)))
+	if lo >= hi {
+		return nil
+	}
+	return unix.Msync(w.mem[lo:hi], unix.MS_SYNC)
 }
 
 // unmapLocked drops an idle window. Pages written through it stay dirty in
@@ -178,7 +194,7 @@ func (m *File) rw(p []byte, off int64, write bool) (int, error) {
 		} else {
 			err = faultSafeCopy(p[done:done+int(n)], w.mem[in:in+n])
 		}
-		m.release(w, write)
+		m.release(w, write, in, in+n)
 		if err != nil {
 			return done, fmt.Errorf("mmap: at %d: %w", pos, err)
 		}
@@ -209,22 +225,26 @@ func (m *File) WriteAtv(bufs [][]byte, off int64) error {
 func (m *File) Sync() error {
 	m.resize.RLock()
 	defer m.resize.RUnlock()
-	var dirty []*window
+	type span struct {
+		w      *window
+		lo, hi int64
+	}
+	var dirty []span
 	m.mu.Lock()
 	for _, w := range m.wins {
 		if w.dirty {
 			w.dirty = false
 			w.refs++ // keep it mapped while we msync it
-			dirty = append(dirty, w)
+			dirty = append(dirty, span{w, w.lo, w.hi})
 		}
 	}
 	m.mu.Unlock()
 	var first error
-	for _, w := range dirty {
-		if err := unix.Msync(w.mem, unix.MS_SYNC); err != nil && first == nil {
-			first = fmt.Errorf("mmap: msync window %d: %w", w.idx, err)
+	for _, d := range dirty {
+		if err := syncRange(d.w, d.lo, d.hi); err != nil && first == nil {
+			first = fmt.Errorf("mmap: msync window %d: %w", d.w.idx, err)
 		}
-		m.release(w, false)
+		m.release(d.w, false, 0, 0)
 	}
 	if first != nil {
 		return first
@@ -291,7 +311,7 @@ func (m *File) unmapAll() error {
 	var first error
 	for _, w := range m.wins {
 		if w.dirty {
-			if err := unix.Msync(w.mem, unix.MS_SYNC); err != nil && first == nil {
+			if err := syncRange(w, w.lo, w.hi); err != nil && first == nil {
 				first = fmt.Errorf("mmap: msync window %d: %w", w.idx, err)
 			}
 		}
