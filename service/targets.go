@@ -55,6 +55,10 @@ func (t *liveTarget) Execute(ctx context.Context, cmd *scsi.Command) scsi.Result
 	return t.scsi.Execute(ctx, cmd)
 }
 
+// ReleaseDataIn hands a sent read buffer back to the SCSI core's pool
+// (iscsi.DataInReleaser).
+func (t *liveTarget) ReleaseDataIn(b []byte) { t.scsi.ReleaseDataIn(b) }
+
 // Reset applies a reset task management function's side effects.
 func (t *liveTarget) Reset(n *scsi.Nexus, fn scsi.TMF, lun uint64) error {
 	return t.scsi.Reset(n, fn, lun)

@@ -98,7 +98,7 @@ func (x *task) readWrite() error {
 	}
 	off := int64(lba * bs)
 	if !write {
-		buf := make([]byte, n*bs)
+		buf := getDataIn(int(n * bs))
 		if err := x.readChunks(buf, off); err != nil {
 			return fmt.Errorf("read %d blocks at LBA %d: %w", n, lba, err)
 		}
