@@ -127,12 +127,13 @@ cp "$mods/modules.builtin" "$mods/modules.order" "$root/lib/modules/$kver/"
 cp "$here/init.sh" "$root/init"
 chmod 755 "$root/init"
 
-mkdir -p "$out.tmp"
-cp "$x/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
-(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -1 >"$out.tmp/initrd.gz"
-echo "$versions" >"$out.tmp/versions"
-rm -rf "$out"
-mv "$out.tmp" "$out"
+# Assemble in the work dir and rename into place, so a concurrent build of
+# the same key never sees half a guest (the loser's copy is dropped).
+mkdir -p "$work/out"
+cp "$x/boot/vmlinuz-$kver" "$work/out/vmlinuz"
+(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -1 >"$work/out/initrd.gz"
+echo "$versions" >"$work/out/versions"
+mv -T "$work/out" "$out" 2>/dev/null || [ -f "$out/initrd.gz" ]
 # Keep the three newest guests; older keys are dead after a package update.
 ls -dt "$cache"/guest-* | tail -n +4 | xargs -r rm -rf
 log "guest ready in $out ($(du -sh "$out/initrd.gz" | cut -f1) initramfs)"
