@@ -738,6 +738,13 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				reserved -= ChunkSize
 				added = append(added, nb)
 			}
+			// The new version is dirty from birth: its contents are not
+			// the device's, so it must never be taken for a clean buffer
+			// (whose contents would serve as the undo record's old data).
+			nb.state.Store(stateDirty)
+			if nb.data != nil {
+				v.addDirtyLocked(ChunkSize)
+			}
 			v.chunks.set(k, nb)
 			b = nb
 		}

@@ -25,6 +25,9 @@ type simWorld struct {
 	crashAt int64 // crash when ops reaches it; 0 = never
 	crashed bool
 	devs    []*simDev
+	// loseAll makes a crash persist none of the unsynced operations
+	// (instead of a random, torn subset), for deterministic tests.
+	loseAll bool
 }
 
 func newSimWorld(seed uint64) *simWorld {
@@ -115,6 +118,9 @@ func (w *simWorld) crashLocked() {
 	for _, d := range w.devs {
 		img := d.durable.clone()
 		for _, op := range d.volatile {
+			if w.loseAll {
+				break
+			}
 			switch r := w.rng.IntN(100); {
 			case r < 45: // lost
 			case r < 80: // persisted whole
