@@ -170,6 +170,9 @@ func TestISCSIInq(t *testing.T) {
 	// iscsi-inq prints binary designators as C strings, which cuts them
 	// at the first zero byte; read the exact bytes with the raw client.
 	naa := readNAA(t, d)
+	if len(naa) == 0 {
+		t.Fatal("empty NAA designator")
+	}
 	if n := naa[0] >> 4; !(n == 3 && len(naa) == 8 || n == 5 && len(naa) == 8 || n == 6 && len(naa) == 16) {
 		t.Errorf("NAA designator %x: want NAA 3 or 5 (8 bytes) or NAA 6 (16 bytes)", naa)
 	}
