@@ -9,6 +9,7 @@
 //	ANVIL_CONFORMANCE_SUITES         regexp: run only the ALL.* suites it matches
 //	ANVIL_CONFORMANCE_SUITE_TIMEOUT  per-suite time limit (Go duration, default 3m)
 //	ANVIL_CONFORMANCE_LOGDIR         keep each suite's full iscsi-test-cu output here
+//	ANVIL_CONFORMANCE_4K=0           skip the second pass against a 4096-byte-block LUN
 package conformance
 
 import (
@@ -171,6 +172,29 @@ func TestISCSITestCU(t *testing.T) {
 	}
 
 	table := renderTable(tg.url, rows)
+
+	// The same family against a volume with 4096-byte logical blocks
+	// (LUN 2), where every LBA-to-byte conversion is different; the same
+	// suites are required.
+	if tg.d != nil && os.Getenv("ANVIL_CONFORMANCE_4K") != "0" {
+		var rows4k []suiteRow
+		url4k := ""
+		t.Run("4K", func(t *testing.T) {
+			url4k = exportLUN(t, tg.d, 2, "conformance-4k", "--size", "1G", "--block-size", "4096")
+			tg4k := &target{url: url4k, d: tg.d}
+			for _, suite := range suites {
+				row := suiteRow{Name: suite, Suite: suite, Required: requiredSuites[suite]}
+				t.Run(suite, func(t *testing.T) {
+					row = runSuite(t, tg4k, row, timeout, filepath.Join(logDir, "4k"))
+				})
+				rows4k = append(rows4k, row)
+			}
+		})
+		if len(rows4k) > 0 {
+			table += "\n## 4096-byte logical blocks\n\n" + renderTable(url4k, rows4k)
+		}
+	}
+
 	t.Logf("iscsi-test-cu results:\n%s", table)
 	if p := os.Getenv("ANVIL_CONFORMANCE_TABLE"); p != "" {
 		if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
@@ -179,22 +203,29 @@ func TestISCSITestCU(t *testing.T) {
 	}
 }
 
-// exportReadOnlyLUN creates a small read-only volume through the CLI (and
-// so the REST API), maps it as LUN 1 of the demo target, and returns its URL.
+// exportReadOnlyLUN creates a small read-only volume and maps it as LUN 1
+// of the demo target.
 func exportReadOnlyLUN(t *testing.T, d *harness.Daemon) string {
+	return exportLUN(t, d, 1, "conformance-ro", "--size", "64M", "--read-only")
+}
+
+// exportLUN creates a volume through the CLI (and so the REST API) with the
+// given `volume create` flags, maps it as lun of the demo target, and
+// returns its URL.
+func exportLUN(t *testing.T, d *harness.Daemon, lun int, name string, createFlags ...string) string {
 	t.Helper()
 	bin := harness.Binary(t)
 	global := []string{"--api", d.API, "--data-dir", d.DataDir}
 	for _, args := range [][]string{
-		{"volume", "create", "conformance-ro", "--size", "64M", "--read-only"},
-		{"target", "map", harness.DemoIQN, "1", "conformance-ro"},
+		append([]string{"volume", "create", name}, createFlags...),
+		{"target", "map", harness.DemoIQN, fmt.Sprint(lun), name},
 	} {
 		out, err := harness.Run(context.Background(), time.Minute, bin, append(args, global...)...)
 		if err != nil {
 			t.Fatalf("anvil %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	return fmt.Sprintf("iscsi://%s/%s/1", d.ISCSI, harness.DemoIQN)
+	return fmt.Sprintf("iscsi://%s/%s/%d", d.ISCSI, harness.DemoIQN, lun)
 }
 
 // listSuites returns the top-level suites of the ALL family, in the order
@@ -251,6 +282,9 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	}
 	out := buf.Bytes()
 	row.Elapsed = time.Since(start)
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Errorf("suite log directory: %v", err)
+	}
 	logPath := filepath.Join(logDir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(row.Name)+".log")
 	if err := os.WriteFile(logPath, out, 0o644); err != nil {
 		t.Errorf("save suite log: %v", err)
