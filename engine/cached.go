@@ -108,6 +108,7 @@ type CachedVolume struct {
 	dirtyBytes  int64          // dirty + frozen data bytes
 	pinned      bool           // failed: dirtyBytes not counted in the cache
 	evictGen    uint64         // bumped whenever a buffer leaves chunks
+	lastRead    atomic.Int64   // end of the latest read, for readahead
 	applyHook   func(kind writeKind, off, n int64, p []byte)
 
 	commitMu sync.Mutex
@@ -459,6 +460,20 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if len(missing) > 0 {
 		v.st.misses.Add(uint64(len(missing)))
 	}
+	// Readahead: a read that starts where the previous one ended and whose
+	// tail missed the cache also fills the chunks after it, so a sequential
+	// reader pays one device read per window instead of one per request.
+	// (The chunks are checked absent after gen was taken; fillRun caches
+	// them only if nothing left the cache since, so they cannot be stale.)
+	end := off + int64(len(p))
+	if v.lastRead.Swap(end) == off && len(missing) > 0 && missing[len(missing)-1] == last {
+		limit := min(last+readAheadChunks, (v.size.Load()-1)/ChunkSize)
+		v.mu.RLock()
+		for k := last + 1; k <= limit && v.chunks.get(k) == nil; k++ {
+			missing = append(missing, k)
+		}
+		v.mu.RUnlock()
+	}
 	// Pass 2: read the missing chunks in contiguous runs.
 	for i := 0; i < len(missing); {
 		j := i + 1
@@ -476,6 +491,9 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	return nil
 }
+
+// readAheadChunks is how far a sequential read fills ahead (256 KiB).
+const readAheadChunks = 64
 
 // chunkSpan is the part [lo, hi) of chunk k that [off, off+n) covers.
 func chunkSpan(k, off, n int64) (lo, hi int64) {
@@ -503,6 +521,9 @@ func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64) erro
 		return err
 	}
 	for i, k := range ks {
+		if k*ChunkSize >= off+int64(len(p)) {
+			break // readahead: cached only
+		}
 		lo, hi := chunkSpan(k, off, int64(len(p)))
 		copy(p[k*ChunkSize+lo-off:k*ChunkSize+hi-off], bufs[i][lo:hi])
 	}
