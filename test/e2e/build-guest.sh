@@ -5,7 +5,7 @@
 #   INITRD=/path/to/initrd.gz
 #
 # The guest is Debian 12's cloud kernel with an initramfs holding busybox,
-# open-iscsi's iscsistart, e2fsprogs, the iSCSI/NVMe-TCP/virtio modules, the
+# open-iscsi (iscsistart, iscsid, iscsiadm), e2fsprogs, the iSCSI/NVMe-TCP/virtio modules, the
 # e2e-guest helper (built from this repository) and init.sh as /init.
 #
 # Everything lands in a cache outside git, keyed by the Debian package
@@ -28,7 +28,7 @@ sudo=""
 
 # Libraries a minimal Debian image may lack come from packages too; ldd
 # takes the rest (libc, libzstd, liblzma, libblkid, libuuid) from the host.
-pkgs=(busybox-static open-iscsi libopeniscsiusr libssl3 libkmod2 e2fsprogs libext2fs2 libcom-err2)
+pkgs=(busybox-static open-iscsi libopeniscsiusr libisns0 libssl3 libkmod2 e2fsprogs libext2fs2 libcom-err2)
 
 # One apt-cache call per question: each costs a second or two on a busy box.
 # Prints "pkg=version " for every package with a candidate.
@@ -87,7 +87,7 @@ done
 
 # The dynamic binaries and their libraries: extracted packages first, then
 # the host's (libc, libcrypto, libkmod... are the same Debian 12 builds).
-bins=("$x/sbin/iscsistart" "$x/sbin/mke2fs" "$x/sbin/e2fsck")
+bins=("$x/sbin/iscsistart" "$x/sbin/iscsid" "$x/sbin/iscsiadm" "$x/sbin/mke2fs" "$x/sbin/e2fsck")
 export LD_LIBRARY_PATH="$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu"
 for b in "${bins[@]}"; do
 	cp "$b" "$root/sbin/"
@@ -105,6 +105,12 @@ unset LD_LIBRARY_PATH
 ln -sf mke2fs "$root/sbin/mkfs.ext4"
 rm -f "$root/bin/mkfs.ext4" "$root/bin/mke2fs" "$root/bin/e2fsck"
 cp "$x/etc/mke2fs.conf" "$root/etc/mke2fs.conf"
+mkdir -p "$root/etc/iscsi"
+# iscsid accepts management requests only from a peer it can name as root.
+echo "root:x:0:0:root:/:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+# iscsid is started by init.sh, never through systemd.
+sed 's|^iscsid.startup = .*|iscsid.startup = /bin/true|' "$x/etc/iscsi/iscsid.conf" >"$root/etc/iscsi/iscsid.conf"
 
 # Kernel modules: the closure of what init.sh loads, from modules.dep that
 # busybox depmod generates over the full tree.

@@ -30,6 +30,13 @@ func TestOpenISCSIGuestPowerCut(t *testing.T) {
 	PowerCut(t, harness.Options{}, harness.DemoIQN, 2)
 }
 
+// TestOpenISCSIGuestLiveRestart restarts the daemon under a session that
+// iscsid owns, in the middle of a write stream; it must recover by itself.
+func TestOpenISCSIGuestLiveRestart(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	LiveRestart(t, harness.Options{}, harness.DemoIQN)
+}
+
 // TestOpenISCSIGuestTgt runs the same two boots against Debian's tgtd. It
 // checks the harness rather than Anvil, so it runs only on request:
 // ANVIL_E2E_PEER=tgt go test ./test/e2e -run Tgt

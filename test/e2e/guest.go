@@ -46,6 +46,10 @@ const (
 	// PhasePowerCutWrite overwrites a raw region with generation after
 	// generation, flushing after each; the host cuts power meanwhile.
 	PhasePowerCutWrite = "power-cut-write"
+	// PhaseLiveWrite writes Params["gens"] generations of a raw region
+	// while the host restarts the target, then checks the last one; it
+	// needs Params["login"]="iscsiadm" so iscsid recovers the session.
+	PhaseLiveWrite = "live-write"
 	// PhasePowerCutVerify checks every block holds a generation in
 	// [Params["lo"], Params["hi"]].
 	PhasePowerCutVerify = "power-cut-verify"
@@ -345,7 +349,7 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 		want = []string{"raw-ok", "raw-after-fs", "fsck-ok first"}
 	case PhaseVerify, PhaseNVMeVerify:
 		want = []string{"raw-ok", "fsck-ok verify"}
-	case PhasePowerCutVerify:
+	case PhasePowerCutVerify, PhaseLiveWrite:
 		if _, ok := b.Marker("gens-ok"); !ok {
 			return fmt.Errorf("guest never reported gens-ok")
 		}

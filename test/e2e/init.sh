@@ -13,6 +13,9 @@
 #   anvil.tpgt=<target portal group tag>  (default 1)
 #   anvil.seed=<pattern seed>
 #   anvil.iparam=<NAME=VALUE>    (repeatable: iscsistart -P, e.g. digests)
+#   anvil.login=iscsistart|iscsiadm (iscsiadm: SendTargets discovery, then
+#                                 login through iscsid, which also recovers
+#                                 the session when the target restarts)
 #   anvil.rawsize=<bytes>        (power-cut phases: region size, default 16 MiB)
 #   anvil.gens=<n>               (power-cut-write: generations to write)
 #   anvil.lo=<gen> anvil.hi=<gen> (power-cut-verify: allowed generations)
@@ -82,10 +85,33 @@ if [ "$TRANSPORT" = iscsi ]; then
 		case "$w" in anvil.iparam=*) set -- "$@" -P "${w#*=}" ;; esac
 	done
 	echo "InitiatorName=$INITIATOR" >/etc/iscsi/initiatorname.iscsi
-	# iscsistart logs in, hands the connection to the kernel and stays to
-	# answer the kernel's requests; it never returns on success.
-	iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
-	ISCSISTART=$!
+	if [ "$(param login iscsistart)" = iscsiadm ]; then
+		mkdir -p /etc/iscsi/nodes /etc/iscsi/send_targets /var/lib/iscsi /run/lock/iscsi
+		iscsid || fail "iscsid did not start"
+		iscsiadm -m discovery -t sendtargets -p "$ADDR:$PORT" >/tmp/disc 2>&1 || {
+			sed 's/^/iscsiadm: /' /tmp/disc
+			fail "SendTargets discovery"
+		}
+		mark "discovered $(tr '\n' '|' </tmp/disc)"
+		grep -q " $IQN\$" /tmp/disc || fail "discovery did not list $IQN"
+		# The target answers with the address the connection reached it
+		# on, which under slirp is the host's loopback; log in through the
+		# guest's view of the portal instead.
+		iscsiadm -m node -o new -T "$IQN" -p "$ADDR:$PORT,$TPGT" >/dev/null || fail "iscsiadm node new"
+		while [ $# -ge 2 ]; do
+			iscsiadm -m node -T "$IQN" -p "$ADDR:$PORT" -o update -n "${2%%=*}" -v "${2#*=}" || fail "iscsiadm update $2"
+			shift 2
+		done
+		iscsiadm -m node -T "$IQN" -p "$ADDR:$PORT" --login >/tmp/login 2>&1 || {
+			sed 's/^/iscsiadm: /' /tmp/login
+			fail "iscsiadm login"
+		}
+	else
+		# iscsistart logs in, hands the connection to the kernel and stays
+		# to answer the kernel's requests; it never returns on success.
+		iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
+		ISCSISTART=$!
+	fi
 else
 	# nvme-tcp without nvme-cli: the fabrics module takes the connect options
 	# as a string, exactly what nvme-cli would write. Not yet exercised:
@@ -196,6 +222,22 @@ power-cut-write)
 	# The host kills the daemon and qemu while this runs.
 	e2e-guest raw-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$(param gens 1000)" ||
 		fail "raw generations"
+	;;
+live-write)
+	# The host restarts the daemon meanwhile; iscsid must recover the
+	# session and the writes must carry on to the last generation.
+	gens=$(param gens 6)
+	e2e-guest raw-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$gens" || fail "raw generations"
+	dropcaches
+	out=$(e2e-guest raw-check-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$gens" "$gens" 2>/tmp/raw.err) || {
+		sed 's/^/raw: /' /tmp/raw.err
+		fail "last generation incomplete"
+	}
+	mark "gens-ok $out"
+	mark "conn-errors=$(dmesg | grep -c 'detected conn error')"
+	for f in /sys/class/iscsi_session/session*/recovery_tmo /sys/class/iscsi_connection/connection*/state; do
+		[ -r "$f" ] && mark "sysfs $(basename "$f")=$(cat "$f")"
+	done
 	;;
 power-cut-verify)
 	dropcaches
