@@ -46,6 +46,8 @@ const (
 	// PhasePowerCutWrite overwrites a raw region with generation after
 	// generation, flushing after each; the host cuts power meanwhile.
 	PhasePowerCutWrite = "power-cut-write"
+	// PhaseLogin only logs in and waits for the disk.
+	PhaseLogin = "login"
 	// PhaseLiveWrite writes Params["gens"] generations of a raw region
 	// while the host restarts the target, then checks the last one; it
 	// needs Params["login"]="iscsiadm" so iscsid recovers the session.
@@ -349,6 +351,11 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 		want = []string{"raw-ok", "raw-after-fs", "fsck-ok first"}
 	case PhaseVerify, PhaseNVMeVerify:
 		want = []string{"raw-ok", "fsck-ok verify"}
+	case PhaseLogin:
+		if _, ok := b.Marker("disk "); !ok {
+			return fmt.Errorf("guest never reported its disk")
+		}
+		return nil
 	case PhasePowerCutVerify, PhaseLiveWrite:
 		if _, ok := b.Marker("gens-ok"); !ok {
 			return fmt.Errorf("guest never reported gens-ok")

@@ -13,6 +13,8 @@
 #   anvil.tpgt=<target portal group tag>  (default 1)
 #   anvil.seed=<pattern seed>
 #   anvil.iparam=<NAME=VALUE>    (repeatable: iscsistart -P, e.g. digests)
+#   anvil.chapuser= anvil.chapsecret=      (CHAP: the initiator's credentials)
+#   anvil.chapuserin= anvil.chapsecretin=  (mutual CHAP: the target's)
 #   anvil.login=iscsistart|iscsiadm (iscsiadm: SendTargets discovery, then
 #                                 login through iscsid, which also recovers
 #                                 the session when the target restarts)
@@ -109,6 +111,8 @@ if [ "$TRANSPORT" = iscsi ]; then
 	else
 		# iscsistart logs in, hands the connection to the kernel and stays
 		# to answer the kernel's requests; it never returns on success.
+		[ -n "$(param chapuser "")" ] && set -- "$@" -u "$(param chapuser "")" -w "$(param chapsecret "")"
+		[ -n "$(param chapuserin "")" ] && set -- "$@" -U "$(param chapuserin "")" -W "$(param chapsecretin "")"
 		iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
 		ISCSISTART=$!
 	fi
@@ -222,6 +226,9 @@ power-cut-write)
 	# The host kills the daemon and qemu while this runs.
 	e2e-guest raw-gens "$DEV" "$RAWOFF" "$(param rawsize 16777216)" "$SEED" "$(param gens 1000)" ||
 		fail "raw generations"
+	;;
+login)
+	# Logging in and seeing the disk is the whole check (CHAP tests).
 	;;
 live-write)
 	# The host restarts the daemon meanwhile; iscsid must recover the
