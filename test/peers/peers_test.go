@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -316,6 +317,73 @@ func checkLUN(t *testing.T, d *harness.Daemon, dir string, want []byte, when str
 	}
 	if !strings.Contains(cmp, "Images are identical") {
 		t.Fatalf("%s: qemu-img compare: %s", when, cmp)
+	}
+	// qemu-img compare skips ranges that GET LBA STATUS reports as
+	// deallocated (LBPRZ=1 reads them as zero), so also read every byte.
+	whole := filepath.Join(dir, "whole.img")
+	os.Remove(whole)
+	run(t, d, "qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", fmt.Sprintf("count=%d", demoSize>>20), "if="+url, "of="+whole)
+	if err := checkZeroPadded(whole, want, demoSize); err != nil {
+		t.Fatalf("%s: full read of the LUN: %v", when, err)
+	}
+	os.Remove(whole)
+}
+
+// checkZeroPadded checks that the file at path is want followed by zeroes
+// up to size bytes.
+func checkZeroPadded(path string, want []byte, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, len(buf))
+	var off int64
+	for {
+		n, err := io.ReadFull(f, buf)
+		exp := zero[:n]
+		if off < int64(len(want)) {
+			exp = append(append([]byte{}, want[off:min(off+int64(n), int64(len(want)))]...), zero[:max(0, int(off)+n-len(want))]...)
+		}
+		if i := firstDiff(buf[:n], exp); i >= 0 {
+			return fmt.Errorf("byte %d = %#x, want %#x", off+int64(i), buf[i], exp[i])
+		}
+		off += int64(n)
+		if err != nil {
+			break
+		}
+	}
+	if off != size {
+		return fmt.Errorf("read %d bytes, want %d", off, size)
+	}
+	return nil
+}
+
+func TestCheckZeroPadded(t *testing.T) {
+	want := []byte("0123456789")
+	path := filepath.Join(t.TempDir(), "f")
+	const size = 3<<20 + 5 // several buffers and a short last read
+	content := make([]byte, size)
+	copy(content, want)
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkZeroPadded(path, want, size); err != nil {
+		t.Fatalf("good file: %v", err)
+	}
+	for _, at := range []int{3, 2<<20 + 7, size - 1} {
+		bad := append([]byte{}, content...)
+		bad[at] ^= 0x40
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := checkZeroPadded(path, want, size); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("byte %d ", at)) {
+			t.Errorf("corruption at %d: err = %v", at, err)
+		}
+	}
+	if err := checkZeroPadded(path, want, size+1); err == nil {
+		t.Error("short file accepted")
 	}
 }
 
