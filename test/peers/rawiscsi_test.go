@@ -245,10 +245,10 @@ func naaDesignator(page []byte) ([]byte, error) {
 	return nil, errors.New("no NAA designator with logical-unit association")
 }
 
-// expectClosed waits for the target to drop the connection. A Reject PDU
-// (RFC 7143 11.17) before the close, or instead of it, is also accepted:
-// what matters is that the target neither hangs on the bad PDU nor goes on
-// as if it were valid.
+// expectClosedOrRejected waits for the target to drop the connection. A
+// Reject PDU (RFC 7143 11.17) before the close, or instead of it, is also
+// accepted: what matters is that the target neither hangs on the bad PDU
+// nor goes on as if it were valid.
 func (r *rawConn) expectClosedOrRejected(timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
