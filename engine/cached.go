@@ -380,7 +380,7 @@ func (v *CachedVolume) Stats() Stats {
 		Reads: s.reads.Load(), Writes: s.writes.Load(),
 		ReadBytes: s.readBytes.Load(), WriteBytes: s.writeBytes.Load(),
 		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
-		UndoBytes: s.undoBytes.Load(), CacheHits: s.lookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
+		UndoBytes: s.undoBytes.Load(), CacheHits: s.reads.Load() + s.extraLookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
 		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty, ChainedEpochs: s.chained.Load(),
 		InjectedFaults: v.data.Injected() + v.udev.Injected(),
 		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
@@ -456,7 +456,9 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		missing = append(missing, k)
 	}
 	v.mu.RUnlock()
-	v.st.lookups.Add(uint64(last - first + 1))
+	if last > first {
+		v.st.extraLookups.Add(uint64(last - first)) // the first is counted by reads
+	}
 	if len(missing) > 0 {
 		v.st.misses.Add(uint64(len(missing)))
 	}

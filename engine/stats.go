@@ -60,7 +60,7 @@ type volStats struct {
 	readBytes, writeBytes   atomic.Uint64
 	unmaps, flushes, epochs atomic.Uint64
 	undoBytes               atomic.Uint64
-	lookups, misses         atomic.Uint64 // chunk lookups by reads
+	extraLookups, misses    atomic.Uint64 // chunk lookups by reads beyond one per read
 	commitErrors            atomic.Uint64
 	chained                 atomic.Uint64
 	readLat, writeLat       histogram
