@@ -102,6 +102,7 @@ type FIFO struct {
 	committed uint64 // last committed (or burned) epoch
 	start     uint64 // logical position of the first live record
 	maxPay    int64
+	scratch   []byte // record buffer reused by successive batches
 }
 
 // Create formats dev as an empty FIFO whose last committed epoch is 0.
@@ -244,7 +245,7 @@ const flushThreshold = 4 << 20
 
 // Begin starts the records of epoch, which must be newer than Committed.
 func (f *FIFO) Begin(epoch uint64) *Batch {
-	b := &Batch{f: f, epoch: epoch, pos: f.start, flushed: f.start}
+	b := &Batch{f: f, epoch: epoch, pos: f.start, flushed: f.start, buf: f.scratch[:0]}
 	if epoch <= f.committed {
 		b.err = fmt.Errorf("undo: epoch %d is not newer than committed epoch %d", epoch, f.committed)
 	}
@@ -274,7 +275,14 @@ func (b *Batch) reserve(size int64) (int, error) {
 
 func (b *Batch) grow(n int64) int {
 	i := len(b.buf)
-	b.buf = append(b.buf, make([]byte, n)...)
+	if need := i + int(n); need > cap(b.buf) {
+		nb := make([]byte, i, max(need, 2*cap(b.buf), flushThreshold+int(b.f.maxPay)+2*SectorSize))
+		copy(nb, b.buf)
+		b.buf = nb
+		b.f.scratch = nb[:0] // keep the larger buffer for later batches
+	}
+	b.buf = b.buf[:i+int(n)]
+	clear(b.buf[i:])
 	return i
 }
 
@@ -403,7 +411,8 @@ func (f *FIFO) Commit(epoch uint64) error {
 // both commit b's epoch and make the next epoch's records durable. The two
 // epochs' records must fit in the ring together.
 func (b *Batch) Next(epoch uint64) *Batch {
-	n := &Batch{f: b.f, epoch: epoch, pos: b.pos, flushed: b.pos, err: b.err}
+	// b is fully written (Write), so next may reuse the scratch buffer.
+	n := &Batch{f: b.f, epoch: epoch, pos: b.pos, flushed: b.pos, err: b.err, buf: b.f.scratch[:0]}
 	if epoch <= b.epoch && n.err == nil {
 		n.err = fmt.Errorf("undo: epoch %d does not follow epoch %d", epoch, b.epoch)
 	}
