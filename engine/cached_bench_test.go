@@ -27,8 +27,11 @@ func openPlain(b *testing.B, size int64, wceOff bool) Volume {
 	return v
 }
 
+var warmOnce sync.Once
+
 func openCached(opts Options) volOpener {
 	return func(b *testing.B, size int64, wceOff bool) Volume {
+		warmOnce.Do(func() { warmSlab(1 << 30) })
 		o := opts
 		o.Size, o.WriteCacheOff, o.Logger = size, wceOff, quietLog
 		if o.Cache == nil {
@@ -264,7 +267,6 @@ func ratioBench(b *testing.B, va, vb Volume, round func(v Volume, r int) error) 
 // Run: go test -run '^$' -bench Ratio -benchtime 10x ./engine/
 func BenchmarkRatio(b *testing.B) {
 	ctx := context.Background()
-	warmSlab(1 << 30)
 	b.Run("seqwrite", func(b *testing.B) {
 		const roundBytes = 64 << 20
 		size := int64(b.N) * roundBytes
