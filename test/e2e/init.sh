@@ -109,8 +109,7 @@ if [ "$TRANSPORT" = iscsi ]; then
 			fail "iscsiadm login"
 		}
 	else
-		# iscsistart logs in, hands the connection to the kernel and stays
-		# to answer the kernel's requests; it never returns on success.
+		# iscsistart logs in and hands the connection to the kernel.
 		[ -n "$(param chapuser "")" ] && set -- "$@" -u "$(param chapuser "")" -w "$(param chapsecret "")"
 		[ -n "$(param chapuserin "")" ] && set -- "$@" -U "$(param chapuserin "")" -W "$(param chapsecretin "")"
 		iscsistart -i "$INITIATOR" -t "$IQN" -g "$TPGT" -a "$ADDR" -p "$PORT" "$@" >/tmp/iscsistart.log 2>&1 &
@@ -130,9 +129,16 @@ for i in $(seq 1 300); do
 		[ -b "$d" ] && [ "$(blockdev --getsize64 "$d" 2>/dev/null || echo 0)" -gt 0 ] && DEV=$d
 	done
 	[ -n "$DEV" ] && break
+	# iscsistart's first process exits once the session is up (a child
+	# stays to serve the kernel); a non-zero status means login failed.
 	if [ -n "${ISCSISTART:-}" ] && ! kill -0 "$ISCSISTART" 2>/dev/null; then
-		sed 's/^/iscsistart: /' /tmp/iscsistart.log
-		fail "iscsistart exited: login failed"
+		wait "$ISCSISTART"
+		rc=$?
+		ISCSISTART=
+		if [ "$rc" -ne 0 ]; then
+			sed 's/^/iscsistart: /' /tmp/iscsistart.log
+			fail "iscsistart exited with status $rc: login failed"
+		fi
 	fi
 	sleep 0.2
 done
