@@ -697,10 +697,11 @@ func TestConcurrentChanges(t *testing.T) {
 		return string(vj), string(tj)
 	}
 	v1, t1 := check(e.svc, "live")
-	// The data directory holds exactly the live volumes' files.
+	// The data directory holds exactly the live volumes' files: a raw
+	// image and an undo FIFO each.
 	ents, _ := os.ReadDir(filepath.Join(e.dir, "volumes"))
-	if len(ents) != clients*rounds/2 {
-		t.Errorf("volumes directory holds %d files, want %d", len(ents), clients*rounds/2)
+	if len(ents) != 2*clients*rounds/2 {
+		t.Errorf("volumes directory holds %d files, want %d (data + undo per volume)", len(ents), 2*clients*rounds/2)
 	}
 	e.srv.Close()
 	if err := e.svc.Close(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
 )
@@ -51,6 +52,9 @@ func statusOf(err error) (status int, field string) {
 		return http.StatusConflict, ""
 	case errors.Is(err, service.ErrNotSupported):
 		return http.StatusUnprocessableEntity, ""
+	case errors.Is(err, engine.ErrMedium):
+		// The backing store still fails: retrying later may work.
+		return http.StatusServiceUnavailable, ""
 	case errors.As(err, &he):
 		return he.Code, ""
 	}

@@ -101,6 +101,16 @@ var openAPIDoc = obj{
 			"delete": obj{"summary": "Delete a volume and its data", "parameters": []any{queryParam("force", "unmap it from every target first", boolean)},
 				"responses": responses(obj{"204": obj{"description": "deleted"}, "404": errResp("no such volume"), "409": errResp("the volume is mapped (use force=true)")})},
 		},
+		"/api/v1/volumes/{name}/faults": obj{
+			"parameters": []any{volumeName},
+			"put": obj{"summary": "Fail rate of every 10,000 backing I/Os with EIO (seeded, repeatable); rate 0 turns it off", "requestBody": jsonBody(ref("Faults")),
+				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "422": errResp("the engine cannot inject faults")})},
+		},
+		"/api/v1/volumes/{name}/clear-error": obj{
+			"parameters": []any{volumeName},
+			"post": obj{"summary": "Roll back a failed commit and accept writes again on a volume the engine froze read-only",
+				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "503": errResp("the backing store still fails")})},
+		},
 		"/api/v1/targets": obj{
 			"get": obj{"summary": "List targets",
 				"responses": responses(obj{"200": jsonResp("targets sorted by IQN", obj{"type": "array", "items": ref("Target")})})},
@@ -160,7 +170,11 @@ var openAPIDoc = obj{
 				"name":        obj{"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
 				"size_bytes":  obj{"type": "integer", "format": "int64", "minimum": 512, "maximum": int64(1) << 46},
 				"block_size":  obj{"type": "integer", "enum": []any{512, 4096}},
-				"write_cache": boolean, "read_only": boolean}},
+				"write_cache": boolean, "read_only": boolean,
+				"backend": obj{"type": "string", "enum": []any{"file", "mmap", "block"}},
+				"device":  obj{"type": "string", "description": "block device of a block volume (its size is the volume's)"}}},
+			"Faults": obj{"type": "object", "additionalProperties": false, "required": []any{"rate"}, "properties": obj{
+				"rate": obj{"type": "integer", "minimum": 0, "maximum": 10000}, "seed": int64s}},
 			"PatchVolume": obj{"type": "object", "additionalProperties": false, "minProperties": 1, "properties": obj{
 				"size_bytes": int64s, "write_cache": boolean, "read_only": boolean}},
 			"ImportPath": obj{"type": "object", "additionalProperties": false, "required": []any{"name", "path"}, "properties": obj{
@@ -169,7 +183,7 @@ var openAPIDoc = obj{
 				"latency": obj{"type": "object", "properties": obj{"counts": obj{"type": "array", "items": int64s}, "count": int64s, "sum_seconds": obj{"type": "number"}}}}},
 			"Volume": obj{"type": "object", "properties": obj{
 				"name": str, "size_bytes": int64s, "block_size": obj{"type": "integer"}, "thin": boolean,
-				"backend": str, "path": str, "write_cache": boolean, "read_only": boolean, "serial": str, "naa": str,
+				"backend": str, "path": str, "write_cache": boolean, "read_only": boolean, "serial": str, "naa": str, "error": str,
 				"created":   obj{"type": "string", "format": "date-time"},
 				"mapped_by": obj{"type": "array", "items": str},
 				"stats": obj{"type": "object", "properties": obj{"read": ref("OpStats"), "write": ref("OpStats"), "flush": ref("OpStats"), "unmap": ref("OpStats"),

@@ -16,8 +16,11 @@ import (
 // that map it and, when the engine keeps them, live I/O statistics.
 type Volume struct {
 	catalog.Volume
-	MappedBy []string     `json:"mapped_by"`
-	Stats    *VolumeStats `json:"stats,omitempty"`
+	MappedBy []string `json:"mapped_by"`
+	// Error says why the engine froze the volume read-only after a failed
+	// commit; POST .../clear-error returns it to service.
+	Error string       `json:"error,omitempty"`
+	Stats *VolumeStats `json:"stats,omitempty"`
 }
 
 func (s *server) volumeView(rec catalog.Volume) Volume {
@@ -26,6 +29,9 @@ func (s *server) volumeView(rec catalog.Volume) Volume {
 		v.MappedBy = []string{}
 	}
 	v.Stats = s.statsOf(rec.Name)
+	if err := s.svc.VolumeError(rec.Name); err != nil {
+		v.Error = err.Error()
+	}
 	return v
 }
 
@@ -53,6 +59,8 @@ type CreateVolumeRequest struct {
 	BlockSize  int    `json:"block_size,omitempty"`
 	WriteCache *bool  `json:"write_cache,omitempty"`
 	ReadOnly   bool   `json:"read_only,omitempty"`
+	Backend    string `json:"backend,omitempty"`
+	Device     string `json:"device,omitempty"`
 }
 
 func (s *server) createVolume(c echo.Context) error {
@@ -66,6 +74,8 @@ func (s *server) createVolume(c echo.Context) error {
 		BlockSize:  req.BlockSize,
 		WriteCache: req.WriteCache,
 		ReadOnly:   req.ReadOnly,
+		Backend:    req.Backend,
+		Device:     req.Device,
 	})
 	if err != nil {
 		return err

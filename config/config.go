@@ -50,6 +50,11 @@ var Settings = []Setting{
 	{Key: "iscsi.max_outstanding_r2t", Flag: "iscsi-max-outstanding-r2t", Default: 16, Usage: "R2Ts a task may have outstanding at once"},
 	{Key: "iscsi.nop_interval", Flag: "iscsi-nop-interval", Default: 30 * time.Second, Usage: "idle time before the target pings an initiator with NOP-In (0 disables)"},
 	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
+	{Key: "cache.size", Flag: "cache-size", Default: 0, Usage: "buffer cache memory budget shared by all volumes, in bytes (0: the smaller of 1 GiB and a quarter of RAM)"},
+	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: a quarter of cache.size)"},
+	{Key: "engine.flush_interval", Flag: "engine-flush-interval", Default: 5 * time.Second, Usage: "how often the flusher commits an open epoch of writes"},
+	{Key: "engine.undo_size", Flag: "engine-undo-size", Default: 256 << 20, Usage: "size of a new volume's undo FIFO in bytes; bounds an epoch and the atomic write size"},
+	{Key: "volume.default_backend", Flag: "volume-default-backend", Default: "file", Usage: "backend of new volumes that name none: file (pread/pwrite) or mmap"},
 	{Key: "api.listen", Flag: "api-listen", Default: "0.0.0.0:8080", Usage: "REST API and web UI address (host:port)"},
 	{Key: "api.token", Flag: "api-token", Default: "", Usage: "bearer token the REST API requires (default: DATA_DIR/api.token, generated on first start)", Secret: true},
 	{Key: "api.tls_cert", Flag: "api-tls-cert", Default: "", Usage: "PEM certificate file; with api.tls_key the API and UI are served over HTTPS"},
@@ -71,6 +76,26 @@ type Config struct {
 	API             API           `mapstructure:"api"`
 	Log             Log           `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	Cache           Cache         `mapstructure:"cache"`
+	Engine          Engine        `mapstructure:"engine"`
+	Volume          Volume        `mapstructure:"volume"`
+}
+
+// Cache holds the shared buffer cache's settings.
+type Cache struct {
+	Size       int64 `mapstructure:"size"`
+	DirtyLimit int64 `mapstructure:"dirty_limit"`
+}
+
+// Engine holds the I/O engine's settings.
+type Engine struct {
+	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	UndoSize      int64         `mapstructure:"undo_size"`
+}
+
+// Volume holds defaults for new volumes.
+type Volume struct {
+	DefaultBackend string `mapstructure:"default_backend"`
 }
 
 // ISCSI holds the iSCSI portal's settings.
@@ -192,6 +217,23 @@ func (c *Config) validate() error {
 	}
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
 		return errors.New("config: api.tls_cert and api.tls_key must be set together")
+	}
+	if c.Cache.Size != 0 && c.Cache.Size < 16<<20 {
+		return fmt.Errorf("config: cache.size %d: must be 0 (automatic) or at least 16 MiB", c.Cache.Size)
+	}
+	if c.Cache.DirtyLimit < 0 || (c.Cache.Size != 0 && c.Cache.DirtyLimit > c.Cache.Size) {
+		return fmt.Errorf("config: cache.dirty_limit %d: must be 0 (automatic) or at most cache.size", c.Cache.DirtyLimit)
+	}
+	if c.Engine.FlushInterval < 10*time.Millisecond {
+		return fmt.Errorf("config: engine.flush_interval %s: must be at least 10ms", c.Engine.FlushInterval)
+	}
+	if c.Engine.UndoSize < 1<<20 {
+		return fmt.Errorf("config: engine.undo_size %d: must be at least 1 MiB", c.Engine.UndoSize)
+	}
+	switch c.Volume.DefaultBackend {
+	case "file", "mmap":
+	default:
+		return fmt.Errorf("config: volume.default_backend %q: must be file or mmap", c.Volume.DefaultBackend)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -3,7 +3,6 @@ package service
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/anvilproject/anvil/catalog"
 	"github.com/anvilproject/anvil/engine"
@@ -158,10 +156,13 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 	// Validate everything but the size, which is known after the copy.
 	probe := spec
 	probe.SizeBytes = int64(max(spec.BlockSize, 512))
-	if err := probe.validate(); err != nil {
+	if err := probe.validate(s.defaultBackend); err != nil {
 		return catalog.Volume{}, err
 	}
-	spec.BlockSize = probe.BlockSize
+	if probe.Backend == string(engine.BackendBlock) {
+		return catalog.Volume{}, invalid("backend", "an image is imported into a file or mmap volume, not a block device")
+	}
+	spec.BlockSize, spec.Backend = probe.BlockSize, probe.Backend
 	if size > MaxVolumeSize {
 		return catalog.Volume{}, invalid("size_bytes", "image of %d bytes is larger than the maximum volume size %d", size, int64(MaxVolumeSize))
 	}
@@ -207,47 +208,23 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
 	}
 
-	naa, err := newNAA()
+	spec.SizeBytes = total
+	rec, err := s.newRecord(spec)
 	if err != nil {
-		return catalog.Volume{}, fmt.Errorf("generate NAA identifier: %w", err)
+		return catalog.Volume{}, err
 	}
-	rec := catalog.Volume{
-		Name:       spec.Name,
-		SizeBytes:  total,
-		BlockSize:  spec.BlockSize,
-		Thin:       true,
-		Backend:    "file",
-		Path:       filepath.Join(dir, spec.Name+".raw"),
-		WriteCache: spec.WriteCache == nil || *spec.WriteCache,
-		ReadOnly:   spec.ReadOnly,
-		Serial:     hex.EncodeToString(naa[1:]),
-		NAA:        hex.EncodeToString(naa),
-		Created:    time.Now().UTC(),
-	}
-
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.volumes[rec.Name]; ok {
-		return catalog.Volume{}, fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
-	}
-	if _, err := os.Stat(rec.Path); err == nil {
-		return catalog.Volume{}, fmt.Errorf("volume %q: data file %s already exists: %w", rec.Name, rec.Path, ErrExists)
+	if err := s.checkNewLocked(rec); err != nil {
+		return catalog.Volume{}, err
 	}
 	if err := os.Rename(tmpPath, rec.Path); err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", rec.Name, err)
 	}
 	keep = true
-	lv, err := s.openVolume(rec, false)
-	if err != nil {
-		os.Remove(rec.Path)
+	if rec, err = s.registerLocked(rec, false); err != nil {
 		return catalog.Volume{}, err
 	}
-	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.CreateVolume(rec) }); err != nil {
-		lv.vol.Close()
-		os.Remove(rec.Path)
-		return catalog.Volume{}, err
-	}
-	s.volumes[rec.Name] = lv
 	s.log.Info("imported volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "image_bytes", n, "block_size", rec.BlockSize)
 	return rec, nil
 }

@@ -66,15 +66,35 @@ type Options struct {
 	// Demo creates the demo volume and target the first time the data
 	// directory is used.
 	Demo bool
+	// Engine tunes the engine every volume opens with.
+	Engine EngineOptions
+	// DefaultBackend is the backend of new volumes that name none: "file"
+	// (default) or "mmap".
+	DefaultBackend string
 	// Logger receives the service's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
+// EngineOptions are the engine settings shared by every volume.
+type EngineOptions struct {
+	// Cache is the buffer cache all volumes share (one memory budget);
+	// nil means engine.DefaultCache().
+	Cache *engine.Cache
+	// FlushInterval is the background commit period; 0 means the engine's
+	// default (5 s).
+	FlushInterval time.Duration
+	// UndoSize is the size of a new volume's undo FIFO; 0 means the
+	// engine's default (256 MiB).
+	UndoSize int64
+}
+
 // Service is the daemon's live state.
 type Service struct {
-	dataDir string
-	cat     *catalog.Catalog
-	log     *slog.Logger
+	dataDir        string
+	cat            *catalog.Catalog
+	log            *slog.Logger
+	engine         EngineOptions
+	defaultBackend string
 
 	// mu guards the maps. Changes hold it exclusively across the catalog
 	// transaction and the live update, so the two never disagree as seen
@@ -107,12 +127,22 @@ func Open(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	backend, err := validateBackend(opts.DefaultBackend, string(engine.BackendFile))
+	if err != nil || backend == string(engine.BackendBlock) {
+		cat.Close()
+		return nil, fmt.Errorf("default volume backend %q: must be file or mmap", opts.DefaultBackend)
+	}
+	if opts.Engine.Cache == nil {
+		opts.Engine.Cache = engine.DefaultCache()
+	}
 	s := &Service{
-		dataDir: opts.DataDir,
-		cat:     cat,
-		log:     log,
-		volumes: map[string]*liveVolume{},
-		targets: map[string]*liveTarget{},
+		dataDir:        opts.DataDir,
+		cat:            cat,
+		log:            log,
+		engine:         opts.Engine,
+		defaultBackend: backend,
+		volumes:        map[string]*liveVolume{},
+		targets:        map[string]*liveTarget{},
 	}
 	if err := s.restore(); err != nil {
 		s.Close()
@@ -228,6 +258,13 @@ type VolumeSpec struct {
 	BlockSize  int   // 512 (default) or 4096
 	WriteCache *bool // default on
 	ReadOnly   bool
+	// Backend is "file" or "mmap" (a raw image in the data directory) or
+	// "block" (the raw block device Device); empty means the service's
+	// default backend.
+	Backend string
+	// Device is the block device of a "block" volume. Its size is the
+	// volume's size; SizeBytes may be left zero.
+	Device string
 }
 
 var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -237,7 +274,19 @@ var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // hold sparse files.
 const MaxVolumeSize = 64 << 40
 
-func (spec *VolumeSpec) validate() error {
+// validateBackend checks a backend name; empty means def.
+func validateBackend(b, def string) (string, error) {
+	if b == "" {
+		b = def
+	}
+	switch engine.Backend(b) {
+	case engine.BackendFile, engine.BackendMmap, engine.BackendBlock:
+		return b, nil
+	}
+	return "", invalid("backend", "%q: must be file, mmap or block", b)
+}
+
+func (spec *VolumeSpec) validate(defaultBackend string) error {
 	if !volumeName.MatchString(spec.Name) {
 		return invalid("name", "%q: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", spec.Name)
 	}
@@ -246,6 +295,23 @@ func (spec *VolumeSpec) validate() error {
 	}
 	if spec.BlockSize != 512 && spec.BlockSize != 4096 {
 		return invalid("block_size", "%d: must be 512 or 4096", spec.BlockSize)
+	}
+	var err error
+	if spec.Backend, err = validateBackend(spec.Backend, defaultBackend); err != nil {
+		return err
+	}
+	if spec.Backend == string(engine.BackendBlock) {
+		st, err := os.Stat(spec.Device)
+		if spec.Device == "" || err != nil || st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
+			return invalid("device", "%q: a block volume needs an existing block device", spec.Device)
+		}
+		if spec.SizeBytes != 0 {
+			return invalid("size_bytes", "a block volume takes its size from the device; leave size_bytes out")
+		}
+		return nil
+	}
+	if spec.Device != "" {
+		return invalid("device", "only a block volume has a device")
 	}
 	if spec.SizeBytes <= 0 || spec.SizeBytes > MaxVolumeSize || spec.SizeBytes%int64(spec.BlockSize) != 0 {
 		return invalid("size_bytes", "%d: must be a positive multiple of the block size (%d), at most %d", spec.SizeBytes, spec.BlockSize, int64(MaxVolumeSize))
@@ -264,12 +330,9 @@ func newNAA() ([]byte, error) {
 	return b, nil
 }
 
-// CreateVolume creates a thin volume's data file and catalog record and
-// opens it.
-func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Volume, error) {
-	if err := spec.validate(); err != nil {
-		return catalog.Volume{}, err
-	}
+// newRecord builds the catalog record of a new volume from a validated
+// spec, with a fresh NAA identifier and serial number.
+func (s *Service) newRecord(spec VolumeSpec) (catalog.Volume, error) {
 	naa, err := newNAA()
 	if err != nil {
 		return catalog.Volume{}, fmt.Errorf("generate NAA identifier: %w", err)
@@ -278,8 +341,8 @@ func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Vo
 		Name:       spec.Name,
 		SizeBytes:  spec.SizeBytes,
 		BlockSize:  spec.BlockSize,
-		Thin:       true,
-		Backend:    "file",
+		Thin:       spec.Backend != string(engine.BackendBlock),
+		Backend:    spec.Backend,
 		Path:       filepath.Join(s.dataDir, "volumes", spec.Name+".raw"),
 		WriteCache: spec.WriteCache == nil || *spec.WriteCache,
 		ReadOnly:   spec.ReadOnly,
@@ -287,53 +350,128 @@ func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Vo
 		NAA:        hex.EncodeToString(naa),
 		Created:    time.Now().UTC(),
 	}
+	if spec.Backend == string(engine.BackendBlock) {
+		rec.Path = spec.Device
+	}
+	return rec, nil
+}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// undoPath is where a volume's undo FIFO lives: always in the data
+// directory, also for block volumes, whose device holds only data.
+func (s *Service) undoPath(name string) string {
+	return filepath.Join(s.dataDir, "volumes", name+".undo")
+}
+
+// checkNewLocked fails if a volume named rec.Name exists or its files are
+// already there. The caller holds s.mu.
+func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	if _, ok := s.volumes[rec.Name]; ok {
-		return catalog.Volume{}, fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
+		return fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
 	}
-	if _, err := os.Stat(rec.Path); err == nil {
-		return catalog.Volume{}, fmt.Errorf("volume %q: data file %s already exists: %w", rec.Name, rec.Path, ErrExists)
+	paths := []string{s.undoPath(rec.Name)}
+	if rec.Backend != string(engine.BackendBlock) {
+		paths = append(paths, rec.Path)
 	}
-	lv, err := s.openVolume(rec, true)
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("volume %q: %s already exists: %w", rec.Name, p, ErrExists)
+		}
+	}
+	for _, lv := range s.volumes {
+		if lv.rec.Path == rec.Path {
+			return fmt.Errorf("volume %q: %s is already used by volume %q: %w", rec.Name, rec.Path, lv.rec.Name, ErrInUse)
+		}
+	}
+	return nil
+}
+
+// registerLocked opens a new volume and records it in the catalog; on
+// failure it removes the files it made. The caller holds s.mu.
+func (s *Service) registerLocked(rec catalog.Volume, create bool) (catalog.Volume, error) {
+	lv, err := s.openVolume(rec, create)
 	if err != nil {
+		s.removeFiles(rec)
 		return catalog.Volume{}, err
 	}
+	rec = lv.rec // a block volume learns its size from the device
 	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.CreateVolume(rec) }); err != nil {
 		lv.vol.Close()
-		os.Remove(rec.Path)
+		s.removeFiles(rec)
 		return catalog.Volume{}, err
 	}
 	s.volumes[rec.Name] = lv
-	s.log.Info("created volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "block_size", rec.BlockSize)
+	return rec, nil
+}
+
+// removeFiles deletes a volume's undo FIFO and, unless it is a block
+// device, its data file.
+func (s *Service) removeFiles(rec catalog.Volume) error {
+	var errs []error
+	paths := []string{s.undoPath(rec.Name)}
+	if rec.Backend != string(engine.BackendBlock) {
+		paths = append(paths, rec.Path)
+	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s of volume %q: %w", p, rec.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CreateVolume creates a volume's data file (thin) and catalog record and
+// opens it.
+func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Volume, error) {
+	if err := spec.validate(s.defaultBackend); err != nil {
+		return catalog.Volume{}, err
+	}
+	rec, err := s.newRecord(spec)
+	if err != nil {
+		return catalog.Volume{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkNewLocked(rec); err != nil {
+		return catalog.Volume{}, err
+	}
+	if rec, err = s.registerLocked(rec, true); err != nil {
+		return catalog.Volume{}, err
+	}
+	s.log.Info("created volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "block_size", rec.BlockSize, "backend", rec.Backend)
 	return rec, nil
 }
 
 // openVolume opens the engine volume for rec and wraps it in a logical unit.
 func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, error) {
 	if !create {
+		// A missing image must not be silently recreated empty.
 		if _, err := os.Stat(rec.Path); err != nil {
 			return nil, fmt.Errorf("volume %q: data file: %w", rec.Name, err)
 		}
 	}
-	var vol engine.Volume
-	switch rec.Backend {
-	case "file", "":
-		fv, err := engine.OpenFile(rec.Path, engine.FileOptions{
-			Name:          rec.Name,
-			BlockSize:     rec.BlockSize,
-			Size:          rec.SizeBytes,
-			ReadOnly:      rec.ReadOnly,
-			WriteCacheOff: !rec.WriteCache,
-		})
-		if err != nil {
-			return nil, err
-		}
-		vol = &countedVolume{Volume: fv}
-	default:
-		return nil, fmt.Errorf("volume %q: backend %q is not supported", rec.Name, rec.Backend)
+	ev, err := engine.Open(rec.Path, engine.Options{
+		Name:          rec.Name,
+		Size:          rec.SizeBytes,
+		BlockSize:     rec.BlockSize,
+		Backend:       engine.Backend(rec.Backend),
+		UndoPath:      s.undoPath(rec.Name),
+		UndoSize:      s.engine.UndoSize,
+		Cache:         s.engine.Cache,
+		FlushInterval: s.engine.FlushInterval,
+		WriteCacheOff: !rec.WriteCache,
+		ReadOnly:      rec.ReadOnly,
+		Logger:        s.log.With("volume", rec.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)
 	}
+	if rec.Backend == string(engine.BackendBlock) {
+		rec.SizeBytes = ev.Size()
+	} else if ev.Size() != rec.SizeBytes {
+		s.log.Warn("data file size differs from the catalog; using the file's", "volume", rec.Name, "catalog", rec.SizeBytes, "file", ev.Size())
+		rec.SizeBytes = ev.Size()
+	}
+	vol := engine.Volume(&countedVolume{Volume: ev})
 	naa, err := hex.DecodeString(rec.NAA)
 	if err != nil {
 		vol.Close()
@@ -488,8 +626,8 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 	if err := lv.vol.Close(); err != nil {
 		s.log.Warn("closing deleted volume", "volume", name, "err", err)
 	}
-	if err := os.Remove(lv.rec.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove data file of volume %q: %w", name, err)
+	if err := s.removeFiles(lv.rec); err != nil {
+		return err
 	}
 	s.log.Info("deleted volume", "volume", name, "unmapped_from", mappedBy)
 	return nil

@@ -17,6 +17,7 @@ import (
 
 	"github.com/anvilproject/anvil/api"
 	"github.com/anvilproject/anvil/config"
+	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
 )
@@ -64,7 +65,18 @@ func serve(cfg *config.Config) error {
 	log := newLogger(cfg.Log)
 	slog.SetDefault(log)
 
-	svc, err := service.Open(service.Options{DataDir: cfg.DataDir, Demo: cfg.Demo, Logger: log})
+	cache := engine.NewCache(engine.CacheOptions{Size: cfg.Cache.Size, DirtyLimit: cfg.Cache.DirtyLimit})
+	svc, err := service.Open(service.Options{
+		DataDir: cfg.DataDir,
+		Demo:    cfg.Demo,
+		Engine: service.EngineOptions{
+			Cache:         cache,
+			FlushInterval: cfg.Engine.FlushInterval,
+			UndoSize:      cfg.Engine.UndoSize,
+		},
+		DefaultBackend: cfg.Volume.DefaultBackend,
+		Logger:         log,
+	})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,44 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// FaultRequest sets a volume's fault injection.
+type FaultRequest struct {
+	// Rate is the number of backing I/Os in every 10,000 that fail with
+	// EIO; 0 turns injection off.
+	Rate int `json:"rate"`
+	// Seed makes the failure pattern repeatable.
+	Seed uint64 `json:"seed"`
+}
+
+func (s *server) setFaults(c echo.Context) error {
+	name := c.Param("name")
+	var req FaultRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if err := s.svc.SetFaultInjection(name, req.Rate, req.Seed); err != nil {
+		return err
+	}
+	rec, err := s.svc.Volume(name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}
+
+func (s *server) clearError(c echo.Context) error {
+	name := c.Param("name")
+	if err := s.svc.ClearError(name); err != nil {
+		return err
+	}
+	rec, err := s.svc.Volume(name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}

@@ -1,0 +1,74 @@
+package service
+
+import (
+	"fmt"
+
+	"github.com/anvilproject/anvil/engine"
+)
+
+// faultable is the engine's runtime fault-injection and error-recovery
+// surface (engine.CachedVolume).
+type faultable interface {
+	SetFaultRate(n int, seed uint64)
+	ClearError() error
+	Err() error
+}
+
+func (s *Service) faultable(name string) (faultable, error) {
+	s.mu.RLock()
+	lv, ok := s.volumes[name]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	f, ok := base(lv.vol).(faultable)
+	if !ok {
+		return nil, fmt.Errorf("volume %q: the engine cannot inject faults: %w", name, ErrNotSupported)
+	}
+	return f, nil
+}
+
+// SetFaultInjection makes a volume fail rate of every 10,000 backing I/Os
+// with EIO, chosen by a generator seeded with seed so that the same
+// failures repeat run after run. Rate 0 turns injection off. It exists to
+// test Anvil and the initiators that use it against a failing disk.
+func (s *Service) SetFaultInjection(name string, rate int, seed uint64) error {
+	if rate < 0 || rate > 10000 {
+		return invalid("rate", "%d: must be 0..10000 (failures per 10,000 I/Os)", rate)
+	}
+	f, err := s.faultable(name)
+	if err != nil {
+		return err
+	}
+	f.SetFaultRate(rate, seed)
+	s.log.Warn("fault injection", "volume", name, "rate_per_10000", rate, "seed", seed)
+	return nil
+}
+
+// VolumeError reports why a volume is frozen read-only after a failed
+// commit, or nil when it is healthy.
+func (s *Service) VolumeError(name string) error {
+	f, err := s.faultable(name)
+	if err != nil {
+		return nil
+	}
+	return f.Err()
+}
+
+// ClearError returns a volume that a failed commit froze read-only to
+// service: the failed epoch is rolled back from the undo FIFO and writes
+// are accepted again. It fails with engine.ErrMedium while the backing
+// store still fails.
+func (s *Service) ClearError(name string) error {
+	f, err := s.faultable(name)
+	if err != nil {
+		return err
+	}
+	if err := f.ClearError(); err != nil {
+		return fmt.Errorf("clear error of volume %q: %w", name, err)
+	}
+	s.log.Info("cleared volume error", "volume", name)
+	return nil
+}
+
+var _ faultable = (*engine.CachedVolume)(nil)
