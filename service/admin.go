@@ -295,18 +295,10 @@ func (s *Service) SetCHAP(iqn string, c *catalog.CHAP) error {
 		cc := *c
 		c = &cc
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	lt, ok := s.targets[strings.ToLower(iqn)]
-	if !ok {
-		return fmt.Errorf("target %q: %w", iqn, ErrNotFound)
-	}
-	rec := lt.rec
-	rec.CHAP = c
-	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutTarget(rec) }); err != nil {
+	rec, err := s.updateTarget(iqn, func(rec *catalog.Target) error { rec.CHAP = c; return nil })
+	if err != nil {
 		return err
 	}
-	lt.rec = rec
 	s.log.Info("set CHAP", "target", rec.IQN, "enabled", c != nil, "mutual", c != nil && c.MutualUser != "")
 	return nil
 }

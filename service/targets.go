@@ -297,18 +297,31 @@ func (s *Service) SetACL(iqn string, acl catalog.ACL) error {
 			return err
 		}
 	}
+	rec, err := s.updateTarget(iqn, func(rec *catalog.Target) error { rec.ACL = acl; return nil })
+	if err != nil {
+		return err
+	}
+	s.log.Info("set ACL", "target", rec.IQN, "open", acl.Open, "initiators", len(acl.Initiators))
+	return nil
+}
+
+// updateTarget applies change to a copy of a target's record, saves it in
+// one catalog transaction and only then makes it the live record, so a
+// failed save changes nothing.
+func (s *Service) updateTarget(iqn string, change func(*catalog.Target) error) (catalog.Target, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lt, ok := s.targets[strings.ToLower(iqn)]
 	if !ok {
-		return fmt.Errorf("target %q: %w", iqn, ErrNotFound)
+		return catalog.Target{}, fmt.Errorf("target %q: %w", iqn, ErrNotFound)
 	}
 	rec := lt.rec
-	rec.ACL = acl
+	if err := change(&rec); err != nil {
+		return catalog.Target{}, err
+	}
 	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutTarget(rec) }); err != nil {
-		return err
+		return catalog.Target{}, err
 	}
 	lt.rec = rec
-	s.log.Info("set ACL", "target", rec.IQN, "open", acl.Open, "initiators", len(acl.Initiators))
-	return nil
+	return rec, nil
 }
