@@ -45,6 +45,8 @@ func WriteRestartVerify(t *testing.T, opts harness.Options, iqn string, guest Gu
 
 	w := guest
 	w.Phase, w.Name = PhaseWrite, "write"
+	// Anvil's volumes are thin: the guest's fstrim must reach UNMAP.
+	w.WantTrim = true
 	b1 := RunPhase(t, w)
 
 	switch how {

@@ -12,7 +12,7 @@ func goodMarkers(phase string, seed uint64) []string {
 	raw := "raw-sha256=" + guestdata.PatternSHA256(seed, 0, RawPatternBytes)
 	sum := "checksums=" + guestdata.ManifestSHA256(seed)
 	if phase == PhaseWrite {
-		return []string{"raw-ok " + raw, sum, "fsck-ok first", sum, "raw-after-fs " + raw, "DONE"}
+		return []string{"raw-ok " + raw, sum, "fsck-ok first", sum, "fsck-ok after-trim", sum, "raw-after-fs " + raw, "DONE"}
 	}
 	return []string{"raw-ok " + raw, "fsck-ok verify", sum, "DONE"}
 }

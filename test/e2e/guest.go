@@ -83,6 +83,9 @@ type GuestConfig struct {
 	// OnMarker, when set, sees each marker as it arrives; returning true
 	// powers the guest off at once (qemu is killed), as a power cut.
 	OnMarker func(marker string) (cut bool)
+	// WantTrim makes CheckPhase require that fstrim worked in a write
+	// phase (the target supports UNMAP); tgt's default LUN does not.
+	WantTrim bool
 	// Timeout bounds the boot (default DefaultBootTimeout).
 	Timeout time.Duration
 	// MemoryMiB is the guest's RAM (default 512).
@@ -348,7 +351,7 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 	var want []string
 	switch cfg.Phase {
 	case PhaseWrite, PhaseNVMeWrite:
-		want = []string{"raw-ok", "raw-after-fs", "fsck-ok first"}
+		want = []string{"raw-ok", "raw-after-fs", "fsck-ok first", "fsck-ok after-trim"}
 	case PhaseVerify, PhaseNVMeVerify:
 		want = []string{"raw-ok", "fsck-ok verify"}
 	case PhaseLogin:
@@ -370,6 +373,12 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 			if got[k] != v {
 				return fmt.Errorf("login negotiated %s=%q, want %q (all: %v)", k, got[k], v, got)
 			}
+		}
+	}
+	if cfg.WantTrim && (cfg.Phase == PhaseWrite || cfg.Phase == PhaseNVMeWrite) {
+		if _, ok := b.Marker("fstrim-ok"); !ok {
+			u, _ := b.Marker("fstrim-unsupported")
+			return fmt.Errorf("fstrim did not work:%s", u)
 		}
 	}
 	rawWant := "raw-sha256=" + guestdata.PatternSHA256(cfg.Seed, 0, RawPatternBytes)

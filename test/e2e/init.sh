@@ -214,6 +214,20 @@ write | nvme-write)
 	fsck first
 	mount -t ext4 "$DEV" /mnt || fail "remount"
 	manifest
+	# Free two files' extents, hand them back to the target (UNMAP, if it
+	# offers thin provisioning), then write the files again into that space.
+	rm /mnt/big/eight-mib /mnt/a/b/c/three-mib-odd || fail "rm"
+	sync
+	if out=$(fstrim -v /mnt 2>&1); then
+		mark "fstrim-ok $out"
+	else
+		mark "fstrim-unsupported $out"
+	fi
+	e2e-guest tree-write /mnt "$SEED" big/eight-mib a/b/c/three-mib-odd || fail "rewrite after fstrim"
+	umount /mnt || fail "umount after rewrite"
+	fsck after-trim
+	mount -t ext4 "$DEV" /mnt || fail "mount after trim"
+	manifest
 	umount /mnt || fail "umount after remount"
 	# mkfs may have discarded the filesystem's range; the pattern beyond it
 	# must have survived.

@@ -7,7 +7,7 @@
 //
 //	e2e-guest raw-write  DEV OFFSET SIZE SEED
 //	e2e-guest raw-verify DEV OFFSET SIZE SEED
-//	e2e-guest tree-write DIR SEED
+//	e2e-guest tree-write DIR SEED [PATH...]
 //	e2e-guest manifest   SEED
 //
 // OFFSET and SIZE are bytes (multiples of 4096); SEED is a decimal or 0x
@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -77,12 +78,12 @@ func run(args []string) error {
 			return rawGens(a[0], n[0], n[1], uint64(n[2]), n[3])
 		}
 		return rawCheckGens(a[0], n[0], n[1], uint64(n[2]), n[3], n[4])
-	case cmd == "tree-write" && len(a) == 2:
+	case cmd == "tree-write" && len(a) >= 2:
 		seed, err := strconv.ParseUint(a[1], 0, 64)
 		if err != nil {
 			return fmt.Errorf("tree-write: bad seed: %w", err)
 		}
-		return treeWrite(a[0], seed)
+		return treeWrite(a[0], seed, a[2:])
 	case cmd == "manifest" && len(a) == 1:
 		seed, err := strconv.ParseUint(a[0], 0, 64)
 		if err != nil {
@@ -92,7 +93,7 @@ func run(args []string) error {
 		return nil
 	}
 	return fmt.Errorf("usage: raw-write|raw-verify DEV OFFSET SIZE SEED | raw-gens DEV OFFSET SIZE SEED GENS | " +
-		"raw-check-gens DEV OFFSET SIZE SEED LO HI | tree-write DIR SEED | manifest SEED")
+		"raw-check-gens DEV OFFSET SIZE SEED LO HI | tree-write DIR SEED [PATH...] | manifest SEED")
 }
 
 // alignedBuffer returns a page-aligned buffer, as O_DIRECT requires.
@@ -291,8 +292,13 @@ func rawCheckGens(dev string, off, size int64, seed uint64, lo, hi int64) error 
 	return nil
 }
 
-func treeWrite(root string, seed uint64) error {
+// treeWrite writes the files of the tree under root, or only those named
+// in only (tree paths) when it is not empty.
+func treeWrite(root string, seed uint64, only []string) error {
 	for _, tf := range guestdata.Tree {
+		if len(only) > 0 && !slices.Contains(only, tf.Path) {
+			continue
+		}
 		p := filepath.Join(root, filepath.FromSlash(tf.Path))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return fmt.Errorf("mkdir for %s: %w", tf.Path, err)
