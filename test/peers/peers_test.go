@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -254,13 +255,38 @@ func TestQemuImgRoundTrip(t *testing.T) {
 	d.Restart()
 	checkLUN(t, d, dir, first, "after SIGTERM and restart")
 
-	// qemu-img convert ends with a flush (SYNCHRONIZE CACHE), so once it
-	// returns the second image is durable and must survive a crash.
+	// qemu-img convert's destination cache mode defaults to "unsafe",
+	// which never flushes; with -t writeback it ends with SYNCHRONIZE
+	// CACHE, so once it returns the second image is durable and must
+	// survive a crash.
 	second := writeRandomImage(t, filepath.Join(dir, "second.img"), 2)
-	run(t, d, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", filepath.Join(dir, "second.img"), url)
+	flushesBefore := flushCount(t, d)
+	run(t, d, "qemu-img", "convert", "-t", "writeback", "-n", "-f", "raw", "-O", "raw", filepath.Join(dir, "second.img"), url)
+	// The premise of the crash check: the daemon saw the flush.
+	if n := flushCount(t, d); n <= flushesBefore {
+		t.Fatalf("qemu-img convert -t writeback sent no SYNCHRONIZE CACHE (volume flush count %d, then %d)", flushesBefore, n)
+	}
 	d.Kill()
 	d.Restart()
 	checkLUN(t, d, dir, second, "after overwrite, SIGKILL and restart")
+}
+
+// flushCount returns the demo volume's flush counter from the CLI (REST
+// API) statistics.
+func flushCount(t *testing.T, d *harness.Daemon) int64 {
+	t.Helper()
+	out := run(t, d, harness.Binary(t), "volume", "show", "demo", "-o", "json", "--api", d.API, "--data-dir", d.DataDir)
+	var v struct {
+		Stats struct {
+			Flush struct {
+				Ops *int64 `json:"ops"`
+			} `json:"flush"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil || v.Stats.Flush.Ops == nil {
+		t.Fatalf("volume show: no stats.flush.ops (%v) in:\n%s", err, out)
+	}
+	return *v.Stats.Flush.Ops
 }
 
 // imgSize is what TestQemuImgRoundTrip writes: 64 MiB.
