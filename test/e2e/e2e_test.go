@@ -37,6 +37,28 @@ func TestOpenISCSIGuestLiveRestart(t *testing.T) {
 	LiveRestart(t, harness.Options{}, harness.DemoIQN)
 }
 
+// TestOpenISCSIGuestMultipath logs in twice to the demo target (two
+// sessions, distinct ISIDs, as dm-multipath setups do) and checks both
+// paths expose one LU with the same identifier and the same data.
+func TestOpenISCSIGuestMultipath(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	d := harness.Start(t, harness.Options{})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log (%s), last lines:\n%s", d.LogPath, tailLines(d.Log(), 80))
+		}
+	})
+	RunPhase(t, GuestConfig{
+		Portal: d.ISCSI, IQN: harness.DemoIQN, Phase: PhaseMultipath, Seed: Seed(t),
+		Params:      map[string]string{"login": "iscsiadm"},
+		ISCSIParams: []string{"node.session.nr_sessions=2"},
+	})
+	if n := strings.Count(d.Log(), "iscsi: login"); n < 3 { // discovery + two sessions
+		t.Errorf("daemon saw %d logins, want discovery plus two sessions", n)
+	}
+	CheckDaemonLog(t, d)
+}
+
 // TestOpenISCSIGuestTgt runs the same two boots against Debian's tgtd. It
 // checks the harness rather than Anvil, so it runs only on request:
 // ANVIL_E2E_PEER=tgt go test ./test/e2e -run Tgt

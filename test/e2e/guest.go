@@ -48,6 +48,9 @@ const (
 	PhasePowerCutWrite = "power-cut-write"
 	// PhaseLogin only logs in and waits for the disk.
 	PhaseLogin = "login"
+	// PhaseMultipath expects two sessions to the target (iscsiadm with
+	// node.session.nr_sessions=2) and checks both paths see one LU.
+	PhaseMultipath = "multipath"
 	// PhaseLiveWrite writes Params["gens"] generations of a raw region
 	// while the host restarts the target, then checks the last one; it
 	// needs Params["login"]="iscsiadm" so iscsid recovers the session.
@@ -357,6 +360,11 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 	case PhaseLogin:
 		if _, ok := b.Marker("disk "); !ok {
 			return fmt.Errorf("guest never reported its disk")
+		}
+		return nil
+	case PhaseMultipath:
+		if _, ok := b.Marker("paths-ok"); !ok {
+			return fmt.Errorf("guest never reported paths-ok")
 		}
 		return nil
 	case PhasePowerCutVerify, PhaseLiveWrite:

@@ -250,6 +250,29 @@ power-cut-write)
 login)
 	# Logging in and seeing the disk is the whole check (CHAP tests).
 	;;
+multipath)
+	# Two sessions to one target (node.session.nr_sessions=2): two SCSI
+	# disks that must be the same LU, and what one path writes the other
+	# must read.
+	for i in $(seq 1 150); do [ -b /dev/sdb ] && break; sleep 0.2; done
+	[ -b /dev/sdb ] || fail "second path never appeared"
+	mark "sessions=$(ls -d /sys/class/iscsi_session/session* | wc -l)"
+	wa=$(cat /sys/block/sda/device/wwid) wb=$(cat /sys/block/sdb/device/wwid)
+	mark "wwid sda=$wa sdb=$wb"
+	[ -n "$wa" ] && [ "$wa" = "$wb" ] || fail "the paths report different LUs"
+	sz=$(param rawsize 16777216)
+	e2e-guest raw-gens /dev/sda "$RAWOFF" "$sz" "$SEED" 1 >/dev/null || fail "write via sda"
+	e2e-guest raw-check-gens /dev/sdb "$RAWOFF" "$sz" "$SEED" 1 1 >/dev/null 2>/tmp/raw.err || {
+		sed 's/^/raw: /' /tmp/raw.err
+		fail "sdb does not read what sda wrote"
+	}
+	e2e-guest raw-gens /dev/sdb "$RAWOFF" "$sz" "$((SEED + 1))" 1 >/dev/null || fail "write via sdb"
+	e2e-guest raw-check-gens /dev/sda "$RAWOFF" "$sz" "$((SEED + 1))" 1 1 >/dev/null 2>/tmp/raw.err || {
+		sed 's/^/raw: /' /tmp/raw.err
+		fail "sda does not read what sdb wrote"
+	}
+	mark "paths-ok"
+	;;
 live-write)
 	# The host restarts the daemon meanwhile; iscsid must recover the
 	# session and the writes must carry on to the last generation.
