@@ -17,6 +17,11 @@ echo "== unit tests"
 # Packages outside test/ are self-contained and run in parallel.
 go test -count=1 -race -timeout 30m $(go list ./... | grep -v '/test/')
 
+echo "== crash simulator, long form"
+# Thousands of random crash points (including crashes during recovery)
+# against the engine's promise; the unit run above covers a few hundred.
+ANVIL_CRASH_ITERS=10000 go test -count=1 -run 'TestCrashConsistency' -timeout 30m ./engine/
+
 echo "== end-to-end tests against real peers"
 # One package at a time: each boots daemons, qemu guests or iscsi-test-cu,
 # and the machine has two cores.
