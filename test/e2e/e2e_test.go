@@ -18,7 +18,13 @@ func TestOpenISCSIGuest(t *testing.T) {
 
 // TestOpenISCSIGuestCrash is TestOpenISCSIGuest with SIGKILL instead of
 // SIGTERM between the boots: everything the guest flushed must survive.
+// TestOpenISCSIGuestPowerCut checks the same promise more sharply (with
+// writes in flight) in a third of the time, so this one runs only with
+// ANVIL_E2E_FULL=1 to keep the default e2e run inside its CI budget.
 func TestOpenISCSIGuestCrash(t *testing.T) {
+	if os.Getenv("ANVIL_E2E_FULL") == "" {
+		t.Skip("set ANVIL_E2E_FULL=1 to run the ext4 write/SIGKILL/verify variant (~80 s)")
+	}
 	harness.NeedTool(t, "qemu-system-x86_64")
 	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{}, Crash)
 }
