@@ -43,9 +43,6 @@ const (
 	PhaseNVMeWrite  = "nvme-write"  // PhaseWrite over nvme-tcp
 	PhaseNVMeVerify = "nvme-verify" // PhaseVerify over nvme-tcp
 
-	// PhasePowerCutWrite overwrites a raw region with generation after
-	// generation, flushing after each; the host cuts power meanwhile.
-	PhasePowerCutWrite = "power-cut-write"
 	// PhaseLogin only logs in and waits for the disk.
 	PhaseLogin = "login"
 	// PhaseMultipath expects two sessions to the target (iscsiadm with
@@ -55,6 +52,9 @@ const (
 	// while the host restarts the target, then checks the last one; it
 	// needs Params["login"]="iscsiadm" so iscsid recovers the session.
 	PhaseLiveWrite = "live-write"
+	// PhasePowerCutWrite overwrites a raw region with generation after
+	// generation, flushing after each; the host cuts power meanwhile.
+	PhasePowerCutWrite = "power-cut-write"
 	// PhasePowerCutVerify checks every block holds a generation in
 	// [Params["lo"], Params["hi"]].
 	PhasePowerCutVerify = "power-cut-verify"
@@ -75,8 +75,9 @@ type GuestConfig struct {
 	Seed uint64
 	// TPGT is the target portal group tag iscsistart asks for (default 1).
 	TPGT int
-	// ISCSIParams are passed to iscsistart as -P NAME=VALUE, e.g.
-	// "node.conn[0].iscsi.HeaderDigest=CRC32C".
+	// ISCSIParams are open-iscsi node settings NAME=VALUE, e.g.
+	// "node.conn[0].iscsi.HeaderDigest=CRC32C": iscsistart -P, or
+	// iscsiadm -o update when Params["login"] is "iscsiadm".
 	ISCSIParams []string
 	// WantNegotiated are login results the boot must show (keys of
 	// Boot.Negotiated), checked by CheckPhase.
