@@ -16,6 +16,14 @@ func TestOpenISCSIGuest(t *testing.T) {
 	WriteRestartVerify(t, harness.Options{}, harness.DemoIQN, GuestConfig{}, Graceful)
 }
 
+// TestOpenISCSIGuestMmap is the same scenario with the demo volume on the
+// engine's mmap backend (an LRU of mapped windows instead of pread/pwrite).
+func TestOpenISCSIGuestMmap(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	opts := harness.Options{Args: []string{"--volume-default-backend", "mmap"}}
+	WriteRestartVerify(t, opts, harness.DemoIQN, GuestConfig{}, Graceful)
+}
+
 // TestOpenISCSIGuestCrash is TestOpenISCSIGuest with SIGKILL instead of
 // SIGTERM between the boots: everything the guest flushed must survive.
 // TestOpenISCSIGuestPowerCut checks the same promise more sharply (with
