@@ -25,6 +25,7 @@ func newVolumeCmd() *cobra.Command {
 	cmd.AddCommand(
 		volumeListCmd(&cf), volumeShowCmd(&cf), volumeCreateCmd(&cf), volumeResizeCmd(&cf),
 		volumeSetCmd(&cf), volumeDeleteCmd(&cf), volumeImportCmd(&cf),
+		volumeFaultsCmd(&cf), volumeClearErrorCmd(&cf),
 	)
 	return cmd
 }
@@ -99,23 +100,28 @@ func volumeShowCmd(cf *clientFlags) *cobra.Command {
 }
 
 func volumeCreateCmd(cf *clientFlags) *cobra.Command {
-	var size string
+	var size, backend, device string
 	var blockSize int
 	var noCache, readOnly bool
 	cmd := &cobra.Command{
-		Use:   "create NAME --size SIZE",
-		Short: "Create a thin volume",
+		Use:   "create NAME (--size SIZE | --backend block --device DEV)",
+		Short: "Create a volume: thin on a raw image, or on a block device",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := parseSize(size)
-			if err != nil {
-				return err
+			var n int64
+			if size != "" {
+				var err error
+				if n, err = parseSize(size); err != nil {
+					return err
+				}
+			} else if backend != "block" {
+				return fmt.Errorf("--size is required (except for --backend block, which takes the device's size)")
 			}
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			req := api.CreateVolumeRequest{Name: args[0], SizeBytes: n, BlockSize: blockSize, ReadOnly: readOnly}
+			req := api.CreateVolumeRequest{Name: args[0], SizeBytes: n, BlockSize: blockSize, ReadOnly: readOnly, Backend: backend, Device: device}
 			if noCache {
 				off := false
 				req.WriteCache = &off
@@ -132,8 +138,58 @@ func volumeCreateCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().IntVar(&blockSize, "block-size", 0, "logical block size, 512 (default) or 4096")
 	cmd.Flags().BoolVar(&noCache, "no-write-cache", false, "make every write durable before it is acknowledged")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "refuse writes")
-	cmd.MarkFlagRequired("size")
+	cmd.Flags().StringVar(&backend, "backend", "", "data backend: file (pread/pwrite), mmap, or block (default: the daemon's volume.default_backend)")
+	cmd.Flags().StringVar(&device, "device", "", "block device of a --backend block volume")
 	return cmd
+}
+
+// volumeFaultsCmd sets a volume's fault injection, for testing initiators
+// (and Anvil) against a failing disk.
+func volumeFaultsCmd(cf *clientFlags) *cobra.Command {
+	var rate int
+	var seed uint64
+	cmd := &cobra.Command{
+		Use:   "faults NAME --rate N [--seed S]",
+		Short: "Fail N of every 10,000 backing I/Os with EIO (seeded, repeatable); --rate 0 stops",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var v api.Volume
+			raw, err := c.do(http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed}, &v)
+			if err != nil {
+				return err
+			}
+			return printVolumes(cmd, c, raw, []api.Volume{v})
+		},
+	}
+	cmd.Flags().IntVar(&rate, "rate", 0, "failures per 10,000 backing I/Os (0..10000)")
+	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the failure pattern")
+	cmd.MarkFlagRequired("rate")
+	return cmd
+}
+
+// volumeClearErrorCmd returns a volume frozen by a failed commit to service.
+func volumeClearErrorCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "clear-error NAME",
+		Short: "Accept writes again on a volume a failed commit made read-only",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var v api.Volume
+			raw, err := c.do(http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/clear-error", nil, &v)
+			if err != nil {
+				return err
+			}
+			return printVolumes(cmd, c, raw, []api.Volume{v})
+		},
+	}
 }
 
 func volumeResizeCmd(cf *clientFlags) *cobra.Command {

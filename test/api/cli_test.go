@@ -119,6 +119,24 @@ func TestCLI(t *testing.T) {
 	}
 	contains(t, "volume show", c.ok("volume", "show", "v1"), "Name:", "v1", "67108864 bytes", "Reads:")
 
+	// backend choice, fault injection, clear-error
+	c.ok("volume", "create", "vm", "--size", "16M", "--backend", "mmap")
+	var vm struct {
+		Backend string `json:"backend"`
+	}
+	d.must("GET", "/api/v1/volumes/vm", "", 200, &vm)
+	if vm.Backend != "mmap" {
+		t.Errorf("volume create --backend mmap made a %q volume", vm.Backend)
+	}
+	contains(t, "bad backend", c.fails("volume", "create", "vx", "--size", "16M", "--backend", "tape"), "backend", "HTTP 400")
+	contains(t, "block without device", c.fails("volume", "create", "vb", "--backend", "block"), "device", "HTTP 400")
+	c.ok("volume", "faults", "vm", "--rate", "10", "--seed", "3")
+	contains(t, "faults out of range", c.fails("volume", "faults", "vm", "--rate", "10001"), "rate", "HTTP 400")
+	c.ok("volume", "faults", "vm", "--rate", "0")
+	c.ok("volume", "clear-error", "vm")
+	c.fails("volume", "clear-error", "nosuch")
+	c.ok("volume", "delete", "vm")
+
 	// resize / set
 	contains(t, "volume resize", c.ok("volume", "resize", "v1", "--size", "128M"), "128.0 MiB")
 	if v := getVol("v1"); v.SizeBytes != 128<<20 {
