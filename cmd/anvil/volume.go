@@ -153,16 +153,7 @@ func volumeFaultsCmd(cf *clientFlags) *cobra.Command {
 		Short: "Fail N of every 10,000 backing I/Os with EIO (seeded, repeatable); --rate 0 stops",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var v api.Volume
-			raw, err := c.do(http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed}, &v)
-			if err != nil {
-				return err
-			}
-			return printVolumes(cmd, c, raw, []api.Volume{v})
+			return volumeRequest(cmd, cf, http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed})
 		},
 	}
 	cmd.Flags().IntVar(&rate, "rate", 0, "failures per 10,000 backing I/Os (0..10000)")
@@ -178,16 +169,7 @@ func volumeClearErrorCmd(cf *clientFlags) *cobra.Command {
 		Short: "Accept writes again on a volume a failed commit made read-only",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var v api.Volume
-			raw, err := c.do(http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/clear-error", nil, &v)
-			if err != nil {
-				return err
-			}
-			return printVolumes(cmd, c, raw, []api.Volume{v})
+			return volumeRequest(cmd, cf, http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/clear-error", nil)
 		},
 	}
 }
@@ -255,12 +237,18 @@ func parseOnOff(s string) (bool, error) {
 }
 
 func patchVolume(cmd *cobra.Command, cf *clientFlags, name string, req api.PatchVolumeRequest) error {
+	return volumeRequest(cmd, cf, http.MethodPatch, "/volumes/"+url.PathEscape(name), req)
+}
+
+// volumeRequest sends one API request whose answer is a volume, and prints
+// that volume.
+func volumeRequest(cmd *cobra.Command, cf *clientFlags, method, path string, in any) error {
 	c, err := cf.client()
 	if err != nil {
 		return err
 	}
 	var v api.Volume
-	raw, err := c.do(http.MethodPatch, "/volumes/"+url.PathEscape(name), req, &v)
+	raw, err := c.do(method, path, in, &v)
 	if err != nil {
 		return err
 	}
