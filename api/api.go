@@ -10,6 +10,7 @@
 package api
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
@@ -54,7 +55,9 @@ const maxJSONBody = 1 << 20
 type server struct {
 	svc      *service.Service
 	sessions Sessions
-	token    []byte
+	// tokenSum is the SHA-256 of the bearer token: requests are checked by
+	// digest, so the server keeps no copy of the token itself.
+	tokenSum [sha256.Size]byte
 	log      *slog.Logger
 	metrics  *metrics
 	started  time.Time
@@ -77,7 +80,7 @@ func newEcho(o Options) *echo.Echo {
 	s := &server{
 		svc:      o.Service,
 		sessions: o.Sessions,
-		token:    []byte(o.Token),
+		tokenSum: sha256.Sum256([]byte(o.Token)),
 		log:      o.Logger,
 		started:  time.Now(),
 	}
@@ -161,7 +164,8 @@ func (s *server) auth(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		h := c.Request().Header.Get(echo.HeaderAuthorization)
 		tok, ok := strings.CutPrefix(h, "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), s.token) != 1 {
+		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
 			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="anvil"`)
 			return &apiError{status: http.StatusUnauthorized, msg: "missing or invalid bearer token"}
 		}

@@ -109,6 +109,12 @@ func serve(cfg *config.Config) error {
 	if created {
 		log.Info("generated API token", "file", filepath.Join(cfg.DataDir, api.TokenFile))
 	}
+	if rotated, err := svc.RecordAPIToken(token); err != nil {
+		iscsiLn.Close()
+		return err
+	} else if rotated {
+		log.Warn("the API token differs from the one in use at the last start; clients with the old token get 401")
+	}
 	apiLn, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		iscsiLn.Close()
