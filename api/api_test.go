@@ -190,6 +190,17 @@ func TestVolumeLifecycle(t *testing.T) {
 	if err != nil || ev.Size() != 2<<30 {
 		t.Errorf("engine volume size after resize: %v %v", ev.Size(), err)
 	}
+	// A request with one bad field changes nothing, not even its good ones.
+	status, body := e.do("PATCH", "/api/v1/volumes/db1", `{"size_bytes":512,"write_cache":false,"read_only":true}`)
+	if status != 400 || !strings.Contains(string(body), `"field":"size_bytes"`) {
+		t.Errorf("PATCH with a bad size: %d %s", status, body)
+	}
+	if rec, _ := e.svc.Volume("db1"); !rec.WriteCache || rec.ReadOnly || rec.SizeBytes != 2<<30 {
+		t.Errorf("a refused PATCH changed the volume: %+v", rec)
+	}
+	if !ev.WriteCache() || ev.ReadOnly() {
+		t.Errorf("a refused PATCH changed the engine: wc=%v ro=%v", ev.WriteCache(), ev.ReadOnly())
+	}
 	e.must("PATCH", "/api/v1/volumes/db1", `{"write_cache":false,"read_only":true}`, 200, &v)
 	if v.WriteCache || !v.ReadOnly {
 		t.Errorf("after patch: %+v", v)

@@ -104,11 +104,25 @@ func (s *server) patchVolume(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	// Apply the size first: it is the change most likely to be refused,
-	// and a refused request should change nothing.
+	// All or nothing: the size is checked before anything changes, the
+	// cheap reversible settings go first, and they are put back if the
+	// resize itself fails.
 	if req.SizeBytes != nil {
-		if rec, err = s.svc.ResizeVolume(c.Request().Context(), name, *req.SizeBytes); err != nil {
+		if err := s.svc.CheckResize(name, *req.SizeBytes); err != nil {
 			return err
+		}
+	}
+	before := rec
+	revert := func() {
+		if req.WriteCache != nil && before.WriteCache != *req.WriteCache {
+			if _, err := s.svc.SetWriteCache(name, before.WriteCache); err != nil {
+				s.log.Error("revert write cache after a failed PATCH", "volume", name, "err", err)
+			}
+		}
+		if req.ReadOnly != nil && before.ReadOnly != *req.ReadOnly {
+			if _, err := s.svc.SetReadOnly(name, before.ReadOnly); err != nil {
+				s.log.Error("revert read-only after a failed PATCH", "volume", name, "err", err)
+			}
 		}
 	}
 	if req.WriteCache != nil {
@@ -118,6 +132,13 @@ func (s *server) patchVolume(c echo.Context) error {
 	}
 	if req.ReadOnly != nil {
 		if rec, err = s.svc.SetReadOnly(name, *req.ReadOnly); err != nil {
+			revert()
+			return err
+		}
+	}
+	if req.SizeBytes != nil {
+		if rec, err = s.svc.ResizeVolume(c.Request().Context(), name, *req.SizeBytes); err != nil {
+			revert()
 			return err
 		}
 	}

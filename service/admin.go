@@ -23,6 +23,33 @@ var ErrNotSupported = errors.New("not supported by the volume's backend")
 // DATA HAS CHANGED unit attention for every initiator that knows it.
 // Shrinking is refused: it would silently discard data an initiator still
 // addresses.
+// CheckResize reports whether ResizeVolume would accept size, without
+// changing anything, so that a request changing several settings can be
+// refused whole.
+func (s *Service) CheckResize(name string, size int64) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	lv, ok := s.volumes[name]
+	if !ok {
+		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return checkResize(lv, size)
+}
+
+func checkResize(lv *liveVolume, size int64) error {
+	bs := int64(lv.rec.BlockSize)
+	if size <= 0 || size > MaxVolumeSize || size%bs != 0 {
+		return invalid("size_bytes", "%d: must be a positive multiple of the block size (%d), at most %d", size, bs, int64(MaxVolumeSize))
+	}
+	if size < lv.rec.SizeBytes {
+		return invalid("size_bytes", "%d: smaller than the current size %d; shrinking a volume is not supported", size, lv.rec.SizeBytes)
+	}
+	if _, ok := base(lv.vol).(engine.Resizer); !ok && size != lv.rec.SizeBytes {
+		return fmt.Errorf("resize volume %q: %w", lv.rec.Name, ErrNotSupported)
+	}
+	return nil
+}
+
 func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (catalog.Volume, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -30,12 +57,8 @@ func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (ca
 	if !ok {
 		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	bs := int64(lv.rec.BlockSize)
-	if size <= 0 || size > MaxVolumeSize || size%bs != 0 {
-		return catalog.Volume{}, invalid("size_bytes", "%d: must be a positive multiple of the block size (%d), at most %d", size, bs, int64(MaxVolumeSize))
-	}
-	if size < lv.rec.SizeBytes {
-		return catalog.Volume{}, invalid("size_bytes", "%d: smaller than the current size %d; shrinking a volume is not supported", size, lv.rec.SizeBytes)
+	if err := checkResize(lv, size); err != nil {
+		return catalog.Volume{}, err
 	}
 	if size == lv.rec.SizeBytes {
 		return lv.rec, nil
