@@ -76,11 +76,17 @@ func (s *server) getTarget(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return s.respondTarget(c, http.StatusOK, iqn)
+}
+
+// respondTarget answers with the target's current record: what every
+// call that reads or changes a target returns.
+func (s *server) respondTarget(c echo.Context, status int, iqn string) error {
 	rec, err := s.svc.GetTarget(iqn)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, targetView(rec))
+	return c.JSON(status, targetView(rec))
 }
 
 // ACLRequest is the body of PUT /api/v1/targets/{iqn}/acl, and the acl of
@@ -155,11 +161,7 @@ func (s *server) mapLUN(c echo.Context) error {
 	if err := s.svc.MapLUN(iqn, *req.LUN, req.Volume); err != nil {
 		return err
 	}
-	rec, err := s.svc.GetTarget(iqn)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, targetView(rec))
+	return s.respondTarget(c, http.StatusCreated, iqn)
 }
 
 func (s *server) unmapLUN(c echo.Context) error {
@@ -192,11 +194,7 @@ func (s *server) setACL(c echo.Context) error {
 	if err := s.svc.SetACL(iqn, catalog.ACL{Open: req.Open, Initiators: req.Initiators}); err != nil {
 		return err
 	}
-	rec, err := s.svc.GetTarget(iqn)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, targetView(rec))
+	return s.respondTarget(c, http.StatusOK, iqn)
 }
 
 // CHAPRequest is the body of PUT /api/v1/targets/{iqn}/chap. The secrets
@@ -221,11 +219,7 @@ func (s *server) setCHAP(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	rec, err := s.svc.GetTarget(iqn)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, targetView(rec))
+	return s.respondTarget(c, http.StatusOK, iqn)
 }
 
 func (s *server) deleteCHAP(c echo.Context) error {
