@@ -297,28 +297,35 @@ func (x *task) verify() error {
 	}
 }
 
+// writeRange is what WRITE AND VERIFY and ORWRITE do first: refuse
+// protection information (byte 1 bits 7-5), decode the LBA range, set the
+// transfer length, check range, size and write protection, and take the
+// data-out, which is empty for a zero transfer length.
+func (x *task) writeRange() (lba, n, bs uint64, data []byte, err error) {
+	if x.cdb[1]&0xe0 != 0 {
+		return 0, 0, 0, nil, invalidCDB(1, 7) // WRPROTECT / ORPROTECT
+	}
+	lba, n, lenField := lbaRange(x.cdb)
+	bs = uint64(x.lu.vol.BlockSize())
+	x.res.TransferLength = int(min(n, 1<<31/bs) * bs)
+	if err := x.checkRange(lba, n); err != nil {
+		return 0, 0, 0, nil, err
+	}
+	if n > x.lu.maxTransferBlocks() {
+		return 0, 0, 0, nil, invalidCDB(lenField, -1)
+	}
+	if err := x.checkWritable(); err != nil {
+		return 0, 0, 0, nil, err
+	}
+	return lba, n, bs, x.dataOutBlocks(n), nil
+}
+
 // writeVerify handles WRITE AND VERIFY (10), (12) and (16): the data is
 // written, read back and compared.
 func (x *task) writeVerify() error {
-	lu := x.lu
-	if x.cdb[1]&0xe0 != 0 {
-		return invalidCDB(1, 7) // WRPROTECT
-	}
-	lba, n, lenField := lbaRange(x.cdb)
-	bs := uint64(lu.vol.BlockSize())
-	x.res.TransferLength = int(min(n, 1<<31/bs) * bs)
-	if err := x.checkRange(lba, n); err != nil {
+	lba, n, bs, data, err := x.writeRange()
+	if err != nil || len(data) == 0 {
 		return err
-	}
-	if n > lu.maxTransferBlocks() {
-		return invalidCDB(lenField, -1)
-	}
-	if err := x.checkWritable(); err != nil {
-		return err
-	}
-	data := x.dataOutBlocks(n)
-	if len(data) == 0 {
-		return nil
 	}
 	if err := x.writeChunks(data, int64(lba*bs), false); err != nil {
 		return fmt.Errorf("write and verify %d blocks at LBA %d: %w", n, lba, err)
@@ -638,26 +645,11 @@ func (x *task) compareAndWrite() error {
 // ORWRITE and COMPARE AND WRITE on one logical unit are serialized, which
 // makes each read-modify-write atomic with respect to the others.
 func (x *task) orWrite() error {
+	lba, n, bs, data, err := x.writeRange()
+	if err != nil || len(data) == 0 {
+		return err
+	}
 	lu := x.lu
-	if x.cdb[1]&0xe0 != 0 {
-		return invalidCDB(1, 7) // ORPROTECT
-	}
-	lba, n, lenField := lbaRange(x.cdb)
-	bs := uint64(lu.vol.BlockSize())
-	x.res.TransferLength = int(min(n, 1<<31/bs) * bs)
-	if err := x.checkRange(lba, n); err != nil {
-		return err
-	}
-	if n > lu.maxTransferBlocks() {
-		return invalidCDB(lenField, -1)
-	}
-	if err := x.checkWritable(); err != nil {
-		return err
-	}
-	data := x.dataOutBlocks(n)
-	if len(data) == 0 {
-		return nil
-	}
 	off := int64(lba * bs)
 	lu.cawMu.Lock()
 	defer lu.cawMu.Unlock()
