@@ -63,6 +63,31 @@ var requiredSuites = map[string]bool{
 	"ALL.iSCSIcmdsn":     true,
 	"ALL.iSCSIdatasn":    true,
 	"ALL.iSCSIResiduals": true,
+
+	// Promoted once Anvil passed them: the rest of the ALL family.
+	"ALL.CompareAndWrite":        true,
+	"ALL.ExtendedCopy":           true,
+	"ALL.GetLBAStatus":           true,
+	"ALL.OrWrite":                true,
+	"ALL.PrinReadKeys":           true,
+	"ALL.PrinServiceactionRange": true,
+	"ALL.PrinReportCapabilities": true,
+	"ALL.ProutRegister":          true,
+	"ALL.ProutReserve":           true,
+	"ALL.ProutClear":             true,
+	"ALL.ProutPreempt":           true,
+	"ALL.ReadDefectData10":       true,
+	"ALL.ReadDefectData12":       true,
+	"ALL.ReceiveCopyResults":     true,
+	"ALL.ReportSupportedOpcodes": true,
+	"ALL.Reserve6":               true,
+	"ALL.Sanitize":               true,
+	"ALL.Unmap":                  true,
+	"ALL.WriteAtomic16":          true,
+	"ALL.WriteSame10":            true,
+	"ALL.WriteSame16":            true,
+	"ALL.iSCSITMF":               true,
+	"ALL.MultipathIO":            true,
 }
 
 // defaultSuiteTimeout bounds one suite. On tgt the slowest ALL suite takes
