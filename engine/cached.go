@@ -89,7 +89,7 @@ type CachedVolume struct {
 	size  atomic.Int64
 	limit Limits
 	// maxEpochChunks bounds the chunks of one epoch to half the FIFO's epoch
-	// budget, so that a failed epoch merged with the next still fits.
+	// budget, so that the committer can chain two epochs in one ring.
 	maxEpochChunks int64
 
 	wce      atomic.Bool
@@ -114,6 +114,7 @@ type CachedVolume struct {
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
 	pend     *chained      // guarded by commitMu
+	retry    []failedEpoch // failed epochs, oldest first; commitMu and mu
 
 	gcMu       sync.Mutex
 	gcCond     *sync.Cond // on gcMu: a group commit finished
@@ -946,7 +947,8 @@ func (v *CachedVolume) Flush(ctx context.Context) error {
 
 // ClearError lifts the read-only state a failed commit left: it rolls the
 // data device back with the undo FIFO (as recovery at open would) and lets
-// the next commit write every dirty buffer again.
+// the next commits write the failed epochs again, oldest first, before the
+// open one.
 func (v *CachedVolume) ClearError() error {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
@@ -1042,6 +1044,19 @@ func (v *CachedVolume) Close() error {
 		v.cond.Broadcast()
 		var all []*buf
 		v.chunks.each(func(_ int64, b *buf) { all = append(all, b) })
+		// A failed epoch's buffers are frozen, but no commit owns them any
+		// more: release them too, cached or replaced.
+		var retried []*buf
+		for _, f := range v.retry {
+			for _, b := range f.set {
+				b.frozen = false
+				if v.chunks.get(b.key) != b {
+					retried = append(retried, b)
+				}
+			}
+		}
+		v.retry = nil
+		all = append(all, retried...)
 		if !v.pinned {
 			v.cache.addDirty(-v.dirtyBytes)
 		}

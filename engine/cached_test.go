@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -455,12 +456,35 @@ func (g *gateDevice) WriteAtv(bufs [][]byte, off int64) error {
 
 // TestCopyOnWriteDuringFailedCommit: a write to a chunk whose commit is in
 // flight gets a new version; when that commit then fails and is cleared,
-// the next commit must record the chunk's true on-disk contents as its undo
-// data, not the failed epoch's. (A copy-on-write version once passed for a
-// clean buffer here, and recovery then restored data that was never
-// committed.) The check: crash right after the next commit's in-place
-// write, recover, and require a consistent prefix.
+// the failed epoch is committed again before the newer one, and each
+// epoch's undo records must hold the chunk's true on-disk contents. (A
+// copy-on-write version once passed for a clean buffer here, and recovery
+// then restored data that was never committed.) The check: crash at every
+// device operation of the commits after ClearError, recover, and require a
+// consistent prefix each time; across the sweep, both the rolled-back
+// retry and the committed retry with the newer epoch rolled back must be
+// seen.
 func TestCopyOnWriteDuringFailedCommit(t *testing.T) {
+	seen := map[[2]int]bool{}
+	for at := int64(1); at <= 14; at++ {
+		f := copyOnWriteFailedCommit(t, at)
+		seen[[2]int{f.lo, f.hi}] = true
+	}
+	// {1,2}: only the first write survived (the retried epoch rolled
+	// back); {2,3}: the retry survived and the newest write was rolled
+	// back; {3,4}: all of it committed.
+	for _, want := range [][2]int{{1, 2}, {2, 3}, {3, 4}} {
+		if !seen[want] {
+			t.Errorf("no crash point recovered to prefix %v (saw %v)", want, seen)
+		}
+	}
+}
+
+// copyOnWriteFailedCommit runs the scenario of
+// TestCopyOnWriteDuringFailedCommit with a crash at the at'th device
+// operation after ClearError, and returns the recovered prefix.
+func copyOnWriteFailedCommit(t *testing.T, at int64) interval {
+	t.Helper()
 	ctx := context.Background()
 	world := newSimWorld(5)
 	dataDev := world.newDev(newSimImage(64 << 10))
@@ -477,12 +501,19 @@ func TestCopyOnWriteDuringFailedCommit(t *testing.T) {
 		}
 		return p
 	}
+	// flush lets every in-place write through the gate until the flush
+	// returns.
 	flush := func() error {
 		done := make(chan error)
 		go func() { done <- v.Flush(ctx) }()
-		<-gate.entered
-		gate.release <- struct{}{}
-		return <-done
+		for {
+			select {
+			case <-gate.entered:
+				gate.release <- struct{}{}
+			case err := <-done:
+				return err
+			}
+		}
 	}
 	// A: committed to both chunks. B: written to both.
 	if err := v.WriteAt(ctx, stamp(1), 0, false); err != nil {
@@ -510,10 +541,9 @@ func TestCopyOnWriteDuringFailedCommit(t *testing.T) {
 	if err := v.ClearError(); err != nil {
 		t.Fatal(err)
 	}
-	// The next commit writes B (chunk 1) and C (chunk 0) in place; crash
-	// before its header advance makes it durable.
+	// The next flush commits B again, then C; crash at operation at.
 	world.mu.Lock()
-	world.crashAt = world.ops + 5 // undo write, sync, data write, sync, header
+	world.crashAt = world.ops + at
 	world.loseAll = true
 	world.mu.Unlock()
 	_ = flush()
@@ -533,11 +563,136 @@ func TestCopyOnWriteDuringFailedCommit(t *testing.T) {
 	log := []logEntry{{0, 2 * ChunkSize, 1}, {0, 2 * ChunkSize, 2}, {0, ChunkSize, 3}}
 	feasible, err := checkPrefix(got, log, 1)
 	if err != nil {
-		t.Fatalf("after recovery: %v", err)
+		t.Fatalf("crash at operation %d, after recovery: %v", at, err)
 	}
-	if feasible[0].lo != 1 || feasible[0].hi != 2 {
-		t.Fatalf("recovered state is prefix %v; want exactly the committed first write (the crash lost the header)", feasible)
+	if len(feasible) != 1 || feasible[0].hi != feasible[0].lo+1 {
+		t.Fatalf("crash at operation %d: recovered state fits prefixes %v; want exactly one", at, feasible)
 	}
+	return feasible[0]
+}
+
+// TestRepeatedFailedCommitsFitTheFIFO: each epoch is bounded so that its
+// undo records fit in the FIFO, and failed commits must not undo that
+// bound. A writer fills the volume chunk by chunk while the first three
+// in-place writes fail, each one only once the next epoch has filled up
+// behind it, and each failure is cleared like an operator would. The final
+// flush must succeed (it once found the failed epochs merged into one
+// larger than the FIFO: "epoch does not fit"), and every acknowledged
+// write must read back.
+func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
+	ctx := context.Background()
+	world := newSimWorld(7)
+	dataDev := world.newDev(newSimImage(8 << 20))
+	undoDev := world.newDev(newSimImage(1 << 20))
+	gate := &gateDevice{Device: dataDev, entered: make(chan struct{}), release: make(chan struct{})}
+	v, err := OpenDevices(gate, undoDev, Options{Cache: NewCache(CacheOptions{Size: 64 << 20}), FlushInterval: time.Hour, Logger: quietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := v.maxEpochChunks
+	chunks := 4 * m
+	if chunks*ChunkSize > v.Size() {
+		t.Fatalf("test volume too small for 4 epochs of %d chunks", m)
+	}
+	// Let every in-place write of fn through the gate.
+	passAll := func(fn func() error) {
+		t.Helper()
+		done := make(chan error)
+		go func() { done <- fn() }()
+		for {
+			select {
+			case <-gate.entered:
+				gate.release <- struct{}{}
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+	}
+	// Data written and committed before, so that the undo records carry
+	// whole chunks of old data (never-written chunks need only a short
+	// "hole" record).
+	model := pattern(int(v.Size()), 99)
+	passAll(func() error {
+		if err := v.WriteAt(ctx, model, 0, false); err != nil {
+			return err
+		}
+		return v.Flush(ctx)
+	})
+	var written atomic.Int64
+	writerDone := make(chan error, 1)
+	go func() {
+		for k := int64(0); k < chunks; {
+			p := pattern(ChunkSize, int(k)+1)
+			err := v.WriteAt(ctx, p, k*ChunkSize, false)
+			switch {
+			case err == nil:
+				copy(model[k*ChunkSize:], p)
+				k++
+				written.Store(k)
+			case errors.Is(err, ErrReadOnly):
+				time.Sleep(time.Millisecond) // wait for ClearError
+			default:
+				writerDone <- fmt.Errorf("write chunk %d: %w", k, err)
+				return
+			}
+		}
+		writerDone <- nil
+	}()
+	// blocked reports when the writer can add nothing more to the open
+	// epoch: it is full, or the writer has finished.
+	blocked := func() bool {
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		return v.epochChunks >= m || written.Load() == chunks
+	}
+	failures := 0
+	var writerErr error
+	for finished := false; !finished; {
+		select {
+		case <-gate.entered:
+			if failures < 3 {
+				for !blocked() {
+					time.Sleep(time.Millisecond)
+				}
+				failures++
+				gate.fail.Store(true)
+				gate.release <- struct{}{}
+				if err := v.ClearError(); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			gate.release <- struct{}{}
+		case writerErr = <-writerDone:
+			finished = true
+		case <-time.After(10 * time.Millisecond):
+			if err := v.Err(); err != nil {
+				t.Fatalf("a commit failed with no injected error (%d injected and cleared): %v", failures, err)
+			}
+		}
+	}
+	if writerErr != nil {
+		t.Fatal(writerErr)
+	}
+	if failures < 3 {
+		t.Fatalf("only %d commits failed; the test did not do what it says", failures)
+	}
+	passAll(func() error {
+		if err := v.Flush(ctx); err != nil {
+			return fmt.Errorf("flush after the errors were cleared: %w", err)
+		}
+		got := make([]byte, v.Size())
+		if err := v.ReadAt(ctx, got, 0); err != nil {
+			return err
+		}
+		if !bytes.Equal(got, model) {
+			return errors.New("volume does not read back the acknowledged writes")
+		}
+		return v.Close()
+	})
 }
 
 // TestReadAhead: sequential small reads of a cold volume are served mostly

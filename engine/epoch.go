@@ -1,7 +1,7 @@
 package engine
 
 import (
-	"errors"
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -83,16 +83,21 @@ type chained struct {
 	start time.Time
 }
 
+// idle reports whether nothing waits to be committed but a chained epoch:
+// no dirty buffer in the open epoch and no failed epoch to retry.
+func (v *CachedVolume) idle() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.dirty) == 0 && len(v.retry) == 0
+}
+
 // commitAll commits until nothing is dirty or pending. commitMu is held.
 func (v *CachedVolume) commitAll() error {
 	for {
 		if err := v.commitLocked(^uint64(0)); err != nil {
 			return err
 		}
-		v.mu.RLock()
-		idle := len(v.dirty) == 0
-		v.mu.RUnlock()
-		if v.pend == nil && idle {
+		if v.pend == nil && v.idle() {
 			return nil
 		}
 	}
@@ -126,7 +131,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		ep, set, batch, start = p.ep, p.set, p.batch, p.start
 	} else {
 		v.mu.Lock()
-		ep, set = v.cutLocked()
+		ep, set = v.nextLocked()
 		v.mu.Unlock()
 		if len(set) == 0 {
 			// Nothing changed since the last commit, which is durable.
@@ -134,10 +139,11 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 			return nil
 		}
 		start = time.Now()
-		if ep <= v.fifo.Committed() {
-			return v.commitFailed(ep, set, errors.New("epoch number not newer than the FIFO's"))
-		}
-		batch = v.fifo.Begin(ep)
+		// The FIFO numbers its batches itself, one past the last it
+		// committed: the volume's epoch numbers only order waiters, and
+		// after ClearError a failed epoch that is committed again carries
+		// a number the FIFO's recovery has already used up.
+		batch = v.fifo.Begin(v.fifo.Committed() + 1)
 		err = v.recordUndoSet(batch, set)
 		if err == nil {
 			err = batch.Write() // step 1
@@ -148,7 +154,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 			err = v.writeInPlace(set) // step 2
 		}
 		if err != nil {
-			return v.commitFailed(ep, set, err)
+			return v.commitFailed(err, failedEpoch{ep, set})
 		}
 		// Step 3, chained with step 1 of the next epoch when there is one
 		// and both epochs' records fit in the ring together.
@@ -156,17 +162,21 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		var nep uint64
 		var nset []*buf
 		v.mu.Lock()
-		worst := int64(len(v.dirty))*undo.RecordSize(ChunkSize) + v.fifo.MaxPayload() + 2*undo.SectorSize
-		if len(v.dirty) > 0 && batch.Len()+worst <= v.fifo.RingSize() {
-			nep, nset = v.cutLocked()
+		waiting := len(v.dirty)
+		if len(v.retry) > 0 {
+			waiting = len(v.retry[0].set)
+		}
+		worst := int64(waiting)*undo.RecordSize(ChunkSize) + v.fifo.MaxPayload() + 2*undo.SectorSize
+		if waiting > 0 && batch.Len()+worst <= v.fifo.RingSize() {
+			nep, nset = v.nextLocked()
 		}
 		v.mu.Unlock()
 		if nset == nil {
 			if err := batch.Commit(); err != nil {
-				return v.commitFailed(ep, set, err)
+				return v.commitFailed(err, failedEpoch{ep, set})
 			}
 		} else {
-			next = batch.Next(nep)
+			next = batch.Next(batch.Epoch() + 1)
 			err = v.recordUndoSet(next, nset)
 			if err == nil {
 				err = batch.CommitWith(next)
@@ -174,7 +184,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 			v.st.chained.Add(1)
 			if err != nil {
 				// Neither epoch is known durable; recovery rolls both back.
-				return v.commitFailed(ep, append(set, nset...), err)
+				return v.commitFailed(err, failedEpoch{ep, set}, failedEpoch{nep, nset})
 			}
 		}
 		v.finishEpoch(ep, set, batch.PayloadBytes(), start)
@@ -190,11 +200,32 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 	}
 }
 
-// commitFailed freezes the volume and returns the error a flush reports.
-func (v *CachedVolume) commitFailed(ep uint64, set []*buf, err error) error {
-	v.failCommit(ep, set, err)
+// commitFailed freezes the volume, keeps the failed epochs for a retry
+// and returns the error a flush reports. The first epoch names the error.
+func (v *CachedVolume) commitFailed(err error, eps ...failedEpoch) error {
+	v.failCommit(err, eps)
 	v.wakeSyncWaiters()
-	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, ep, err, ErrMedium)
+	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, eps[0].ep, err, ErrMedium)
+}
+
+// failedEpoch is an epoch whose commit failed: its buffers stay frozen, with
+// the versions that epoch wrote, until a commit after ClearError writes it
+// again.
+type failedEpoch struct {
+	ep  uint64
+	set []*buf
+}
+
+// nextLocked returns the next epoch to commit: the oldest failed epoch
+// waiting for a retry, or else the open epoch, cut now. v.mu and commitMu
+// are held.
+func (v *CachedVolume) nextLocked() (uint64, []*buf) {
+	if len(v.retry) > 0 {
+		f := v.retry[0]
+		v.retry = v.retry[1:]
+		return f.ep, f.set
+	}
+	return v.cutLocked()
 }
 
 // finishEpoch runs after epoch ep is durable: its buffers become clean (or
@@ -254,37 +285,21 @@ func (v *CachedVolume) wakeSyncWaiters() {
 }
 
 // failCommit freezes the volume after a failed commit. The FIFO stays where
-// it was, so recovery (at open or in ClearError) rolls the partial epoch
-// back. The epoch's buffers that are still current become dirty members of
-// the open epoch again, so nothing acknowledged is lost from the cache and a
-// later commit writes it all.
-func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
+// it was, so recovery (at open or in ClearError) rolls the partial epochs
+// back. The failed epochs are kept whole and in order, their buffers frozen
+// with the versions they wrote, and are committed again one by one before
+// the open epoch. Merging them into the open epoch instead would build an
+// epoch larger than the FIFO holds (a failed chain is two epochs, and the
+// open epoch keeps filling while a commit runs); splitting such a merge by
+// offset would break the prefix order of the writes.
+func (v *CachedVolume) failCommit(err error, eps []failedEpoch) {
 	v.st.commitErrors.Add(1)
-	v.log.Error("commit failed; volume is read-only until the error is cleared", "epoch", ep, "err", err)
-	var gone []*buf
+	v.log.Error("commit failed; volume is read-only until the error is cleared", "epoch", eps[0].ep, "err", err)
 	v.mu.Lock()
 	e := err
 	v.failed.Store(&e)
-	for _, b := range set {
-		b.frozen = false
-		if v.chunks.get(b.key) == b {
-			if _, ok := v.dirty[b.key]; !ok {
-				v.dirty[b.key] = b
-				v.epochChunks++
-			}
-			continue
-		}
-		if b.data != nil {
-			v.addDirtyLocked(-ChunkSize)
-			gone = append(gone, b)
-		}
-		if b.orig != nil {
-			// Replaced: the newer version is recorded from the device.
-			v.addDirtyLocked(-ChunkSize)
-			v.cache.free(b.orig)
-			b.orig = nil
-		}
-	}
+	v.retry = append(v.retry, eps...)
+	slices.SortFunc(v.retry, func(a, b failedEpoch) int { return cmp.Compare(a.ep, b.ep) })
 	if !v.pinned {
 		// The frozen volume's dirty bytes cannot drain; stop counting them
 		// against the other volumes' dirty limit.
@@ -293,10 +308,6 @@ func (v *CachedVolume) failCommit(ep uint64, set []*buf, err error) {
 	}
 	v.cond.Broadcast()
 	v.mu.Unlock()
-	v.cache.untrack(gone)
-	for _, b := range gone {
-		v.cache.free(b.data)
-	}
 	v.cache.wakeDirtyWaiters()
 }
 

@@ -28,10 +28,7 @@ func (v *CachedVolume) flusher() {
 			continue
 		}
 		v.commitMu.Lock()
-		v.mu.RLock()
-		idle := len(v.dirty) == 0
-		v.mu.RUnlock()
-		if !idle || v.pend != nil {
+		if !v.idle() || v.pend != nil {
 			// Errors freeze the volume and are reported by the next Flush.
 			_ = v.commitLocked(^uint64(0))
 		}

@@ -406,6 +406,9 @@ func (f *FIFO) Commit(epoch uint64) error {
 	return f.writeHeader(epoch, f.start)
 }
 
+// Epoch returns the epoch number the batch's records carry.
+func (b *Batch) Epoch() uint64 { return b.epoch }
+
 // Next starts the records of the epoch after b's, placed right behind b's
 // records, before b is committed. Together with CommitWith it lets one sync
 // both commit b's epoch and make the next epoch's records durable. The two
