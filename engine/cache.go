@@ -38,8 +38,9 @@ type buf struct {
 	state  atomic.Uint32
 	frozen bool
 
-	ref  atomic.Bool   // referenced since the evictor last looked (CLOCK bit)
-	elem *list.Element // position in Cache.lru; guarded by Cache.mu
+	ref    atomic.Bool   // referenced since the evictor last looked (CLOCK bit)
+	raMark atomic.Bool   // a read reaching it starts the next readahead window
+	elem   *list.Element // position in Cache.lru; guarded by Cache.mu
 }
 
 // Cache is the buffer cache shared by every CachedVolume that uses it. Its

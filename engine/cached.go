@@ -108,7 +108,7 @@ type CachedVolume struct {
 	dirtyBytes  int64          // dirty + frozen data bytes
 	pinned      bool           // failed: dirtyBytes not counted in the cache
 	evictGen    uint64         // bumped whenever a buffer leaves chunks
-	lastRead    atomic.Int64   // end of the latest read, for readahead
+	lastRead    atomic.Int64   // end of the latest read that missed, for readahead
 	applyHook   func(kind writeKind, off, n int64, p []byte)
 
 	commitMu sync.Mutex
@@ -428,16 +428,22 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
-	// Reading the clock costs as much as a cache hit's bookkeeping, so
-	// read latency is sampled: one read in 8 is timed.
+	// Reading the clock costs more than a cache hit's bookkeeping on a VM
+	// (tens of ns), so read latency is sampled: one read in 64 is timed.
 	var start time.Time
-	sampled := v.st.reads.Add(1)&7 == 0
+	sampled := v.st.reads.Add(1)&63 == 0
+	// Counted before the copy, not after: the first locked instruction
+	// after a 4 KiB copy waits for its stores to drain, and one such wait
+	// (RUnlock's) is enough. A failed read takes its bytes back.
+	v.st.readBytes.Add(uint64(len(p)))
 	if sampled {
 		start = time.Now()
 	}
 	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
-	// Pass 1: copy what the cache has, note the missing chunks.
+	// Pass 1: copy what the cache has, note the missing chunks and whether
+	// a readahead mark was reached.
 	var missing []int64
+	marked := false
 	v.mu.RLock()
 	gen := v.evictGen
 	for k := first; k <= last; k++ {
@@ -446,6 +452,10 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		if b := v.chunks.get(k); b != nil {
 			if !b.ref.Load() {
 				b.ref.Store(true) // skip the store (and cache-line write) when set
+			}
+			if b.raMark.Load() {
+				b.raMark.Store(false)
+				marked = true
 			}
 			if b.data == nil {
 				clear(dst)
@@ -463,19 +473,36 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if len(missing) > 0 {
 		v.st.misses.Add(uint64(len(missing)))
 	}
-	// Readahead: a read that starts where the previous one ended and whose
-	// tail missed the cache also fills the chunks after it, so a sequential
-	// reader pays one device read per window instead of one per request.
-	// (The chunks are checked absent after gen was taken; fillRun caches
-	// them only if nothing left the cache since, so they cannot be stale.)
-	end := off + int64(len(p))
-	if v.lastRead.Swap(end) == off && len(missing) > 0 && missing[len(missing)-1] == last {
-		limit := min(last+readAheadChunks, (v.size.Load()-1)/ChunkSize)
-		v.mu.RLock()
-		for k := last + 1; k <= limit && v.chunks.get(k) == nil; k++ {
-			missing = append(missing, k)
+	// Readahead, so that a sequential reader pays one device read per
+	// window instead of one per request. It starts when a read that begins
+	// where the previous missing read ended misses at its tail, and goes on
+	// when a read reaches the mark left halfway through the last window,
+	// before the reader runs out of cached chunks. Cache hits otherwise do
+	// no readahead bookkeeping. (The chunks are checked absent after gen
+	// was taken; fillRun caches them only if nothing left the cache since,
+	// so they cannot be stale.)
+	markAt := int64(-1)
+	if marked || len(missing) > 0 {
+		end := off + int64(len(p))
+		seq := v.lastRead.Swap(end) == off && len(missing) > 0 && missing[len(missing)-1] == last
+		if seq || marked {
+			limit := (v.size.Load() - 1) / ChunkSize
+			v.mu.RLock()
+			k := last + 1
+			for marked && k <= min(last+readAheadChunks, limit) && v.chunks.get(k) != nil {
+				k++ // the rest of the current window
+			}
+			from := k
+			for ; k < from+readAheadChunks && k <= limit && v.chunks.get(k) == nil; k++ {
+				missing = append(missing, k)
+			}
+			v.mu.RUnlock()
+			if k > from {
+				// Halfway, or on the last chunk of a window cut short by
+				// a cached chunk (the next read past it skips those).
+				markAt = from + min(readAheadChunks/2, k-from-1)
+			}
 		}
-		v.mu.RUnlock()
 	}
 	// Pass 2: read the missing chunks in contiguous runs.
 	for i := 0; i < len(missing); {
@@ -483,20 +510,20 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		for j < len(missing) && missing[j] == missing[j-1]+1 && j-i < 256 {
 			j++
 		}
-		if err := v.fillRun(p, off, missing[i:j], gen); err != nil {
+		if err := v.fillRun(p, off, missing[i:j], gen, markAt); err != nil {
+			v.st.readBytes.Add(-uint64(len(p)))
 			return err
 		}
 		i = j
 	}
-	v.st.readBytes.Add(uint64(len(p)))
 	if sampled {
 		v.st.readLat.observe(time.Since(start))
 	}
 	return nil
 }
 
-// readAheadChunks is how far a sequential read fills ahead (256 KiB).
-const readAheadChunks = 64
+// readAheadChunks is how far a sequential read fills ahead (512 KiB).
+const readAheadChunks = 128
 
 // chunkSpan is the part [lo, hi) of chunk k that [off, off+n) covers.
 func chunkSpan(k, off, n int64) (lo, hi int64) {
@@ -509,8 +536,9 @@ func chunkSpan(k, off, n int64) (lo, hi int64) {
 // fillRun reads the contiguous chunks ks from the device, copies the
 // requested part into p, and caches them clean unless a buffer left the
 // cache since gen (then the device copy might be older than one that was
-// cached and evicted meanwhile, so it is returned but not cached).
-func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64) error {
+// cached and evicted meanwhile, so it is returned but not cached). The
+// buffer of chunk markAt, if cached here, carries the readahead mark.
+func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64, markAt int64) error {
 	n := int64(len(ks))
 	v.cache.reserve(n * ChunkSize)
 	bufs := make([]*[ChunkSize]byte, n)
@@ -535,6 +563,9 @@ func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64) erro
 	for i, k := range ks {
 		if v.evictGen == gen && v.chunks.get(k) == nil {
 			b := &buf{vol: v, key: k, data: bufs[i]}
+			if k == markAt {
+				b.raMark.Store(true)
+			}
 			v.chunks.set(k, b)
 			added = append(added, b)
 			bufs[i] = nil
@@ -558,14 +589,19 @@ func (v *CachedVolume) readChunks(k int64, bufs []*[ChunkSize]byte) error {
 		_, err := v.data.ReadAt(bufs[0][:total], off)
 		return v.readErr(err, off, total)
 	}
-	tmp := make([]byte, total)
-	if _, err := v.data.ReadAt(tmp, off); err != nil {
-		return v.readErr(err, off, total)
-	}
+	iov := make([][]byte, 0, len(bufs))
 	for i, d := range bufs {
-		copy(d[:], tmp[min(int64(i)*ChunkSize, total):])
+		n := min(ChunkSize, total-int64(i)*ChunkSize)
+		if n <= 0 {
+			clear(d[:]) // past the end of a volume being shrunk
+			continue
+		}
+		if n < ChunkSize {
+			clear(d[n:])
+		}
+		iov = append(iov, d[:n])
 	}
-	return nil
+	return v.readErr(v.data.ReadAtv(iov, off), off, total)
 }
 
 func (v *CachedVolume) readErr(err error, off, n int64) error {

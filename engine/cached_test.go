@@ -695,6 +695,34 @@ func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
 	})
 }
 
+// TestReadAheadTail: a readahead window that runs into the end of a volume
+// whose size is not a whole number of chunks reads the short last chunk
+// right (vectored fill, partial last buffer).
+func TestReadAheadTail(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tail.img")
+	const size = 1<<20 + 1536
+	v := openTest(t, path, Options{Size: size})
+	model := pattern(size, 11)
+	if err := v.WriteAt(ctx, model, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v = openTest(t, path, Options{})
+	defer v.Close()
+	got := make([]byte, size)
+	for off := 0; off < size; off += 512 {
+		if err := v.ReadAt(ctx, got[off:off+512], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, model) {
+		t.Fatal("sequential reads up to a partial last chunk returned wrong data")
+	}
+}
+
 // TestReadAhead: sequential small reads of a cold volume are served mostly
 // from readahead, and stay correct when writes land in the read-ahead
 // range.
@@ -730,7 +758,8 @@ func TestReadAhead(t *testing.T) {
 		t.Fatal("sequential reads with readahead returned wrong data")
 	}
 	st := v.Stats()
-	if st.Reads != size/4096 || st.CacheMisses > st.Reads/16 {
+	// One miss starts the readahead; the marks keep it ahead from then on.
+	if st.Reads != size/4096 || st.CacheMisses > 2 {
 		t.Fatalf("%d reads, %d cache misses: readahead is not working", st.Reads, st.CacheMisses)
 	}
 }

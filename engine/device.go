@@ -109,6 +109,61 @@ func preadFull(fd int, p []byte, off int64) (int, error) {
 	return done, nil
 }
 
+// VectorReader is implemented by devices that read into several buffers
+// with one call (preadv). The cache fills a run of chunks with it straight
+// into the chunk buffers instead of through a bounce buffer.
+type VectorReader interface {
+	// ReadAtv fills the buffers back to back from off. Holes and the range
+	// past the end read as zeroes.
+	ReadAtv(bufs [][]byte, off int64) error
+}
+
+// ReadAtv implements VectorReader with preadv.
+func (d *FileDevice) ReadAtv(bufs [][]byte, off int64) error {
+	return preadvFull(d.fd, bufs, off)
+}
+
+func preadvFull(fd int, bufs [][]byte, off int64) error {
+	iov := make([][]byte, 0, min(len(bufs), maxIOV))
+	for len(bufs) > 0 {
+		iov = iov[:0]
+		for len(bufs) > 0 && len(iov) < maxIOV {
+			if len(bufs[0]) > 0 {
+				iov = append(iov, bufs[0])
+			}
+			bufs = bufs[1:]
+		}
+		for len(iov) > 0 {
+			n, err := unix.Preadv(fd, iov, off)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				return fmt.Errorf("preadv at %d: %w", off, err)
+			}
+			if n == 0 {
+				// Past EOF: the volume reads zeroes there.
+				for _, b := range iov {
+					clear(b)
+				}
+				iov = nil
+				break
+			}
+			off += int64(n)
+			for n > 0 {
+				if n >= len(iov[0]) {
+					n -= len(iov[0])
+					iov = iov[1:]
+				} else {
+					iov[0] = iov[0][n:]
+					n = 0
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // WriteAt implements Device.
 func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
 	return pwriteFull(d.fd, p, off)

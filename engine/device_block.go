@@ -48,6 +48,9 @@ func (d *BlockDevice) ReadAt(p []byte, off int64) (int, error) { return preadFul
 // WriteAt implements Device.
 func (d *BlockDevice) WriteAt(p []byte, off int64) (int, error) { return pwriteFull(d.fd, p, off) }
 
+// ReadAtv implements VectorReader.
+func (d *BlockDevice) ReadAtv(bufs [][]byte, off int64) error { return preadvFull(d.fd, bufs, off) }
+
 // WriteAtv implements Device.
 func (d *BlockDevice) WriteAtv(bufs [][]byte, off int64) error { return pwritevFull(d.fd, bufs, off) }
 

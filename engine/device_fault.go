@@ -58,6 +58,25 @@ func (f *FaultDevice) ReadAt(p []byte, off int64) (int, error) {
 	return f.Device.ReadAt(p, off)
 }
 
+// ReadAtv implements VectorReader, with one fault draw for the whole read
+// like the single-buffer ReadAt. A device without vectored reads is read
+// buffer by buffer.
+func (f *FaultDevice) ReadAtv(bufs [][]byte, off int64) error {
+	if err := f.fail("read", off); err != nil {
+		return err
+	}
+	if vr, ok := f.Device.(VectorReader); ok {
+		return vr.ReadAtv(bufs, off)
+	}
+	for _, b := range bufs {
+		if _, err := f.Device.ReadAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
 // WriteAt implements Device.
 func (f *FaultDevice) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.fail("write", off); err != nil {

@@ -80,7 +80,7 @@ type Stats struct {
 	CommitErrors           uint64
 	DirtyBytes             int64 // dirty + in-flight bytes right now
 	InjectedFaults         uint64
-	ReadLatency            Histogram // sampled: one read in 8
+	ReadLatency            Histogram // sampled: one read in 64
 	WriteLatency           Histogram
 	FlushLatency           Histogram // Flush calls, including waiting
 	CommitLatency          Histogram // one epoch commit
