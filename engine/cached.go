@@ -377,11 +377,13 @@ func (v *CachedVolume) Stats() Stats {
 	dirty := v.dirtyBytes
 	v.mu.RUnlock()
 	s := &v.st
+	errBytes := s.readErrBytes.Load() // first: every failed read is already in reads
+	reads, readBytes := s.reads.load()
 	return Stats{
-		Reads: s.reads.Load(), Writes: s.writes.Load(),
-		ReadBytes: s.readBytes.Load(), WriteBytes: s.writeBytes.Load(),
+		Reads: reads, Writes: s.writes.Load(),
+		ReadBytes: readBytes - errBytes, WriteBytes: s.writeBytes.Load(),
 		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
-		UndoBytes: s.undoBytes.Load(), CacheHits: s.reads.Load() + s.extraLookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
+		UndoBytes: s.undoBytes.Load(), CacheHits: reads + s.extraLookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
 		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty, ChainedEpochs: s.chained.Load(),
 		InjectedFaults: v.data.Injected() + v.udev.Injected(),
 		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
@@ -431,11 +433,9 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	// Reading the clock costs more than a cache hit's bookkeeping on a VM
 	// (tens of ns), so read latency is sampled: one read in 64 is timed.
 	var start time.Time
-	sampled := v.st.reads.Add(1)&63 == 0
-	// Counted before the copy, not after: the first locked instruction
-	// after a 4 KiB copy waits for its stores to drain, and one such wait
-	// (RUnlock's) is enough. A failed read takes its bytes back.
-	v.st.readBytes.Add(uint64(len(p)))
+	// The read and its bytes are counted up front, with one atomic add; a
+	// failed read's bytes are taken back in readErrBytes.
+	sampled := v.st.reads.add(len(p))&63 == 0
 	if sampled {
 		start = time.Now()
 	}
@@ -511,7 +511,7 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			j++
 		}
 		if err := v.fillRun(p, off, missing[i:j], gen, markAt); err != nil {
-			v.st.readBytes.Add(-uint64(len(p)))
+			v.st.readErrBytes.Add(uint64(len(p)))
 			return err
 		}
 		i = j

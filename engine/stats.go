@@ -2,6 +2,7 @@ package engine
 
 import (
 	"math/bits"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -54,10 +55,57 @@ func (h *histogram) snapshot() Histogram {
 	return s
 }
 
+// opCounter counts operations and their bytes with one atomic add per
+// operation, for the cache-hit read path where every locked instruction
+// shows. Both counts share one word, operations in the low opBits bits and
+// 512-byte sectors above; the word is folded into the totals, under mu,
+// long before its operation field could overflow. Sizes must be whole
+// sectors (every volume's block size is).
+type opCounter struct {
+	word         atomic.Uint64
+	mu           sync.Mutex
+	ops, sectors uint64 // folded totals; guarded by mu
+}
+
+const (
+	opBits     = 20
+	opMask     = 1<<opBits - 1
+	sectorBits = 9
+)
+
+// add counts one operation of n bytes and returns the number of operations
+// counted since the last fold (a cheap sequence for sampling).
+func (c *opCounter) add(n int) uint64 {
+	w := c.word.Add(1 | uint64(n>>sectorBits)<<opBits)
+	if w&opMask >= 1<<(opBits-1) {
+		c.fold()
+	}
+	return w & opMask
+}
+
+func (c *opCounter) fold() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Adds that race with the swap land in the fresh word; a second
+	// goroutine that also saw the threshold swaps out a small word.
+	w := c.word.Swap(0)
+	c.ops += w & opMask
+	c.sectors += w >> opBits
+}
+
+// load returns the operations and bytes counted so far.
+func (c *opCounter) load() (ops, bytes uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.word.Load()
+	return c.ops + w&opMask, (c.sectors + w>>opBits) << sectorBits
+}
+
 // volStats holds a volume's live counters.
 type volStats struct {
-	reads, writes           atomic.Uint64
-	readBytes, writeBytes   atomic.Uint64
+	reads                   opCounter     // reads issued and their bytes
+	readErrBytes            atomic.Uint64 // bytes of reads that failed
+	writes, writeBytes      atomic.Uint64
 	unmaps, flushes, epochs atomic.Uint64
 	undoBytes               atomic.Uint64
 	extraLookups, misses    atomic.Uint64 // chunk lookups by reads beyond one per read
