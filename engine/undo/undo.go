@@ -261,7 +261,9 @@ func (b *Batch) reserve(size int64) (int, error) {
 	}
 	tail := b.f.ringSize - int64(b.pos%uint64(b.f.ringSize))
 	if tail < size {
-		b.encodeHeader(b.grow(tail), kindWrap, 0, tail)
+		w := b.grow(tail)
+		clear(b.buf[w:])
+		b.encodeHeader(w, kindWrap, 0, tail)
 		b.pos += uint64(tail)
 	}
 	if int64(b.pos-b.f.start)+size > b.f.ringSize {
@@ -282,7 +284,6 @@ func (b *Batch) grow(n int64) int {
 		b.f.scratch = nb[:0] // keep the larger buffer for later batches
 	}
 	b.buf = b.buf[:i+int(n)]
-	clear(b.buf[i:])
 	return i
 }
 
@@ -303,6 +304,7 @@ func (b *Batch) AppendHole(off, n int64) error {
 	if err != nil {
 		return err
 	}
+	clear(b.buf[i:])
 	b.encodeHeader(i, KindHole, off, n)
 	return b.maybeFlush()
 }
@@ -321,6 +323,11 @@ func (b *Batch) AppendData(off int64, n int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Zero the header and the padding after the payload, not the payload:
+	// the caller overwrites it, and clearing it first would be one more
+	// pass over every byte of old data.
+	clear(b.buf[i : i+recHdrLen])
+	clear(b.buf[i+recHdrLen+n:])
 	b.encodeHeader(i, KindData, off, int64(n))
 	b.bytes += int64(n)
 	return b.buf[i+recHdrLen : i+recHdrLen+n], nil
