@@ -109,6 +109,9 @@ type CachedVolume struct {
 	pinned      bool           // failed: dirtyBytes not counted in the cache
 	evictGen    uint64         // bumped whenever a buffer leaves chunks
 	lastRead    atomic.Int64   // end of the latest read that missed, for readahead
+	raBusy      atomic.Bool    // a background readahead is running
+	raFlight    atomic.Pointer[raFlight]
+	raWG        sync.WaitGroup // background readaheads; Close waits for them
 	applyHook   func(kind writeKind, off, n int64, p []byte)
 
 	commitMu sync.Mutex
@@ -441,32 +444,45 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
 	// Pass 1: copy what the cache has, note the missing chunks and whether
-	// a readahead mark was reached.
+	// a readahead mark was reached. A chunk that a background readahead is
+	// reading right now is waited for, not read twice.
 	var missing []int64
 	marked := false
-	v.mu.RLock()
-	gen := v.evictGen
-	for k := first; k <= last; k++ {
-		lo, hi := chunkSpan(k, off, int64(len(p)))
-		dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
-		if b := v.chunks.get(k); b != nil {
-			if !b.ref.Load() {
-				b.ref.Store(true) // skip the store (and cache-line write) when set
+	var gen uint64
+	for {
+		missing = missing[:0]
+		var flight *raFlight
+		v.mu.RLock()
+		gen = v.evictGen
+		for k := first; k <= last; k++ {
+			lo, hi := chunkSpan(k, off, int64(len(p)))
+			dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
+			if b := v.chunks.get(k); b != nil {
+				if !b.ref.Load() {
+					b.ref.Store(true) // skip the store (and cache-line write) when set
+				}
+				if b.raMark.Load() {
+					b.raMark.Store(false)
+					marked = true
+				}
+				if b.data == nil {
+					clear(dst)
+				} else {
+					copy(dst, b.data[lo:hi])
+				}
+				continue
 			}
-			if b.raMark.Load() {
-				b.raMark.Store(false)
-				marked = true
+			if f := v.raFlight.Load(); f != nil && k >= f.from && k < f.to {
+				flight = f
 			}
-			if b.data == nil {
-				clear(dst)
-			} else {
-				copy(dst, b.data[lo:hi])
-			}
-			continue
+			missing = append(missing, k)
 		}
-		missing = append(missing, k)
+		v.mu.RUnlock()
+		if flight == nil {
+			break
+		}
+		<-flight.done
 	}
-	v.mu.RUnlock()
 	if last > first {
 		v.st.extraLookups.Add(uint64(last - first)) // the first is counted by reads
 	}
@@ -481,12 +497,19 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	// no readahead bookkeeping. (The chunks are checked absent after gen
 	// was taken; fillRun caches them only if nothing left the cache since,
 	// so they cannot be stale.)
+	//
+	// A window started from a mark, when the read itself hit, is filled
+	// in the background (one such fill per volume at a time): the reader
+	// returns at once and the next window's device read overlaps with the
+	// transfer of the data just read.
 	markAt := int64(-1)
 	if marked || len(missing) > 0 {
 		end := off + int64(len(p))
 		seq := v.lastRead.Swap(end) == off && len(missing) > 0 && missing[len(missing)-1] == last
 		if seq || marked {
+			async := len(missing) == 0 && v.raBusy.CompareAndSwap(false, true)
 			limit := (v.size.Load() - 1) / ChunkSize
+			var ahead []int64
 			v.mu.RLock()
 			k := last + 1
 			for marked && k <= min(last+readAheadChunks, limit) && v.chunks.get(k) != nil {
@@ -494,14 +517,25 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			}
 			from := k
 			for ; k < from+readAheadChunks && k <= limit && v.chunks.get(k) == nil; k++ {
-				missing = append(missing, k)
+				ahead = append(ahead, k)
 			}
-			v.mu.RUnlock()
 			if k > from {
 				// Halfway, or on the last chunk of a window cut short by
 				// a cached chunk (the next read past it skips those).
 				markAt = from + min(readAheadChunks/2, k-from-1)
 			}
+			if async && len(ahead) > 0 && !v.closed.Load() {
+				// Close waits for it (see raWG).
+				f := &raFlight{from: ahead[0], to: ahead[len(ahead)-1] + 1, done: make(chan struct{})}
+				v.raFlight.Store(f)
+				v.raWG.Add(1)
+				go v.readAhead(f, ahead, gen, markAt)
+				ahead = nil
+			} else if async {
+				v.raBusy.Store(false)
+			}
+			v.mu.RUnlock()
+			missing = append(missing, ahead...)
 		}
 	}
 	// Pass 2: read the missing chunks in contiguous runs.
@@ -520,6 +554,24 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		v.st.readLat.observe(time.Since(start))
 	}
 	return nil
+}
+
+// readAhead fills the contiguous chunks ks in the background and marks
+// chunk markAt. A failure is only logged (by readErr): the reader that
+// reaches those chunks reads them itself and gets the error.
+func (v *CachedVolume) readAhead(f *raFlight, ks []int64, gen uint64, markAt int64) {
+	defer v.raWG.Done()
+	_ = v.fillRun(nil, ks[0]*ChunkSize, ks, gen, markAt)
+	v.raFlight.Store(nil)
+	v.raBusy.Store(false)
+	close(f.done)
+}
+
+// raFlight is a background readahead of chunks [from, to); done is closed
+// when its chunks are cached (or it gave up).
+type raFlight struct {
+	from, to int64
+	done     chan struct{}
 }
 
 // readAheadChunks is how far a sequential read fills ahead (512 KiB).
@@ -1076,6 +1128,12 @@ func (v *CachedVolume) Close() error {
 			err = fmt.Errorf("engine: %s closed with unflushed data after a failed commit: %w", v.name, ErrMedium)
 		}
 		v.closed.Store(true)
+		// A reader that decided to start a background readahead did so
+		// under v.mu before it could see closed; once we hold v.mu every
+		// such readahead is counted in raWG.
+		v.mu.Lock()
+		v.mu.Unlock()
+		v.raWG.Wait()
 		v.mu.Lock()
 		v.cond.Broadcast()
 		var all []*buf
