@@ -176,7 +176,11 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	}
 	switch opts.Backend {
 	case BackendFile:
-		data, err = OpenFileDevice(path, create, opts.Size)
+		var fd *FileDevice
+		if fd, err = OpenFileDevice(path, create, opts.Size); err == nil {
+			fd.EnableDirectWrites()
+			data = fd
+		}
 	case BackendMmap:
 		var fd *FileDevice
 		if fd, err = OpenFileDevice(path, create, opts.Size); err == nil {

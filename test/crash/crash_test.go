@@ -23,7 +23,7 @@ import (
 )
 
 const (
-	slotSize = 64 << 10 // each write covers one 64 KiB slot
+	slotSize = 64 << 10 // each write covers whole 64 KiB slots
 	slots    = 256      // of the first 16 MiB of the LUN
 	writes   = 400
 )
@@ -31,7 +31,8 @@ const (
 // op is one qemu-io command of the workload.
 type op struct {
 	flush   bool
-	slot    int
+	slot    int // first slot written
+	n       int // slots written (a write of 4 or more goes O_DIRECT in place)
 	pattern byte
 	fua     bool
 }
@@ -40,7 +41,11 @@ func workload(seed uint64) []op {
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
 	var ops []op
 	for i := 0; i < writes; i++ {
-		ops = append(ops, op{slot: r.IntN(slots), pattern: byte(i%251 + 1), fua: r.IntN(13) == 0})
+		n := 1
+		if r.IntN(4) == 0 {
+			n = 4 + r.IntN(5) // 256-512 KiB
+		}
+		ops = append(ops, op{slot: r.IntN(slots - n + 1), n: n, pattern: byte(i%251 + 1), fua: r.IntN(13) == 0})
 		if r.IntN(10) == 0 {
 			ops = append(ops, op{flush: true})
 		}
@@ -56,7 +61,7 @@ func (o op) command() string {
 	if o.fua {
 		fua = "-f "
 	}
-	return fmt.Sprintf("write %s-P %d %d %d", fua, o.pattern, o.slot*slotSize, slotSize)
+	return fmt.Sprintf("write %s-P %d %d %d", fua, o.pattern, o.slot*slotSize, o.n*slotSize)
 }
 
 // state is the first 16 MiB after the first n writes of ops applied to
@@ -68,7 +73,9 @@ func state(base [slots]byte, ops []op, n int) [slots]byte {
 			break
 		}
 		if !o.flush {
-			s[o.slot] = o.pattern
+			for i := o.slot; i < o.slot+o.n; i++ {
+				s[i] = o.pattern
+			}
 			n--
 		}
 	}
