@@ -176,11 +176,7 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	}
 	switch opts.Backend {
 	case BackendFile:
-		var fd *FileDevice
-		if fd, err = OpenFileDevice(path, create, opts.Size); err == nil {
-			fd.EnableDirectWrites()
-			data = fd
-		}
+		data, err = OpenFileDevice(path, create, opts.Size)
 	case BackendMmap:
 		var fd *FileDevice
 		if fd, err = OpenFileDevice(path, create, opts.Size); err == nil {

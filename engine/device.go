@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,54 +51,6 @@ type FileDevice struct {
 	f    *os.File
 	fd   int
 	size int64
-	// direct, when not nil, is the same file opened with O_DIRECT; see
-	// EnableDirectWrites.
-	direct *os.File
-}
-
-// directAlign is the alignment O_DIRECT needs of offsets, lengths and
-// buffer addresses: 4096 covers disks with 512-byte and 4 KiB sectors.
-const directAlign = 4096
-
-// EnableDirectWrites makes WriteAtv write large aligned runs with O_DIRECT,
-// straight from the caller's memory to the disk, skipping the kernel page
-// cache. The engine's own buffer cache already holds what it writes in
-// place, so copying it into the page cache as well costs a memory copy per
-// byte and double caching, and defers the disk write to the commit's
-// fdatasync. Reads stay buffered (the kernel keeps the two coherent); an
-// unaligned write falls back to the buffered descriptor. A file system
-// without O_DIRECT (tmpfs) is left as it is.
-func (d *FileDevice) EnableDirectWrites() {
-	if d.direct != nil {
-		return
-	}
-	f, err := os.OpenFile(d.f.Name(), os.O_RDWR|unix.O_DIRECT, 0)
-	if err != nil {
-		return
-	}
-	d.direct = f
-}
-
-// directMin is the smallest write that goes O_DIRECT. Small scattered
-// writes are better off in the page cache, where the commit's fdatasync
-// writes them back sorted and merged; a direct write costs a disk round
-// trip each.
-const directMin = 256 << 10
-
-// directOK reports whether bufs at off should be written with O_DIRECT: a
-// large write, aligned in offset, length and memory.
-func (d *FileDevice) directOK(bufs [][]byte, off int64) bool {
-	if d.direct == nil || off%directAlign != 0 {
-		return false
-	}
-	total := 0
-	for _, b := range bufs {
-		if len(b)%directAlign != 0 || (len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%directAlign != 0) {
-			return false
-		}
-		total += len(b)
-	}
-	return total >= directMin
 }
 
 // OpenFileDevice opens the raw image at path. With create it makes a sparse
@@ -238,9 +189,6 @@ func pwriteFull(fd int, p []byte, off int64) (int, error) {
 
 // WriteAtv implements Device with pwritev, resuming after short writes.
 func (d *FileDevice) WriteAtv(bufs [][]byte, off int64) error {
-	if d.directOK(bufs, off) {
-		return pwritevFull(int(d.direct.Fd()), bufs, off)
-	}
 	return pwritevFull(d.fd, bufs, off)
 }
 
@@ -363,9 +311,4 @@ func (d *FileDevice) Truncate(size int64) error {
 }
 
 // Close implements Device.
-func (d *FileDevice) Close() error {
-	if d.direct != nil {
-		d.direct.Close()
-	}
-	return d.f.Close()
-}
+func (d *FileDevice) Close() error { return d.f.Close() }

@@ -32,7 +32,7 @@ const (
 type op struct {
 	flush   bool
 	slot    int // first slot written
-	n       int // slots written (a write of 4 or more goes O_DIRECT in place)
+	n       int // slots written: several make long in-place runs
 	pattern byte
 	fua     bool
 }
