@@ -695,23 +695,31 @@ func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
 	})
 }
 
-// TestReadAheadTail: a readahead window that runs into the end of a volume
-// whose size is not a whole number of chunks reads the short last chunk
-// right (vectored fill, partial last buffer).
-func TestReadAheadTail(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "tail.img")
-	const size = 1<<20 + 1536
+// coldVolume writes a size-byte volume with pattern seed, closes it and
+// opens it again with nothing cached. The volume closes with the test.
+func coldVolume(t *testing.T, size int64, seed int) (*CachedVolume, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "cold.img")
 	v := openTest(t, path, Options{Size: size})
-	model := pattern(size, 11)
-	if err := v.WriteAt(ctx, model, 0, false); err != nil {
+	model := pattern(int(size), seed)
+	if err := v.WriteAt(context.Background(), model, 0, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
 	v = openTest(t, path, Options{})
-	defer v.Close()
+	t.Cleanup(func() { v.Close() })
+	return v, model
+}
+
+// TestReadAheadTail: a readahead window that runs into the end of a volume
+// whose size is not a whole number of chunks reads the short last chunk
+// right (vectored fill, partial last buffer).
+func TestReadAheadTail(t *testing.T) {
+	ctx := context.Background()
+	const size = 1<<20 + 1536
+	v, model := coldVolume(t, size, 11)
 	got := make([]byte, size)
 	for off := 0; off < size; off += 512 {
 		if err := v.ReadAt(ctx, got[off:off+512], int64(off)); err != nil {
@@ -728,18 +736,8 @@ func TestReadAheadTail(t *testing.T) {
 // range.
 func TestReadAhead(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ra.img")
 	const size = 4 << 20
-	v := openTest(t, path, Options{Size: size})
-	model := pattern(size, 9)
-	if err := v.WriteAt(ctx, model, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Close(); err != nil {
-		t.Fatal(err)
-	}
-	v = openTest(t, path, Options{})
-	defer v.Close()
+	v, model := coldVolume(t, size, 9)
 	got := make([]byte, size)
 	for off := 0; off < size; off += 4096 {
 		if off == size/2 {

@@ -124,44 +124,13 @@ func (d *FileDevice) ReadAtv(bufs [][]byte, off int64) error {
 }
 
 func preadvFull(fd int, bufs [][]byte, off int64) error {
-	iov := make([][]byte, 0, min(len(bufs), maxIOV))
-	for len(bufs) > 0 {
-		iov = iov[:0]
-		for len(bufs) > 0 && len(iov) < maxIOV {
-			if len(bufs[0]) > 0 {
-				iov = append(iov, bufs[0])
-			}
-			bufs = bufs[1:]
+	return vectored("preadv", unix.Preadv, fd, bufs, off, func(iov [][]byte) error {
+		// Past EOF: the volume reads zeroes there.
+		for _, b := range iov {
+			clear(b)
 		}
-		for len(iov) > 0 {
-			n, err := unix.Preadv(fd, iov, off)
-			if err != nil {
-				if err == unix.EINTR {
-					continue
-				}
-				return fmt.Errorf("preadv at %d: %w", off, err)
-			}
-			if n == 0 {
-				// Past EOF: the volume reads zeroes there.
-				for _, b := range iov {
-					clear(b)
-				}
-				iov = nil
-				break
-			}
-			off += int64(n)
-			for n > 0 {
-				if n >= len(iov[0]) {
-					n -= len(iov[0])
-					iov = iov[1:]
-				} else {
-					iov[0] = iov[0][n:]
-					n = 0
-				}
-			}
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // WriteAt implements Device.
@@ -193,7 +162,18 @@ func (d *FileDevice) WriteAtv(bufs [][]byte, off int64) error {
 }
 
 func pwritevFull(fd int, bufs [][]byte, off int64) error {
-	// Work on a copy: short writes trim the head in place.
+	return vectored("pwritev", unix.Pwritev, fd, bufs, off, func([][]byte) error {
+		return io.ErrShortWrite
+	})
+}
+
+// vectored transfers bufs back to back from off with call (preadv or
+// pwritev), at most maxIOV buffers per call, resuming after short
+// transfers and EINTR. When a call transfers nothing, atZero gets the
+// buffers left in that batch: it returns the error to report, or nil after
+// dealing with them itself.
+func vectored(name string, call func(int, [][]byte, int64) (int, error), fd int, bufs [][]byte, off int64, atZero func([][]byte) error) error {
+	// Work on a copy: short transfers trim the head in place.
 	iov := make([][]byte, 0, min(len(bufs), maxIOV))
 	for len(bufs) > 0 {
 		iov = iov[:0]
@@ -204,15 +184,18 @@ func pwritevFull(fd int, bufs [][]byte, off int64) error {
 			bufs = bufs[1:]
 		}
 		for len(iov) > 0 {
-			n, err := unix.Pwritev(fd, iov, off)
+			n, err := call(fd, iov, off)
 			if err != nil {
 				if err == unix.EINTR {
 					continue
 				}
-				return fmt.Errorf("pwritev at %d: %w", off, err)
+				return fmt.Errorf("%s at %d: %w", name, off, err)
 			}
 			if n == 0 {
-				return fmt.Errorf("pwritev at %d: %w", off, io.ErrShortWrite)
+				if err := atZero(iov); err != nil {
+					return fmt.Errorf("%s at %d: %w", name, off, err)
+				}
+				break
 			}
 			off += int64(n)
 			for n > 0 {
