@@ -97,12 +97,7 @@ func targetCreateCmd(cf *clientFlags) *cobra.Command {
 			if open || len(allow) > 0 {
 				req.ACL = &api.ACLRequest{Open: open, Initiators: allow}
 			}
-			var t api.Target
-			raw, err := c.do(http.MethodPost, "/targets", req, &t)
-			if err != nil {
-				return err
-			}
-			return printTargets(cmd, c, raw, []api.Target{t})
+			return targetRequest(cmd, c, http.MethodPost, "/targets", req)
 		},
 	}
 	cmd.Flags().StringVar(&alias, "alias", "", "target alias shown to initiators")
@@ -137,6 +132,17 @@ func done(cmd *cobra.Command, c *client, msg string) error {
 	return err
 }
 
+// targetRequest sends one API request that answers with a target and
+// prints that target.
+func targetRequest(cmd *cobra.Command, c *client, method, path string, in any) error {
+	var t api.Target
+	raw, err := c.do(method, path, in, &t)
+	if err != nil {
+		return err
+	}
+	return printTargets(cmd, c, raw, []api.Target{t})
+}
+
 func parseLUN(s string) (uint64, error) {
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
@@ -159,12 +165,7 @@ func targetMapCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var t api.Target
-			raw, err := c.do(http.MethodPost, targetPath(args[0], "/luns"), api.MapLUNRequest{LUN: &lun, Volume: args[2]}, &t)
-			if err != nil {
-				return err
-			}
-			return printTargets(cmd, c, raw, []api.Target{t})
+			return targetRequest(cmd, c, http.MethodPost, targetPath(args[0], "/luns"), api.MapLUNRequest{LUN: &lun, Volume: args[2]})
 		},
 	}
 }
@@ -203,12 +204,7 @@ func targetACLCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			req := api.ACLRequest{Open: open, Initiators: args[1:]}
-			var t api.Target
-			raw, err := c.do(http.MethodPut, targetPath(args[0], "/acl"), req, &t)
-			if err != nil {
-				return err
-			}
-			return printTargets(cmd, c, raw, []api.Target{t})
+			return targetRequest(cmd, c, http.MethodPut, targetPath(args[0], "/acl"), req)
 		},
 	}
 	cmd.Flags().BoolVar(&open, "open", false, "admit every initiator")
@@ -254,12 +250,7 @@ process list. Secrets are write-only: the API never returns them.`,
 			if mutualUser != "" {
 				req.MutualUser, req.MutualSecret = mutualUser, mutual
 			}
-			var t api.Target
-			raw, err := c.do(http.MethodPut, targetPath(args[0], "/chap"), req, &t)
-			if err != nil {
-				return err
-			}
-			return printTargets(cmd, c, raw, []api.Target{t})
+			return targetRequest(cmd, c, http.MethodPut, targetPath(args[0], "/chap"), req)
 		},
 	}
 	cmd.Flags().StringVar(&user, "user", "", "CHAP user name the initiator logs in with")
