@@ -43,39 +43,37 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/anvil-bench.XXXXXX")
 anvil_pid="" tgtd_pid="" ctl_port=""
 
-stop_pid() { # stop_pid PID NAME: SIGTERM, wait up to 30 s, then SIGKILL
-  local pid=$1 name=$2 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
+# wait_or_kill PID NAME SECONDS: wait for PID to exit, SIGKILL it after
+# SECONDS, and reap it.
+wait_or_kill() {
+  local pid=$1 name=$2 secs=$3 i
+  for ((i = 0; i < secs * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    echo "$name (pid $pid) ignored SIGTERM for 30 s; killing it" >&2
+    echo "$name (pid $pid) did not stop within $secs s; killing it" >&2
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
 }
 
+stop_pid() { # stop_pid PID NAME: SIGTERM, wait up to 30 s, then SIGKILL
+  local pid=$1 name=$2
+  [ -n "$pid" ] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait_or_kill "$pid" "$name" 30
+}
+
 # stop_tgtd asks tgtd to shut down the way tgt's own scripts do (it
 # ignores SIGTERM while targets exist), then falls back to SIGKILL.
 stop_tgtd() {
-  local i
   [ -n "$tgtd_pid" ] || return 0
   kill -0 "$tgtd_pid" 2>/dev/null || return 0
   command tgtadm -C "$ctl_port" --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
   command tgtadm -C "$ctl_port" --lld iscsi --mode system --op delete >/dev/null 2>&1 || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$tgtd_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$tgtd_pid" 2>/dev/null; then
-    echo "tgtd (pid $tgtd_pid) did not shut down; killing it" >&2
-    kill -KILL "$tgtd_pid" 2>/dev/null || true
-  fi
-  wait "$tgtd_pid" 2>/dev/null || true
+  wait_or_kill "$tgtd_pid" tgtd 10
   tgtd_pid=""
 }
 
