@@ -26,8 +26,10 @@ type buf struct {
 	vol *CachedVolume
 	key int64 // chunk index
 	// data is nil for a hole buffer: a dirty "this chunk is unmapped" marker
-	// that reads as zeroes and commits as a punched hole.
-	data *[ChunkSize]byte
+	// that reads as zeroes and commits as a punched hole. It is changed
+	// only with vol.mu held exclusively; it is atomic because the lock-free
+	// hit path reads it.
+	data atomic.Pointer[[ChunkSize]byte]
 
 	// orig, for a dirty buffer that was clean (so equal to the device) when
 	// the epoch first changed it, is that clean content, kept for the undo

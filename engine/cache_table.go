@@ -1,67 +1,94 @@
 package engine
 
+import "sync/atomic"
+
 // chunkTable maps chunk indexes of one volume to buffers. It is a two-level
 // radix table rather than a Go map: a lookup is two indexed loads, which
 // matters on the cache-hit read path, and leaves are allocated only for the
-// 2 MiB regions that have ever been cached. Callers hold the volume lock.
+// 2 MiB regions that have ever been cached.
+//
+// Changes (set, del) happen with the volume lock held exclusively. Lookups
+// (get) are atomic loads, so the lock-free hit path (CachedVolume.readHit)
+// may look up chunks while a writer changes the table; it then sees either
+// the old or the new buffer of a chunk, and the volume's write sequence
+// tells it that a change happened.
 type chunkTable struct {
-	top []*chunkLeaf
-	n   int // buffers in the table
+	top atomic.Pointer[[]atomic.Pointer[chunkLeaf]]
+	n   int // buffers in the table; guarded by the volume lock
 }
 
 const leafBits = 9 // 512 chunks = 2 MiB per leaf
 
 type chunkLeaf struct {
-	b [1 << leafBits]*buf
-	n int
+	b [1 << leafBits]atomic.Pointer[buf]
+	n int // guarded by the volume lock
+}
+
+// leaf returns the leaf for chunk k, or nil.
+func (t *chunkTable) leaf(k int64) *chunkLeaf {
+	top := t.top.Load()
+	i := k >> leafBits
+	if top == nil || i >= int64(len(*top)) {
+		return nil
+	}
+	return (*top)[i].Load()
 }
 
 // get returns the buffer of chunk k, or nil.
 func (t *chunkTable) get(k int64) *buf {
-	i := k >> leafBits
-	if i >= int64(len(t.top)) {
-		return nil
+	if l := t.leaf(k); l != nil {
+		return l.b[k&(1<<leafBits-1)].Load()
 	}
-	l := t.top[i]
-	if l == nil {
-		return nil
-	}
-	return l.b[k&(1<<leafBits-1)]
+	return nil
 }
 
 // set installs b as the buffer of chunk k (b non-nil).
 func (t *chunkTable) set(k int64, b *buf) {
 	i := k >> leafBits
-	if i >= int64(len(t.top)) {
-		t.top = append(t.top, make([]*chunkLeaf, i+1-int64(len(t.top)))...)
+	var top []atomic.Pointer[chunkLeaf]
+	if p := t.top.Load(); p != nil {
+		top = *p
 	}
-	l := t.top[i]
+	if i >= int64(len(top)) {
+		// Grow into a new top array and publish it whole: lookups keep
+		// using the old one until then.
+		grown := make([]atomic.Pointer[chunkLeaf], i+1)
+		for j := range top {
+			grown[j].Store(top[j].Load())
+		}
+		t.top.Store(&grown)
+		top = grown
+	}
+	l := top[i].Load()
 	if l == nil {
 		l = new(chunkLeaf)
-		t.top[i] = l
+		top[i].Store(l)
 	}
 	slot := &l.b[k&(1<<leafBits-1)]
-	if *slot == nil {
+	if slot.Load() == nil {
 		l.n++
 		t.n++
 	}
-	*slot = b
+	slot.Store(b)
 }
 
 // del removes chunk k's buffer, freeing its leaf when it becomes empty.
 func (t *chunkTable) del(k int64) {
+	p := t.top.Load()
 	i := k >> leafBits
-	if i >= int64(len(t.top)) || t.top[i] == nil {
+	if p == nil || i >= int64(len(*p)) {
 		return
 	}
-	l := t.top[i]
+	l := (*p)[i].Load()
+	if l == nil {
+		return
+	}
 	slot := &l.b[k&(1<<leafBits-1)]
-	if *slot != nil {
-		*slot = nil
+	if slot.Swap(nil) != nil {
 		l.n--
 		t.n--
 		if l.n == 0 {
-			t.top[i] = nil
+			(*p)[i].Store(nil)
 		}
 	}
 }
@@ -69,15 +96,20 @@ func (t *chunkTable) del(k int64) {
 // each calls f for every buffer in chunk order; f may delete the chunk it
 // is given.
 func (t *chunkTable) each(f func(k int64, b *buf)) {
-	for i, l := range t.top {
+	p := t.top.Load()
+	if p == nil {
+		return
+	}
+	for i := range *p {
+		l := (*p)[i].Load()
 		if l == nil {
 			continue
 		}
 		for j := range l.b {
-			if b := l.b[j]; b != nil {
+			if b := l.b[j].Load(); b != nil {
 				f(int64(i)<<leafBits|int64(j), b)
 			}
-			if t.top[i] == nil {
+			if (*p)[i].Load() == nil {
 				break // the leaf emptied and was freed
 			}
 		}
@@ -86,3 +118,9 @@ func (t *chunkTable) each(f func(k int64, b *buf)) {
 
 // len is the number of buffers in the table.
 func (t *chunkTable) len() int { return t.n }
+
+// reset empties the table.
+func (t *chunkTable) reset() {
+	t.top.Store(nil)
+	t.n = 0
+}

@@ -99,8 +99,13 @@ type CachedVolume struct {
 	noGroup  bool
 	serialMu sync.Mutex // DisableGroupCommit: one write+commit at a time
 
+	// mu guards the chunk table, the buffers and the epoch. Take it
+	// exclusively with lock and unlock (and wait on cond with waitCond),
+	// never with mu.Lock: those keep wseq, which the lock-free cache-hit
+	// path (readHit) checks, odd for as long as the lock is held.
 	mu          sync.RWMutex
-	cond        *sync.Cond // on mu: epoch cut or commit finished
+	wseq        atomic.Uint64 // odd while mu is held exclusively
+	cond        *sync.Cond    // on mu: epoch cut or commit finished
 	chunks      chunkTable
 	dirty       map[int64]*buf // dirty buffers of the open epoch
 	epoch       uint64         // open epoch
@@ -419,6 +424,28 @@ func (v *CachedVolume) writable() error {
 	return nil
 }
 
+// lock takes v.mu exclusively and makes wseq odd, so that a concurrent
+// readHit, which takes no lock, knows its copy may be inconsistent.
+func (v *CachedVolume) lock() {
+	v.mu.Lock()
+	v.wseq.Add(1)
+}
+
+// unlock makes wseq even again and releases v.mu.
+func (v *CachedVolume) unlock() {
+	v.wseq.Add(1)
+	v.mu.Unlock()
+}
+
+// waitCond waits on v.cond with v.mu held through lock. The lock is
+// released while waiting, and other writers bump wseq in the meantime; wseq
+// is made even for the wait and odd again once the lock is back.
+func (v *CachedVolume) waitCond() {
+	v.wseq.Add(1)
+	v.cond.Wait()
+	v.wseq.Add(1)
+}
+
 // chunkLen is how many bytes of chunk k lie inside the volume.
 func (v *CachedVolume) chunkLen(k int64) int {
 	return int(min(ChunkSize, v.size.Load()-k*ChunkSize))
@@ -443,6 +470,15 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		start = time.Now()
 	}
 	first, last := off/ChunkSize, (off+int64(len(p))-1)/ChunkSize
+	if last > first {
+		v.st.extraLookups.Add(uint64(last - first)) // the first is counted by reads
+	}
+	if v.readHit(p, off, first, last) {
+		if sampled {
+			v.st.readLat.observe(time.Since(start))
+		}
+		return nil
+	}
 	// Pass 1: copy what the cache has, note the missing chunks and whether
 	// a readahead mark was reached. A chunk that a background readahead is
 	// reading right now is waited for, not read twice.
@@ -465,10 +501,10 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 					b.raMark.Store(false)
 					marked = true
 				}
-				if b.data == nil {
+				if d := b.data.Load(); d == nil {
 					clear(dst)
 				} else {
-					copy(dst, b.data[lo:hi])
+					copy(dst, d[lo:hi])
 				}
 				continue
 			}
@@ -482,9 +518,6 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			break
 		}
 		<-flight.done
-	}
-	if last > first {
-		v.st.extraLookups.Add(uint64(last - first)) // the first is counted by reads
 	}
 	if len(missing) > 0 {
 		v.st.misses.Add(uint64(len(missing)))
@@ -556,6 +589,49 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// readHit serves a read that the cache holds whole without taking v.mu,
+// and reports whether it did; when it did not, the caller reads again the
+// locked way, and whatever readHit left in p is overwritten.
+//
+// It is the reader side of a sequence lock. Every change to the chunk
+// table, to a buffer's data pointer or to its contents happens with v.mu
+// held exclusively, and lock and unlock keep wseq odd for as long as that
+// is. readHit samples an even wseq, copies the chunks, and accepts the copy
+// only if wseq still holds the same value afterwards: then no writer ran
+// in between, so the copy is exactly what a reader holding v.mu would have
+// seen, consistent across all the chunks of the read. Buffer memory is
+// never unmapped (chunkSlab keeps it), so copying from an array that a
+// writer freed and reused meanwhile reads stale bytes, never faults, and
+// the recheck rejects them.
+//
+// Saving the read lock's two atomic read-modify-writes is worth the
+// bother: on the VMs Anvil runs on they cost about 50 ns, a quarter of
+// a 4 KiB cache hit. A read that reaches a readahead mark takes the locked
+// path, which starts the next window.
+func (v *CachedVolume) readHit(p []byte, off, first, last int64) bool {
+	seq := v.wseq.Load()
+	if seq&1 != 0 {
+		return false
+	}
+	for k := first; k <= last; k++ {
+		b := v.chunks.get(k)
+		if b == nil || b.raMark.Load() {
+			return false
+		}
+		if !b.ref.Load() {
+			b.ref.Store(true) // a hint for the evictor; harmless if stale
+		}
+		lo, hi := chunkSpan(k, off, int64(len(p)))
+		dst := p[k*ChunkSize+lo-off : k*ChunkSize+hi-off]
+		if d := b.data.Load(); d == nil {
+			clear(dst)
+		} else {
+			copy(dst, d[lo:hi])
+		}
+	}
+	return seqAfterReads(&v.wseq) == seq
+}
+
 // readAhead fills the contiguous chunks ks in the background and marks
 // chunk markAt. A failure is only logged (by readErr): the reader that
 // reaches those chunks reads them itself and gets the error.
@@ -611,10 +687,11 @@ func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64, mark
 		copy(p[k*ChunkSize+lo-off:k*ChunkSize+hi-off], bufs[i][lo:hi])
 	}
 	var added []*buf
-	v.mu.Lock()
+	v.lock()
 	for i, k := range ks {
 		if v.evictGen == gen && v.chunks.get(k) == nil {
-			b := &buf{vol: v, key: k, data: bufs[i]}
+			b := &buf{vol: v, key: k}
+			b.data.Store(bufs[i])
 			if k == markAt {
 				b.raMark.Store(true)
 			}
@@ -623,7 +700,7 @@ func (v *CachedVolume) fillRun(p []byte, off int64, ks []int64, gen uint64, mark
 			bufs[i] = nil
 		}
 	}
-	v.mu.Unlock()
+	v.unlock()
 	for _, d := range bufs {
 		if d != nil {
 			v.cache.free(d)
@@ -793,18 +870,18 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			fills[k] = d
 		}
 
-		v.mu.Lock()
+		v.lock()
 		// Wait for room in the open epoch.
 		for v.epochChunks > 0 && v.epochChunks+nch > v.maxEpochChunks {
 			if err := v.writable(); err != nil {
-				v.mu.Unlock()
+				v.unlock()
 				return 0, err
 			}
 			v.kickFlusher()
-			v.cond.Wait()
+			v.waitCond()
 		}
 		if err := v.writable(); err != nil {
-			v.mu.Unlock()
+			v.unlock()
 			return 0, err
 		}
 		if v.evictGen != gen {
@@ -826,7 +903,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				}
 			}
 			if stale {
-				v.mu.Unlock()
+				v.unlock()
 				continue
 			}
 		}
@@ -844,64 +921,66 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			// Copy-on-write: the commit owns the frozen version; this
 			// write and later ones go to a new version.
 			nb := &buf{vol: v, key: k}
-			if b.data != nil && !(kind == kindUnmap && full) {
-				nb.data = v.cache.allocNoZero()
-				*nb.data = *b.data
+			if d := b.data.Load(); d != nil && !(kind == kindUnmap && full) {
+				nd := v.cache.allocNoZero()
+				*nd = *d
+				nb.data.Store(nd)
 				reserved -= ChunkSize
 				added = append(added, nb)
+				v.addDirtyLocked(ChunkSize)
 			}
 			// The new version is dirty from birth: its contents are not
 			// the device's, so it must never be taken for a clean buffer
 			// (whose contents would serve as the undo record's old data).
 			nb.state.Store(stateDirty)
-			if nb.data != nil {
-				v.addDirtyLocked(ChunkSize)
-			}
 			v.chunks.set(k, nb)
 			b = nb
 		}
 		if b == nil {
 			b = &buf{vol: v, key: k}
 			if d := fills[k]; d != nil {
-				b.data = d
+				b.data.Store(d)
 				delete(fills, k)
 				added = append(added, b)
 			}
 			v.chunks.set(k, b)
 		}
-		if b.data != nil && b.state.Load() == stateClean && b.orig == nil {
+		d := b.data.Load()
+		if d != nil && b.state.Load() == stateClean && b.orig == nil {
 			// First change to a clean buffer in this epoch: keep its
 			// content (the device's) for the undo record, and modify a copy.
-			b.orig = b.data
+			b.orig = d
 			v.addDirtyLocked(ChunkSize) // pinned until the commit
 			if kind == kindUnmap && full {
-				b.data = nil
+				d = nil
 				dropped = append(dropped, b)
 			} else {
-				nd := v.cache.allocNoZero()
+				d = v.cache.allocNoZero()
 				reserved -= ChunkSize
 				if kind != kindData || !full {
-					*nd = *b.orig
+					*d = *b.orig
 				}
-				b.data = nd
 			}
+			b.data.Store(d)
 		}
 		if kind == kindUnmap && full {
-			if b.data != nil {
+			if d != nil {
 				dropped = append(dropped, b)
 				if b.state.Load() != stateClean {
 					v.addDirtyLocked(-ChunkSize)
 				}
-				v.cache.free(b.data)
-				b.data = nil
+				b.data.Store(nil)
+				v.cache.free(d)
+				d = nil
 			}
 		} else {
-			if b.data == nil {
+			if d == nil {
 				if kind == kindData && full {
-					b.data = v.cache.allocNoZero() // overwritten whole below
+					d = v.cache.allocNoZero() // overwritten whole below
 				} else {
-					b.data = v.cache.alloc()
+					d = v.cache.alloc()
 				}
+				b.data.Store(d)
 				reserved -= ChunkSize
 				if b.state.Load() != stateClean {
 					v.addDirtyLocked(ChunkSize)
@@ -909,14 +988,14 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				added = append(added, b)
 			}
 			if kind == kindData {
-				copy(b.data[lo:hi], p[k*ChunkSize+lo-off:k*ChunkSize+hi-off])
+				copy(d[lo:hi], p[k*ChunkSize+lo-off:k*ChunkSize+hi-off])
 			} else {
-				clear(b.data[lo:hi])
+				clear(d[lo:hi])
 			}
 		}
 		if b.state.Load() != stateDirty {
 			b.state.Store(stateDirty)
-			if b.data != nil {
+			if d != nil {
 				v.addDirtyLocked(ChunkSize)
 			}
 		}
@@ -929,7 +1008,7 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		v.applyHook(kind, off, n, p)
 	}
 	kickNow := v.epochChunks >= v.maxEpochChunks/2
-	v.mu.Unlock()
+	v.unlock()
 	v.cache.untrack(dropped)
 	v.cache.track(added)
 	if kickNow || v.cache.dirty.Load() >= v.cache.dirtyLimit/2 {
@@ -951,9 +1030,10 @@ func (v *CachedVolume) addDirtyLocked(n int64) {
 // off the LRU; a buffer that stays cached goes back on the LRU here, under
 // v.mu, so that a buffer leaving the cache concurrently is never put back.
 func (v *CachedVolume) dropClean(b *buf) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.chunks.get(b.key) != b || b.data == nil {
+	v.lock()
+	defer v.unlock()
+	d := b.data.Load()
+	if v.chunks.get(b.key) != b || d == nil {
 		return false
 	}
 	if b.state.Load() != stateClean || b.frozen {
@@ -962,8 +1042,8 @@ func (v *CachedVolume) dropClean(b *buf) bool {
 	}
 	v.chunks.del(b.key)
 	v.evictGen++
-	v.cache.free(b.data)
-	b.data = nil
+	b.data.Store(nil)
+	v.cache.free(d)
 	return true
 }
 
@@ -985,11 +1065,11 @@ func (v *CachedVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, e
 	defer v.mu.RUnlock()
 	k := off / ChunkSize
 	if b, ok := pending(k); ok {
-		mapped := b.data != nil
+		mapped := b.data.Load() != nil
 		end := (k + 1) * ChunkSize
 		for end < off+n {
 			nb, ok := pending(end / ChunkSize)
-			if !ok || (nb.data != nil) != mapped {
+			if !ok || (nb.data.Load() != nil) != mapped {
 				break
 			}
 			end += ChunkSize
@@ -1046,7 +1126,7 @@ func (v *CachedVolume) ClearError() error {
 	if _, err := v.fifo.Recover(v.data); err != nil {
 		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, ErrMedium)
 	}
-	v.mu.Lock()
+	v.lock()
 	if v.epoch <= v.fifo.Committed() {
 		v.epoch = v.fifo.Committed() + 1
 	}
@@ -1054,7 +1134,7 @@ func (v *CachedVolume) ClearError() error {
 	v.cache.addDirty(v.dirtyBytes)
 	v.failed.Store(nil)
 	v.cond.Broadcast()
-	v.mu.Unlock()
+	v.unlock()
 	v.log.Info("commit error cleared")
 	return nil
 }
@@ -1077,8 +1157,8 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	// Hold off writes while the size changes. Writes that slipped in since
 	// commitAll stay dirty and commit later (those past a new, smaller end
 	// are dropped with the range).
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.lock()
+	defer v.unlock()
 	if err := v.data.Truncate(size); err != nil {
 		return fmt.Errorf("engine: %s resize: %w", v.name, err)
 	}
@@ -1096,11 +1176,12 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	v.evictGen++
 	v.size.Store(size)
 	for _, b := range gone {
-		if b.data != nil {
+		if d := b.data.Load(); d != nil {
 			if b.state.Load() != stateClean {
 				v.addDirtyLocked(-ChunkSize)
 			}
-			v.cache.free(b.data)
+			b.data.Store(nil)
+			v.cache.free(d)
 		}
 		if b.orig != nil {
 			v.addDirtyLocked(-ChunkSize)
@@ -1131,10 +1212,10 @@ func (v *CachedVolume) Close() error {
 		// A reader that decided to start a background readahead did so
 		// under v.mu before it could see closed; once we hold v.mu every
 		// such readahead is counted in raWG.
-		v.mu.Lock()
-		v.mu.Unlock()
+		v.lock()
+		v.unlock()
 		v.raWG.Wait()
-		v.mu.Lock()
+		v.lock()
 		v.cond.Broadcast()
 		var all []*buf
 		v.chunks.each(func(_ int64, b *buf) { all = append(all, b) })
@@ -1155,12 +1236,13 @@ func (v *CachedVolume) Close() error {
 			v.cache.addDirty(-v.dirtyBytes)
 		}
 		v.dirtyBytes = 0
-		v.chunks, v.dirty = chunkTable{}, map[int64]*buf{}
-		v.mu.Unlock()
+		v.chunks.reset()
+		v.dirty = map[int64]*buf{}
+		v.unlock()
 		v.cache.untrack(all)
 		for _, b := range all {
-			if b.data != nil && !b.frozen {
-				v.cache.free(b.data)
+			if d := b.data.Load(); d != nil && !b.frozen {
+				v.cache.free(d)
 			}
 			if b.orig != nil && !b.frozen {
 				v.cache.free(b.orig)

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,28 +143,31 @@ func BenchmarkRandRead4KCached(b *testing.B) {
 }
 
 func benchRandRead(b *testing.B, open volOpener, size int64) {
-	{
-		{
-			ctx := context.Background()
-			v := open(b, size, false)
-			defer v.Close()
-			fillVolume(b, v)
-			p := make([]byte, 4096)
-			for off := int64(0); off < size; off += 4096 {
-				if err := v.ReadAt(ctx, p, off); err != nil {
-					b.Fatal(err)
-				}
-			}
-			rng := rand.New(rand.NewPCG(3, 4))
-			b.SetBytes(4096)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if err := v.ReadAt(ctx, p, rng.Int64N(size/4096)*4096); err != nil {
-					b.Fatal(err)
-				}
-			}
+	ctx := context.Background()
+	v := open(b, size, false)
+	defer v.Close()
+	fillVolume(b, v)
+	p := make([]byte, 4096)
+	for off := int64(0); off < size; off += 4096 {
+		if err := v.ReadAt(ctx, p, off); err != nil {
+			b.Fatal(err)
 		}
 	}
+	b.SetBytes(4096)
+	b.ResetTimer()
+	// Every reader goroutine (one per GOMAXPROCS) draws its own offsets, so
+	// the figure also shows how reads on several connections scale.
+	var seed atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewPCG(3, seed.Add(1)))
+		p := make([]byte, 4096)
+		for pb.Next() {
+			if err := v.ReadAt(ctx, p, rng.Int64N(size/4096)*4096); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // BenchmarkWCE0Writers16: 16 concurrent writers of random 4 KiB blocks with
@@ -274,7 +279,8 @@ func ratioBenchPrep(b *testing.B, va, vb Volume, round func(v Volume, r int) err
 //	randoverwrite: cached vs plain, 1,000 random 4 KiB overwrites of a
 //	               fully written 256 MiB volume plus a flush (target >= 0.4)
 //	randread:      cached vs plain, 20,000 random 4 KiB reads of an 8 MiB
-//	               cached working set (target >= 3)
+//	               cached working set (target >= 3), by one reader and
+//	               (randread-Nreaders) shared by one reader per CPU
 //	wce0:          group commit vs one commit per write, 16 WCE=0 writers
 //	               doing 20 random 4 KiB writes each (target >= 4)
 //
@@ -344,31 +350,51 @@ func BenchmarkRatio(b *testing.B) {
 			return v.Flush(ctx)
 		})
 	})
-	b.Run("randread", func(b *testing.B) {
-		const size = 8 << 20
-		cached := openCached(Options{FlushInterval: 5 * time.Second})(b, size, false)
-		defer cached.Close()
-		plain := openPlain(b, size, false)
-		defer plain.Close()
-		p := make([]byte, 4096)
-		for _, v := range []Volume{cached, plain} {
-			fillVolume(b, v)
-			for off := int64(0); off < size; off += 4096 {
-				if err := v.ReadAt(ctx, p, off); err != nil {
-					b.Fatal(err)
-				}
-			}
+	// randread with one reader, and with one reader per CPU, as
+	// initiators reading on several connections at once do.
+	for _, readers := range []int{1, runtime.GOMAXPROCS(0)} {
+		name := "randread"
+		if readers > 1 {
+			name = fmt.Sprintf("randread-%dreaders", readers)
 		}
-		ratioBench(b, cached, plain, func(v Volume, r int) error {
-			rng := rand.New(rand.NewPCG(uint64(r), 4))
-			for range 20000 {
-				if err := v.ReadAt(ctx, p, rng.Int64N(size/4096)*4096); err != nil {
-					return err
+		b.Run(name, func(b *testing.B) {
+			const size = 8 << 20
+			cached := openCached(Options{FlushInterval: 5 * time.Second})(b, size, false)
+			defer cached.Close()
+			plain := openPlain(b, size, false)
+			defer plain.Close()
+			p := make([]byte, 4096)
+			for _, v := range []Volume{cached, plain} {
+				fillVolume(b, v)
+				for off := int64(0); off < size; off += 4096 {
+					if err := v.ReadAt(ctx, p, off); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
-			return nil
+			ratioBench(b, cached, plain, func(v Volume, r int) error {
+				var wg sync.WaitGroup
+				errs := make(chan error, readers)
+				for g := range readers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						rng := rand.New(rand.NewPCG(uint64(r), uint64(4+g)))
+						p := make([]byte, 4096)
+						for range 20000 / readers {
+							if err := v.ReadAt(ctx, p, rng.Int64N(size/4096)*4096); err != nil {
+								errs <- err
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				return <-errs
+			})
 		})
-	})
+	}
 	b.Run("wce0", func(b *testing.B) {
 		const size = 64 << 20
 		group := openCached(Options{})(b, size, true)

@@ -130,9 +130,9 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		v.pend = nil
 		ep, set, batch, start = p.ep, p.set, p.batch, p.start
 	} else {
-		v.mu.Lock()
+		v.lock()
 		ep, set = v.nextLocked()
-		v.mu.Unlock()
+		v.unlock()
 		if len(set) == 0 {
 			// Nothing changed since the last commit, which is durable.
 			v.durable.Store(ep)
@@ -161,7 +161,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		var next *undo.Batch
 		var nep uint64
 		var nset []*buf
-		v.mu.Lock()
+		v.lock()
 		waiting := len(v.dirty)
 		if len(v.retry) > 0 {
 			waiting = len(v.retry[0].set)
@@ -170,7 +170,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		if waiting > 0 && batch.Len()+worst <= v.fifo.RingSize() {
 			nep, nset = v.nextLocked()
 		}
-		v.mu.Unlock()
+		v.unlock()
 		if nset == nil {
 			if err := batch.Commit(); err != nil {
 				return v.commitFailed(err, failedEpoch{ep, set})
@@ -235,7 +235,7 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 	var gone []*buf
 	var origs []*[ChunkSize]byte
 	var freed int64
-	v.mu.Lock()
+	v.lock()
 	for _, b := range set {
 		b.frozen = false
 		if b.orig != nil {
@@ -244,7 +244,7 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 			freed += ChunkSize
 		}
 		if v.chunks.get(b.key) == b {
-			if b.data == nil {
+			if b.data.Load() == nil {
 				// A committed hole needs no buffer: the device reads zeroes.
 				v.chunks.del(b.key)
 				v.evictGen++
@@ -255,7 +255,7 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 			continue
 		}
 		// Replaced by a newer version while in flight.
-		if b.data != nil {
+		if b.data.Load() != nil {
 			freed += ChunkSize
 			gone = append(gone, b)
 		}
@@ -263,11 +263,11 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 	v.addDirtyLocked(-freed)
 	v.durable.Store(ep)
 	v.cond.Broadcast()
-	v.mu.Unlock()
+	v.unlock()
 	v.wakeSyncWaiters()
 	v.cache.untrack(gone)
 	for _, b := range gone {
-		v.cache.free(b.data)
+		v.cache.free(b.data.Load())
 	}
 	for _, d := range origs {
 		v.cache.free(d)
@@ -295,7 +295,7 @@ func (v *CachedVolume) wakeSyncWaiters() {
 func (v *CachedVolume) failCommit(err error, eps []failedEpoch) {
 	v.st.commitErrors.Add(1)
 	v.log.Error("commit failed; volume is read-only until the error is cleared", "epoch", eps[0].ep, "err", err)
-	v.mu.Lock()
+	v.lock()
 	e := err
 	v.failed.Store(&e)
 	v.retry = append(v.retry, eps...)
@@ -307,7 +307,7 @@ func (v *CachedVolume) failCommit(err error, eps []failedEpoch) {
 		v.cache.addDirty(-v.dirtyBytes)
 	}
 	v.cond.Broadcast()
-	v.mu.Unlock()
+	v.unlock()
 	v.cache.wakeDirtyWaiters()
 }
 
@@ -334,9 +334,9 @@ func (v *CachedVolume) recordUndoSet(batch *undo.Batch, set []*buf) error {
 func (v *CachedVolume) writeInPlace(set []*buf) error {
 	size := v.size.Load()
 	for i := 0; i < len(set); {
-		hole := set[i].data == nil
+		hole := set[i].data.Load() == nil
 		j := i + 1
-		for j < len(set) && set[j].key == set[j-1].key+1 && (set[j].data == nil) == hole {
+		for j < len(set) && set[j].key == set[j-1].key+1 && (set[j].data.Load() == nil) == hole {
 			j++
 		}
 		off := set[i].key * ChunkSize
@@ -348,7 +348,7 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 		} else {
 			iov := make([][]byte, 0, j-i)
 			for _, b := range set[i:j] {
-				iov = append(iov, b.data[:min(ChunkSize, size-b.key*ChunkSize)])
+				iov = append(iov, b.data.Load()[:min(ChunkSize, size-b.key*ChunkSize)])
 			}
 			if err := v.data.WriteAtv(iov, off); err != nil {
 				return err
