@@ -54,6 +54,9 @@ func (d *BlockDevice) ReadAtv(bufs [][]byte, off int64) error { return preadvFul
 // WriteAtv implements Device.
 func (d *BlockDevice) WriteAtv(bufs [][]byte, off int64) error { return pwritevFull(d.fd, bufs, off) }
 
+// StartWriteback implements WritebackStarter.
+func (d *BlockDevice) StartWriteback(off, n int64) error { return startWriteback(d.fd, off, n) }
+
 // Sync implements Device; fdatasync on a block device flushes its cache.
 func (d *BlockDevice) Sync() error {
 	if err := unix.Fdatasync(d.fd); err != nil {

@@ -93,6 +93,15 @@ func (f *FaultDevice) WriteAtv(bufs [][]byte, off int64) error {
 	return f.Device.WriteAtv(bufs, off)
 }
 
+// StartWriteback implements WritebackStarter when the wrapped device does;
+// otherwise it does nothing. It injects no faults: it promises nothing.
+func (f *FaultDevice) StartWriteback(off, n int64) error {
+	if w, ok := f.Device.(WritebackStarter); ok {
+		return w.StartWriteback(off, n)
+	}
+	return nil
+}
+
 // Sync implements Device.
 func (f *FaultDevice) Sync() error {
 	if err := f.fail("sync", 0); err != nil {

@@ -345,19 +345,37 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 			if err := v.data.Discard(off, end-off); err != nil {
 				return err
 			}
-		} else {
-			iov := make([][]byte, 0, j-i)
-			for _, b := range set[i:j] {
+			i = j
+			continue
+		}
+		// Long runs go out in pieces, and each piece's writeback starts
+		// as soon as it is copied out: the disk then works while the rest
+		// of the epoch is still being copied, and the Sync below waits
+		// only for the tail.
+		for i < j {
+			n := min(j-i, writebackPiece/ChunkSize)
+			off := set[i].key * ChunkSize
+			iov := make([][]byte, 0, n)
+			for _, b := range set[i : i+int(n)] {
 				iov = append(iov, b.data.Load()[:min(ChunkSize, size-b.key*ChunkSize)])
 			}
 			if err := v.data.WriteAtv(iov, off); err != nil {
 				return err
 			}
+			if n == writebackPiece/ChunkSize {
+				if err := v.data.StartWriteback(off, writebackPiece); err != nil {
+					return err
+				}
+			}
+			i += int(n)
 		}
-		i = j
 	}
 	return v.data.Sync()
 }
+
+// writebackPiece is the size of the pieces a commit writes long in-place
+// runs in, starting each one's writeback as soon as it is written.
+const writebackPiece = 4 << 20
 
 // recordUndo appends undo records for chunks [k0, k1): hole records for
 // chunks the device has not allocated, data records with the old bytes for

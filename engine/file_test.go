@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 )
 
 func openTestFile(t *testing.T, size int64) (*FileVolume, string) {
@@ -151,5 +155,83 @@ func TestOpenFileRejectsBadGeometry(t *testing.T) {
 	}
 	if _, err := OpenFile(filepath.Join(dir, "b"), FileOptions{Name: "b", BlockSize: 512, Size: 1000}); err == nil {
 		t.Error("unaligned size accepted")
+	}
+}
+
+// writebackRecorder is a FileDevice that records StartWriteback calls, and
+// the Syncs between them, in order.
+type writebackRecorder struct {
+	*FileDevice
+	mu    sync.Mutex
+	calls []string
+}
+
+func (w *writebackRecorder) StartWriteback(off, n int64) error {
+	w.mu.Lock()
+	w.calls = append(w.calls, fmt.Sprintf("writeback %d+%d", off, n))
+	w.mu.Unlock()
+	return w.FileDevice.StartWriteback(off, n)
+}
+
+func (w *writebackRecorder) reset() {
+	w.mu.Lock()
+	w.calls = nil
+	w.mu.Unlock()
+}
+
+func (w *writebackRecorder) Sync() error {
+	w.mu.Lock()
+	w.calls = append(w.calls, "sync")
+	w.mu.Unlock()
+	return w.FileDevice.Sync()
+}
+
+// TestCommitStartsWritebackOfLongRuns: a commit writes a long run in
+// place in 4 MiB pieces and starts each piece's writeback before the data
+// Sync; scattered 4 KiB chunks get no writeback calls of their own.
+func TestCommitStartsWritebackOfLongRuns(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const size = 32 << 20
+	dataDev, err := OpenFileDevice(filepath.Join(dir, "v.img"), true, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undoDev, err := OpenFileDevice(filepath.Join(dir, "v.undo"), true, 256<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &writebackRecorder{FileDevice: dataDev}
+	v, err := OpenDevices(rec, undoDev, Options{Cache: NewCache(CacheOptions{Size: 256 << 20}), FlushInterval: time.Hour, Logger: quietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	// 10 MiB from 1 MiB on: two whole pieces and a 2 MiB tail.
+	if err := v.WriteAt(ctx, pattern(10<<20, 1), 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	rec.reset()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"writeback 1048576+4194304", "writeback 5242880+4194304", "sync"}
+	if !slices.Equal(rec.calls, want) {
+		t.Fatalf("long run: calls %q, want %q", rec.calls, want)
+	}
+	for k := range int64(64) {
+		if err := v.WriteAt(ctx, pattern(4096, int(k)), 16<<20+k*8192, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.reset()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"sync"}; !slices.Equal(rec.calls, want) {
+		t.Fatalf("scattered chunks: calls %q, want %q", rec.calls, want)
+	}
+	if err := dataDev.StartWriteback(-1, 4096); err == nil {
+		t.Fatal("StartWriteback at a negative offset: no error")
 	}
 }
