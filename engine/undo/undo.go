@@ -353,7 +353,33 @@ func (b *Batch) maybeFlush() error {
 	if len(b.buf) < flushThreshold {
 		return b.err
 	}
-	return b.write()
+	from := b.flushed
+	if err := b.write(); err != nil {
+		return err
+	}
+	// Start the disk on what is written while the rest of the batch is
+	// gathered, so that Write's Sync waits only for the tail.
+	if w, ok := b.f.dev.(writebackStarter); ok {
+		b.startWriteback(w, from, b.flushed)
+	}
+	return nil
+}
+
+// writebackStarter is implemented by devices that can start writeback of a
+// range without waiting for it (engine.WritebackStarter).
+type writebackStarter interface {
+	StartWriteback(off, n int64) error
+}
+
+// startWriteback starts writeback of ring positions [from, to). It is only
+// a hint: errors surface at the Sync that follows.
+func (b *Batch) startWriteback(w writebackStarter, from, to uint64) {
+	for from < to {
+		phys := int64(from % uint64(b.f.ringSize))
+		n := min(int64(to-from), b.f.ringSize-phys)
+		_ = w.StartWriteback(RingOffset+phys, n)
+		from += uint64(n)
+	}
 }
 
 // write seals and writes the buffered records, splitting at the ring end.

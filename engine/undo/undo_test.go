@@ -3,6 +3,7 @@ package undo
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 )
@@ -275,5 +276,59 @@ func TestCommitWithChainsEpochs(t *testing.T) {
 		if !bytes.Equal(data.b, want) {
 			t.Fatalf("lostSync=%v: recovery did not restore the right epoch", lostSync)
 		}
+	}
+}
+
+// writebackDev is a memDev that logs StartWriteback calls and Syncs.
+type writebackDev struct {
+	*memDev
+	log []string
+}
+
+func (w *writebackDev) StartWriteback(off, n int64) error {
+	w.log = append(w.log, fmt.Sprintf("writeback %d+%d", off, n))
+	return nil
+}
+
+func (w *writebackDev) Sync() error {
+	w.log = append(w.log, "sync")
+	return nil
+}
+
+// TestLargeBatchStartsWriteback: a batch larger than flushThreshold writes
+// its records out as it grows and starts their writeback before the Sync
+// of Write; every range it names lies in the ring and was written.
+func TestLargeBatchStartsWriteback(t *testing.T) {
+	dev := &writebackDev{memDev: newMem(64 << 20)}
+	f, err := Create(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.log = nil
+	b := f.Begin(f.Committed() + 1)
+	const rec = 256 << 10
+	for i := range int64(40) { // 10 MiB of payload: two flushes, then the tail
+		p, err := b.AppendData(i*rec, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(p, fill(rec, byte(i)))
+	}
+	if err := b.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if len(dev.log) != 3 || dev.log[2] != "sync" {
+		t.Fatalf("calls %q, want two writebacks and then the sync", dev.log)
+	}
+	var end int64 = RingOffset
+	for _, c := range dev.log[:2] {
+		var off, n int64
+		if _, err := fmt.Sscanf(c, "writeback %d+%d", &off, &n); err != nil {
+			t.Fatal(err)
+		}
+		if off != end || n < flushThreshold {
+			t.Fatalf("%s: want a range of at least %d bytes from %d", c, flushThreshold, end)
+		}
+		end = off + n
 	}
 }
