@@ -216,6 +216,16 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	if opts.Name == "" {
 		opts.Name = path
 	}
+	// Undo records are written once, synced at once and read only by
+	// recovery: keep them out of the page cache where the file system
+	// allows it.
+	if err := udev.UseDirectWrites(); err != nil {
+		log := opts.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Debug("undo FIFO uses the page cache", "volume", opts.Name, "reason", err)
+	}
 	v, err := OpenDevices(data, udev, opts)
 	if err != nil {
 		data.Close()
