@@ -39,6 +39,7 @@ type buf struct {
 	// Guarded by vol.mu (state is atomic so the evictor can peek).
 	state  atomic.Uint32
 	frozen bool
+	queued bool // in vol.dirty, the open epoch's list
 
 	ref    atomic.Bool   // referenced since the evictor last looked (CLOCK bit)
 	raMark atomic.Bool   // a read reaching it starts the next readahead window

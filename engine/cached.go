@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,14 +108,14 @@ type CachedVolume struct {
 	wseq        atomic.Uint64 // odd while mu is held exclusively
 	cond        *sync.Cond    // on mu: epoch cut or commit finished
 	chunks      chunkTable
-	dirty       map[int64]*buf // dirty buffers of the open epoch
-	epoch       uint64         // open epoch
-	epochChunks int64          // chunks in the open epoch
-	dirtyBytes  int64          // dirty + frozen data bytes
-	pinned      bool           // failed: dirtyBytes not counted in the cache
-	evictGen    uint64         // bumped whenever a buffer leaves chunks
-	lastRead    atomic.Int64   // end of the latest read that missed, for readahead
-	raBusy      atomic.Bool    // a background readahead is running
+	dirty       []*buf       // the open epoch's buffers, in the order they joined it
+	epoch       uint64       // open epoch
+	epochChunks int64        // chunks in the open epoch
+	dirtyBytes  int64        // dirty + frozen data bytes
+	pinned      bool         // failed: dirtyBytes not counted in the cache
+	evictGen    uint64       // bumped whenever a buffer leaves chunks
+	lastRead    atomic.Int64 // end of the latest read that missed, for readahead
+	raBusy      atomic.Bool  // a background readahead is running
 	raFlight    atomic.Pointer[raFlight]
 	raWG        sync.WaitGroup // background readaheads; Close waits for them
 	applyHook   func(kind writeKind, off, n int64, p []byte)
@@ -292,7 +293,6 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		udev:     fudev,
 		fifo:     fifo,
 		noGroup:  opts.DisableGroupCommit,
-		dirty:    map[int64]*buf{},
 		epoch:    fifo.Committed() + 1,
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
@@ -1009,8 +1009,9 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 				v.addDirtyLocked(ChunkSize)
 			}
 		}
-		if _, ok := v.dirty[k]; !ok {
-			v.dirty[k] = b
+		if !b.queued {
+			b.queued = true
+			v.dirty = append(v.dirty, b)
 			v.epochChunks++
 		}
 	}
@@ -1179,10 +1180,10 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	v.chunks.each(func(k int64, b *buf) {
 		if (k+1)*ChunkSize > size {
 			v.chunks.del(k)
-			delete(v.dirty, k)
 			gone = append(gone, b)
 		}
 	})
+	v.dirty = slices.DeleteFunc(v.dirty, func(b *buf) bool { return (b.key+1)*ChunkSize > size })
 	v.evictGen++
 	v.size.Store(size)
 	for _, b := range gone {
@@ -1247,7 +1248,7 @@ func (v *CachedVolume) Close() error {
 		}
 		v.dirtyBytes = 0
 		v.chunks.reset()
-		v.dirty = map[int64]*buf{}
+		v.dirty = nil
 		v.unlock()
 		v.cache.untrack(all)
 		for _, b := range all {

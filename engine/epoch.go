@@ -57,13 +57,15 @@ func (v *CachedVolume) failedErr() error {
 // by offset, frozen for I/O. v.mu is held.
 func (v *CachedVolume) cutLocked() (uint64, []*buf) {
 	ep := v.epoch
-	set := make([]*buf, 0, len(v.dirty))
-	for _, b := range v.dirty {
+	set := v.dirty
+	for _, b := range set {
 		b.frozen = true
-		set = append(set, b)
+		b.queued = false
 	}
-	slices.SortFunc(set, func(a, b *buf) int { return int(a.key - b.key) })
-	v.dirty = make(map[int64]*buf, len(v.dirty))
+	// The buffers are in the order writes reached them: for sequential
+	// writers that is already sorted, which the sort notices in one pass.
+	slices.SortFunc(set, func(a, b *buf) int { return cmp.Compare(a.key, b.key) })
+	v.dirty = make([]*buf, 0, len(set))
 	v.epoch++
 	v.epochChunks = 0
 	v.cond.Broadcast()
