@@ -623,9 +623,17 @@ func (v *CachedVolume) readHit(p []byte, off, first, last int64) bool {
 	if seq&1 != 0 {
 		return false
 	}
+	// Look before copying: a read that will fall back to the locked path
+	// (a chunk missing, or a readahead mark to act on) should not first
+	// copy the chunks in front of it.
+	for k := first; k <= last; k++ {
+		if b := v.chunks.get(k); b == nil || b.raMark.Load() {
+			return false
+		}
+	}
 	for k := first; k <= last; k++ {
 		b := v.chunks.get(k)
-		if b == nil || b.raMark.Load() {
+		if b == nil {
 			return false
 		}
 		if !b.ref.Load() {
