@@ -1026,7 +1026,13 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 	if v.applyHook != nil {
 		v.applyHook(kind, off, n, p)
 	}
-	kickNow := v.epochChunks >= v.maxEpochChunks/2
+	// Start a background commit once the open epoch holds an eighth of
+	// what it may hold (16 MiB with the default FIFO). A streaming writer
+	// then fills the next epoch on one CPU while the last one is written
+	// out on another, instead of the whole batch waiting for the flush.
+	// The count is of distinct chunks, so rewriting a small hot set does
+	// not cut epochs any sooner (which would cost more undo records).
+	kickNow := v.epochChunks >= v.maxEpochChunks/8
 	v.unlock()
 	v.cache.untrack(dropped)
 	v.cache.track(added)

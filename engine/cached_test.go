@@ -345,6 +345,41 @@ func TestBackpressureBoundsDirty(t *testing.T) {
 	}
 }
 
+// TestEarlyBackgroundCommit: once the open epoch holds an eighth of its
+// maximum in distinct chunks, the flusher commits it without waiting for
+// its timer; rewriting a smaller set over and over does not.
+func TestEarlyBackgroundCommit(t *testing.T) {
+	ctx := context.Background()
+	v := openTest(t, filepath.Join(t.TempDir(), "kick.img"), Options{Size: 64 << 20, FlushInterval: time.Hour})
+	defer v.Close()
+	threshold := v.maxEpochChunks / 8
+	p := pattern(ChunkSize, 1)
+	// A hot set of half the threshold, rewritten eight times over.
+	for range 8 {
+		for k := range threshold / 2 {
+			if err := v.WriteAt(ctx, p, k*ChunkSize, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := v.Stats().Epochs; n != 0 {
+		t.Fatalf("%d epochs committed after rewriting %d chunks; want none before the timer", n, threshold/2)
+	}
+	for k := threshold / 2; k <= threshold; k++ {
+		if err := v.WriteAt(ctx, p, k*ChunkSize, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for v.Stats().Epochs == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no background commit within 10 s of %d distinct dirty chunks", threshold+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestResize grows and shrinks a volume.
 func TestResize(t *testing.T) {
 	ctx := context.Background()

@@ -11,7 +11,7 @@ func (v *CachedVolume) kickFlusher() {
 }
 
 // flusher commits the open epoch every interval, and early when kicked
-// (epoch half full, dirty threshold, a writer waiting for room, a chained
+// (epoch an eighth full, dirty threshold, a writer waiting for room, a chained
 // epoch handed over by a committer).
 func (v *CachedVolume) flusher() {
 	defer close(v.done)
