@@ -341,9 +341,9 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 		for j < len(set) && set[j].key == set[j-1].key+1 && (set[j].data.Load() == nil) == hole {
 			j++
 		}
-		off := set[i].key * ChunkSize
-		end := min((set[j-1].key+1)*ChunkSize, size)
 		if hole {
+			off := set[i].key * ChunkSize
+			end := min((set[j-1].key+1)*ChunkSize, size)
 			if err := v.data.Discard(off, end-off); err != nil {
 				return err
 			}
@@ -358,7 +358,7 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 			n := min(j-i, writebackPiece/ChunkSize)
 			off := set[i].key * ChunkSize
 			iov := make([][]byte, 0, n)
-			for _, b := range set[i : i+int(n)] {
+			for _, b := range set[i : i+n] {
 				iov = append(iov, b.data.Load()[:min(ChunkSize, size-b.key*ChunkSize)])
 			}
 			if err := v.data.WriteAtv(iov, off); err != nil {
@@ -369,7 +369,7 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 					return err
 				}
 			}
-			i += int(n)
+			i += n
 		}
 	}
 	return v.data.Sync()
