@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -55,8 +57,9 @@ type FileDevice struct {
 
 	// direct, when not nil, is the same file opened with O_DIRECT, used by
 	// WriteAt for writes that meet its alignment (UseDirectWrites).
-	direct         *os.File
-	dioMem, dioOff int // alignment of memory, and of offset and length
+	direct         atomic.Pointer[os.File]
+	dioMem, dioOff int        // alignment of memory, and of offset and length
+	directFiles    []*os.File // every direct descriptor opened, closed by Close
 }
 
 // OpenFileDevice opens the raw image at path. With create it makes a sparse
@@ -165,8 +168,17 @@ func preadvFull(fd int, bufs [][]byte, off int64) error {
 // WriteAt implements Device. With UseDirectWrites, aligned writes bypass
 // the page cache.
 func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
-	if d.direct != nil && d.directOK(p, off) {
-		return pwriteFull(int(d.direct.Fd()), p, off)
+	if direct := d.direct.Load(); direct != nil && d.directOK(p, off) {
+		n, err := pwriteFull(int(direct.Fd()), p, off)
+		if !errors.Is(err, unix.EINVAL) {
+			return n, err
+		}
+		// The file system turned down a write that statx said it
+		// would take. Direct I/O is only an optimization: stop using
+		// it and write through the page cache instead of failing.
+		if d.direct.CompareAndSwap(direct, nil) {
+			slog.Warn("direct writes refused; using the page cache", "file", d.f.Name(), "err", err)
+		}
 	}
 	return pwriteFull(d.fd, p, off)
 }
@@ -190,7 +202,9 @@ func (d *FileDevice) UseDirectWrites() error {
 	if err != nil {
 		return fmt.Errorf("engine: open %s for direct I/O: %w", d.f.Name(), err)
 	}
-	d.direct, d.dioMem, d.dioOff = f, int(st.Dio_mem_align), int(st.Dio_offset_align)
+	d.dioMem, d.dioOff = int(st.Dio_mem_align), int(st.Dio_offset_align)
+	d.directFiles = append(d.directFiles, f)
+	d.direct.Store(f)
 	return nil
 }
 
@@ -358,8 +372,8 @@ func (d *FileDevice) Truncate(size int64) error {
 
 // Close implements Device.
 func (d *FileDevice) Close() error {
-	if d.direct != nil {
-		d.direct.Close()
+	for _, f := range d.directFiles {
+		f.Close()
 	}
 	return d.f.Close()
 }

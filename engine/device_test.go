@@ -82,3 +82,41 @@ func TestDirectWritesBypassThePageCache(t *testing.T) {
 		t.Fatalf("unaligned write read back wrong (err %v)", err)
 	}
 }
+
+// TestDirectWriteRefusedFallsBack: when the kernel turns down a direct
+// write that looked aligned, the write still lands, through the page
+// cache, and the device stops trying direct I/O.
+func TestDirectWriteRefusedFallsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "undo")
+	d, err := OpenFileDevice(path, true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.UseDirectWrites(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("direct I/O unavailable in CI's temporary directory: %v", err)
+		}
+		t.Skipf("SKIPPED, NOT PASSED: %v (set TMPDIR to a disk-backed file system)", err)
+	}
+	// Claim any memory address will do, then hand it one the kernel
+	// must refuse (one byte past page alignment).
+	d.dioMem = 1
+	mem, err := unix.Mmap(-1, 0, 64<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	p := mem[1 : 1+32<<10]
+	copy(p, pattern(len(p), 7))
+	if _, err := d.WriteAt(p, 64<<10); err != nil {
+		t.Fatalf("refused direct write was not retried through the page cache: %v", err)
+	}
+	if d.direct.Load() != nil {
+		t.Fatal("direct writes still on after the kernel refused one")
+	}
+	got := make([]byte, len(p))
+	if _, err := d.ReadAt(got, 64<<10); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("write read back wrong (err %v)", err)
+	}
+}
