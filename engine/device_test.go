@@ -35,22 +35,46 @@ func resident(t *testing.T, path string, off, n int64) []bool {
 	return out
 }
 
+// directDevice opens a FileDevice with direct writes on, in the test's
+// temporary directory, or, where that file system offers no direct I/O
+// (tmpfs, which Debian 13 mounts on /tmp), in a scratch directory beside
+// the package, which is on the disk the tree was checked out to.
+func directDevice(t *testing.T) (*FileDevice, string) {
+	t.Helper()
+	var errs []error
+	for _, dir := range []func() string{t.TempDir, func() string {
+		dir, err := os.MkdirTemp(".", ".direct-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		return dir
+	}} {
+		path := filepath.Join(dir(), "undo")
+		d, err := OpenFileDevice(path, true, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.UseDirectWrites(); err != nil {
+			d.Close()
+			errs = append(errs, err)
+			continue
+		}
+		t.Cleanup(func() { d.Close() })
+		return d, path
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("no direct I/O in the temporary directory nor beside the package: %v", errs)
+	}
+	t.Skipf("SKIPPED, NOT PASSED: no direct I/O here: %v", errs)
+	return nil, ""
+}
+
 // TestDirectWritesBypassThePageCache: with UseDirectWrites, an aligned
 // write lands in the file without entering the page cache, and a write
 // that is not aligned still lands, through the page cache.
 func TestDirectWritesBypassThePageCache(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "undo")
-	d, err := OpenFileDevice(path, true, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.UseDirectWrites(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("direct I/O unavailable in CI's temporary directory: %v", err)
-		}
-		t.Skipf("SKIPPED, NOT PASSED: %v (set TMPDIR to a disk-backed file system)", err)
-	}
+	d, path := directDevice(t)
 	// Page-aligned memory, as the undo FIFO's large batch buffers are.
 	mem, err := unix.Mmap(-1, 0, 64<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
@@ -87,18 +111,7 @@ func TestDirectWritesBypassThePageCache(t *testing.T) {
 // write that looked aligned, the write still lands, through the page
 // cache, and the device stops trying direct I/O.
 func TestDirectWriteRefusedFallsBack(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "undo")
-	d, err := OpenFileDevice(path, true, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.UseDirectWrites(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("direct I/O unavailable in CI's temporary directory: %v", err)
-		}
-		t.Skipf("SKIPPED, NOT PASSED: %v (set TMPDIR to a disk-backed file system)", err)
-	}
+	d, _ := directDevice(t)
 	// Claim any memory address will do, then hand it one the kernel
 	// must refuse (one byte past page alignment).
 	d.dioMem = 1
