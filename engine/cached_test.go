@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -795,4 +797,55 @@ func TestReadAhead(t *testing.T) {
 	if st.Reads != size/4096 || st.CacheMisses > 2 {
 		t.Fatalf("%d reads, %d cache misses: readahead is not working", st.Reads, st.CacheMisses)
 	}
+}
+
+// nicedThreads counts this process's threads running at flusherNice.
+func nicedThreads(t *testing.T) int {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		stat, err := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "stat"))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		// Fields after the command name, which is in parentheses:
+		// state is field 3 and nice field 19.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) > 16 && f[16] == strconv.Itoa(flusherNice) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFlusherRunsNiced: each volume's background flusher runs on a thread
+// of its own at flusherNice, and the thread goes away with the volume
+// (it is not handed back to run other goroutines at that priority).
+func TestFlusherRunsNiced(t *testing.T) {
+	before := nicedThreads(t)
+	dir := t.TempDir()
+	a := openTest(t, filepath.Join(dir, "a.img"), Options{Size: 1 << 20})
+	b := openTest(t, filepath.Join(dir, "b.img"), Options{Size: 1 << 20})
+	waitFor := func(want int, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for nicedThreads(t) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d threads at niceness %d, want %d", what, nicedThreads(t), flusherNice, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor(before+2, "two volumes open")
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(before, "both closed")
 }
