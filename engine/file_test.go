@@ -202,7 +202,9 @@ func TestCommitStartsWritebackOfLongRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &writebackRecorder{FileDevice: dataDev}
-	v, err := OpenDevices(rec, undoDev, Options{Cache: NewCache(CacheOptions{Size: 256 << 20}), FlushInterval: time.Hour, Logger: quietLog})
+	// A cache large enough that 10 MiB of writes start no background
+	// commit (which would race with the calls the test expects).
+	v, err := OpenDevices(rec, undoDev, Options{Cache: NewCache(CacheOptions{Size: 1 << 30}), FlushInterval: time.Hour, Logger: quietLog})
 	if err != nil {
 		t.Fatal(err)
 	}
