@@ -51,7 +51,7 @@ var Settings = []Setting{
 	{Key: "iscsi.nop_interval", Flag: "iscsi-nop-interval", Default: 30 * time.Second, Usage: "idle time before the target pings an initiator with NOP-In (0 disables)"},
 	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
 	{Key: "cache.size", Flag: "cache-size", Default: 0, Usage: "buffer cache memory budget shared by all volumes, in bytes (0: the smaller of 1 GiB and a quarter of RAM)"},
-	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: a quarter of cache.size)"},
+	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: half of cache.size)"},
 	{Key: "engine.flush_interval", Flag: "engine-flush-interval", Default: 5 * time.Second, Usage: "how often the flusher commits an open epoch of writes"},
 	{Key: "engine.undo_size", Flag: "engine-undo-size", Default: 256 << 20, Usage: "size of a new volume's undo FIFO in bytes; bounds an epoch and the atomic write size"},
 	{Key: "volume.default_backend", Flag: "volume-default-backend", Default: "file", Usage: "backend of new volumes that name none: file (pread/pwrite) or mmap"},

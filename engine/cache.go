@@ -110,7 +110,10 @@ func (s *slab) put(d *[ChunkSize]byte) {
 type CacheOptions struct {
 	// Size is the memory budget in bytes; 0 means DefaultCacheSize().
 	Size int64
-	// DirtyLimit bounds dirty plus in-flight bytes; 0 means Size/4.
+	// DirtyLimit bounds dirty plus in-flight bytes; 0 means Size/2. Half
+	// the cache lets a write burst of several epochs go into memory while
+	// the flusher commits them (epochs queue behind the one committing),
+	// and bounds what a flush may have to commit.
 	DirtyLimit int64
 }
 
@@ -132,7 +135,7 @@ func NewCache(o CacheOptions) *Cache {
 	}
 	o.Size = max(o.Size, 64*ChunkSize)
 	if o.DirtyLimit <= 0 || o.DirtyLimit > o.Size {
-		o.DirtyLimit = o.Size / 4
+		o.DirtyLimit = o.Size / 2
 	}
 	c := &Cache{budget: o.Size, dirtyLimit: o.DirtyLimit, vols: map[*CachedVolume]struct{}{}}
 	c.cond = sync.NewCond(&c.mu)

@@ -123,7 +123,10 @@ type CachedVolume struct {
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
 	pend     *chained      // guarded by commitMu
-	retry    []failedEpoch // failed epochs, oldest first; commitMu and mu
+	// queue holds cut epochs waiting for their commit, oldest first:
+	// full epochs that writers cut, and epochs whose commit failed, kept
+	// whole for the retry after ClearError. Guarded by mu.
+	queue []cutEpoch
 
 	gcMu       sync.Mutex
 	gcCond     *sync.Cond // on gcMu: a group commit finished
@@ -308,8 +311,8 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 
 	perChunk := undo.RecordSize(ChunkSize)
 	v.maxEpochChunks = fifo.EpochBudget() / 2 / perChunk
-	// Also keep an epoch well inside the dirty limit, so that a writer
-	// waiting for room in the epoch is never also stuck behind the limit.
+	// Also keep an epoch at most half the dirty limit, so that the epoch
+	// being committed and the one filling always fit in it together.
 	v.maxEpochChunks = min(v.maxEpochChunks, v.cache.dirtyLimit/2/ChunkSize)
 	if v.maxEpochChunks < 4 {
 		return nil, fmt.Errorf("engine: undo FIFO of %d bytes is too small", undoDev.Size())
@@ -889,22 +892,13 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		}
 
 		v.lock()
-		// Wait for room in the open epoch.
-		for v.epochChunks > 0 && v.epochChunks+nch > v.maxEpochChunks {
-			if err := v.writable(); err != nil {
-				v.unlock()
-				return 0, err
-			}
-			v.kickFlusher()
-			v.waitCond()
-		}
 		if err := v.writable(); err != nil {
 			v.unlock()
 			return 0, err
 		}
 		if v.evictGen != gen {
-			// A buffer left the cache since we looked (possibly while we
-			// waited above): a fill might now be older than the version
+			// A buffer left the cache since we looked: a fill might now
+			// be older than the version
 			// that was evicted, and a chunk we found cached might be gone.
 			// Fill again.
 			stale := false
@@ -926,6 +920,16 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			}
 		}
 		break
+	}
+	// An open epoch with no room for the piece is cut and queued for the
+	// flusher, not waited on: writers wait only for the dirty limit
+	// (waitDirty above), so a burst larger than one epoch goes into
+	// memory at the speed it arrives, while the flusher commits the
+	// queue in order.
+	if v.epochChunks > 0 && v.epochChunks+nch > v.maxEpochChunks {
+		ep, set := v.cutLocked()
+		v.queue = append(v.queue, cutEpoch{ep, set})
+		v.kickFlusher()
 	}
 	// Apply under v.mu: the piece is atomic with respect to epoch cuts and
 	// to other writers.
@@ -1244,19 +1248,20 @@ func (v *CachedVolume) Close() error {
 		v.cond.Broadcast()
 		var all []*buf
 		v.chunks.each(func(_ int64, b *buf) { all = append(all, b) })
-		// A failed epoch's buffers are frozen, but no commit owns them any
-		// more: release them too, cached or replaced.
-		var retried []*buf
-		for _, f := range v.retry {
+		// Epochs left in the queue (there are some only after a failed
+		// commit) have frozen buffers that no commit owns any more:
+		// release them too, cached or replaced.
+		var queued []*buf
+		for _, f := range v.queue {
 			for _, b := range f.set {
 				b.frozen = false
 				if v.chunks.get(b.key) != b {
-					retried = append(retried, b)
+					queued = append(queued, b)
 				}
 			}
 		}
-		v.retry = nil
-		all = append(all, retried...)
+		v.queue = nil
+		all = append(all, queued...)
 		if !v.pinned {
 			v.cache.addDirty(-v.dirtyBytes)
 		}

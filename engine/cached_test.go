@@ -622,11 +622,26 @@ func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
 	dataDev := world.newDev(newSimImage(8 << 20))
 	undoDev := world.newDev(newSimImage(1 << 20))
 	gate := &gateDevice{Device: dataDev, entered: make(chan struct{}), release: make(chan struct{})}
-	v, err := OpenDevices(gate, undoDev, Options{Cache: NewCache(CacheOptions{Size: 64 << 20}), FlushInterval: time.Hour, Logger: quietLog})
+	// The epoch size the FIFO allows, from a scratch volume of the same
+	// geometry. The real one gets a dirty limit of four such epochs: an
+	// epoch being committed and a full one behind it, each counting its
+	// new data and the old contents it keeps for the undo records. The
+	// writer then waits with the epoch behind full, instead of racing
+	// through the whole volume while the first commit is held.
+	probe, err := OpenDevices(world.newDev(newSimImage(8<<20)), world.newDev(newSimImage(1<<20)), Options{Cache: NewCache(CacheOptions{Size: 64 << 20}), FlushInterval: time.Hour, Logger: quietLog})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := v.maxEpochChunks
+	m := probe.maxEpochChunks
+	probe.Close()
+	cache := NewCache(CacheOptions{Size: 64 << 20, DirtyLimit: 4 * m * ChunkSize})
+	v, err := OpenDevices(gate, undoDev, Options{Cache: cache, FlushInterval: time.Hour, Logger: quietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.maxEpochChunks != m {
+		t.Fatalf("epoch of %d chunks, want %d", v.maxEpochChunks, m)
+	}
 	chunks := 4 * m
 	if chunks*ChunkSize > v.Size() {
 		t.Fatalf("test volume too small for 4 epochs of %d chunks", m)
@@ -678,12 +693,13 @@ func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
 		}
 		writerDone <- nil
 	}()
-	// blocked reports when the writer can add nothing more to the open
-	// epoch: it is full, or the writer has finished.
+	// blocked reports when a whole epoch has filled up behind the one
+	// being committed: the open epoch is full, or was cut into the queue
+	// when it was, or the writer has finished.
 	blocked := func() bool {
 		v.mu.RLock()
 		defer v.mu.RUnlock()
-		return v.epochChunks >= m || written.Load() == chunks
+		return v.epochChunks >= m || len(v.queue) > 0 || written.Load() == chunks
 	}
 	failures := 0
 	var writerErr error
@@ -691,7 +707,11 @@ func TestRepeatedFailedCommitsFitTheFIFO(t *testing.T) {
 		select {
 		case <-gate.entered:
 			if failures < 3 {
+				deadline := time.Now().Add(10 * time.Second)
 				for !blocked() {
+					if time.Now().After(deadline) {
+						t.Fatalf("no full epoch behind the commit after 10 s (%d failures so far)", failures)
+					}
 					time.Sleep(time.Millisecond)
 				}
 				failures++

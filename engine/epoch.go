@@ -86,11 +86,11 @@ type chained struct {
 }
 
 // idle reports whether nothing waits to be committed but a chained epoch:
-// no dirty buffer in the open epoch and no failed epoch to retry.
+// no dirty buffer in the open epoch and no epoch in the queue.
 func (v *CachedVolume) idle() bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return len(v.dirty) == 0 && len(v.retry) == 0
+	return len(v.dirty) == 0 && len(v.queue) == 0
 }
 
 // commitAll commits until nothing is dirty or pending. commitMu is held.
@@ -156,7 +156,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 			err = v.writeInPlace(set) // step 2
 		}
 		if err != nil {
-			return v.commitFailed(err, failedEpoch{ep, set})
+			return v.commitFailed(err, cutEpoch{ep, set})
 		}
 		// Step 3, chained with step 1 of the next epoch when there is one
 		// and both epochs' records fit in the ring together.
@@ -165,8 +165,8 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		var nset []*buf
 		v.lock()
 		waiting := len(v.dirty)
-		if len(v.retry) > 0 {
-			waiting = len(v.retry[0].set)
+		if len(v.queue) > 0 {
+			waiting = len(v.queue[0].set)
 		}
 		worst := int64(waiting)*undo.RecordSize(ChunkSize) + v.fifo.MaxPayload() + 2*undo.SectorSize
 		if waiting > 0 && batch.Len()+worst <= v.fifo.RingSize() {
@@ -175,7 +175,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 		v.unlock()
 		if nset == nil {
 			if err := batch.Commit(); err != nil {
-				return v.commitFailed(err, failedEpoch{ep, set})
+				return v.commitFailed(err, cutEpoch{ep, set})
 			}
 		} else {
 			next = batch.Next(batch.Epoch() + 1)
@@ -186,7 +186,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 			v.st.chained.Add(1)
 			if err != nil {
 				// Neither epoch is known durable; recovery rolls both back.
-				return v.commitFailed(err, failedEpoch{ep, set}, failedEpoch{nep, nset})
+				return v.commitFailed(err, cutEpoch{ep, set}, cutEpoch{nep, nset})
 			}
 		}
 		v.finishEpoch(ep, set, batch.PayloadBytes(), start)
@@ -204,27 +204,26 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 
 // commitFailed freezes the volume, keeps the failed epochs for a retry
 // and returns the error a flush reports. The first epoch names the error.
-func (v *CachedVolume) commitFailed(err error, eps ...failedEpoch) error {
+func (v *CachedVolume) commitFailed(err error, eps ...cutEpoch) error {
 	v.failCommit(err, eps)
 	v.wakeSyncWaiters()
 	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, eps[0].ep, err, ErrMedium)
 }
 
-// failedEpoch is an epoch whose commit failed: its buffers stay frozen, with
-// the versions that epoch wrote, until a commit after ClearError writes it
-// again.
-type failedEpoch struct {
+// cutEpoch is an epoch that was cut and waits in v.queue for its commit:
+// its buffers are frozen with the versions it wrote (writers copy them on
+// write).
+type cutEpoch struct {
 	ep  uint64
 	set []*buf
 }
 
-// nextLocked returns the next epoch to commit: the oldest failed epoch
-// waiting for a retry, or else the open epoch, cut now. v.mu and commitMu
-// are held.
+// nextLocked returns the next epoch to commit: the oldest in the queue,
+// or else the open epoch, cut now. v.mu and commitMu are held.
 func (v *CachedVolume) nextLocked() (uint64, []*buf) {
-	if len(v.retry) > 0 {
-		f := v.retry[0]
-		v.retry = v.retry[1:]
+	if len(v.queue) > 0 {
+		f := v.queue[0]
+		v.queue = v.queue[1:]
 		return f.ep, f.set
 	}
 	return v.cutLocked()
@@ -288,20 +287,20 @@ func (v *CachedVolume) wakeSyncWaiters() {
 
 // failCommit freezes the volume after a failed commit. The FIFO stays where
 // it was, so recovery (at open or in ClearError) rolls the partial epochs
-// back. The failed epochs are kept whole and in order, their buffers frozen
-// with the versions they wrote, and are committed again one by one before
-// the open epoch. Merging them into the open epoch instead would build an
+// back. The failed epochs go back to the head of the queue, whole and in
+// order, their buffers frozen with the versions they wrote, and are
+// committed again one by one before the epochs cut after them. Merging them into the open epoch instead would build an
 // epoch larger than the FIFO holds (a failed chain is two epochs, and the
 // open epoch keeps filling while a commit runs); splitting such a merge by
 // offset would break the prefix order of the writes.
-func (v *CachedVolume) failCommit(err error, eps []failedEpoch) {
+func (v *CachedVolume) failCommit(err error, eps []cutEpoch) {
 	v.st.commitErrors.Add(1)
 	v.log.Error("commit failed; volume is read-only until the error is cleared", "epoch", eps[0].ep, "err", err)
 	v.lock()
 	e := err
 	v.failed.Store(&e)
-	v.retry = append(v.retry, eps...)
-	slices.SortFunc(v.retry, func(a, b failedEpoch) int { return cmp.Compare(a.ep, b.ep) })
+	v.queue = append(v.queue, eps...)
+	slices.SortFunc(v.queue, func(a, b cutEpoch) int { return cmp.Compare(a.ep, b.ep) })
 	if !v.pinned {
 		// The frozen volume's dirty bytes cannot drain; stop counting them
 		// against the other volumes' dirty limit.
