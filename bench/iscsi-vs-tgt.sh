@@ -10,7 +10,9 @@
 #      data, not holes;
 #   4. runs sequential 4 KiB and 128 KiB reads and writes at queue depth 1
 #      and 16 against each target, alternating targets row by row, REPEATS
-#      times, and keeps the median;
+#      times, and keeps the median; each write run is followed by an
+#      untimed SYNCHRONIZE CACHE, so no run pays for the other target's
+#      write-back;
 #   5. prints a markdown table (also saved under bench/results/) and stops
 #      both daemons.
 #
@@ -36,7 +38,7 @@ VOL_BYTES=$((1 << 30))
 ANVIL_IQN=iqn.2026-11.io.anvil:demo
 TGT_IQN=iqn.2026-11.io.anvil.bench:tgt
 
-for tool in go qemu-img tgtd tgtadm; do
+for tool in go qemu-img qemu-io tgtd tgtadm; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps.sh" >&2; exit 1; }
 done
 
@@ -201,6 +203,16 @@ bench_once() {
   }
   secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p' <<<"$out")
   [ -n "$secs" ] || { echo "unexpected qemu-img bench output: $out" >&2; return 1; }
+  # After a write run, an untimed SYNCHRONIZE CACHE, so that the next run
+  # (the other target's, which shares the disk and the CPUs) does not pay
+  # for this target's write-back: tgt's page cache or Anvil's queued
+  # epochs.
+  if [ "$rw" = write ]; then
+    qemu-io -f raw -t none -c flush "$url" >/dev/null 2>&1 || {
+      echo "flush after the run failed on $url" >&2
+      return 1
+    }
+  fi
   echo "$secs"
 }
 
