@@ -869,3 +869,48 @@ func TestFlusherRunsNiced(t *testing.T) {
 	}
 	waitFor(before, "both closed")
 }
+
+// TestQueuedEpochsDrain: a burst of several epochs' worth of overwrites
+// goes into memory (the writer does not wait for each commit), and the
+// flusher commits the whole queue on its own, long before its timer.
+func TestQueuedEpochsDrain(t *testing.T) {
+	ctx := context.Background()
+	cache := NewCache(CacheOptions{Size: 256 << 20, DirtyLimit: 128 << 20})
+	v := openTest(t, filepath.Join(t.TempDir(), "q.img"), Options{Size: 64 << 20, UndoSize: 4 << 20, Cache: cache, FlushInterval: time.Hour})
+	defer v.Close()
+	m := v.maxEpochChunks
+	// Old data first, so that the undo records are full-size data records.
+	fill := pattern(int((6*m+15)/16*16*ChunkSize), 1) // whole 64 KiB writes
+	if err := v.WriteAt(ctx, fill, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := v.Stats().Epochs
+	burst := pattern(len(fill), 2)
+	deepest := 0
+	for off := 0; off < len(burst); off += 64 << 10 {
+		if err := v.WriteAt(ctx, burst[off:off+64<<10], int64(off), false); err != nil {
+			t.Fatal(err)
+		}
+		deepest = max(deepest, v.queued())
+	}
+	if deepest < 2 {
+		t.Fatalf("at most %d epochs queued during a burst of 6 epochs; want the writer to run ahead", deepest)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for v.queued() > 0 || v.Stats().DirtyBytes > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s: %d epochs still queued, %d dirty bytes (%d epochs committed)", v.queued(), v.Stats().DirtyBytes, v.Stats().Epochs-before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := v.Stats().Epochs - before; n < 6 {
+		t.Fatalf("%d epochs committed for 6 epochs of writes", n)
+	}
+	got := make([]byte, len(burst))
+	if err := v.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, burst) {
+		t.Fatalf("burst read back wrong (err %v)", err)
+	}
+}

@@ -55,6 +55,20 @@ func (v *CachedVolume) flusher() {
 			// Errors freeze the volume and are reported by the next Flush.
 			_ = v.commitLocked(^uint64(0))
 		}
+		more := v.pend != nil || v.queued() > 0
 		v.commitMu.Unlock()
+		if more && v.failed.Load() == nil {
+			// A commit stops chaining when the ring cannot hold the next
+			// epoch's records beside its own; epochs still queued are
+			// committed now, not at the next tick.
+			v.kickFlusher()
+		}
 	}
+}
+
+// queued is the number of cut epochs waiting in the queue.
+func (v *CachedVolume) queued() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.queue)
 }
