@@ -119,6 +119,7 @@ type CachedVolume struct {
 	raFlight    atomic.Pointer[raFlight]
 	raWG        sync.WaitGroup // background readaheads; Close waits for them
 	applyHook   func(kind writeKind, off, n int64, p []byte)
+	resizeHook  func() // tests: runs in Resize between its commit and its lock
 
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
@@ -1180,13 +1181,23 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	}
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
-	if err := v.commitAll(); err != nil {
-		return err
+	// Commit everything, then hold off writes while the size changes.
+	// Writes that slip in between stay dirty in the open epoch and commit
+	// later; if they filled an epoch and queued it, commit again, so that
+	// no frozen buffer refers to a range that is about to go.
+	for {
+		if err := v.commitAll(); err != nil {
+			return err
+		}
+		if v.resizeHook != nil {
+			v.resizeHook()
+		}
+		v.lock()
+		if len(v.queue) == 0 {
+			break
+		}
+		v.unlock()
 	}
-	// Hold off writes while the size changes. Writes that slipped in since
-	// commitAll stay dirty and commit later (those past a new, smaller end
-	// are dropped with the range).
-	v.lock()
 	defer v.unlock()
 	if err := v.data.Truncate(size); err != nil {
 		return fmt.Errorf("engine: %s resize: %w", v.name, err)
@@ -1194,14 +1205,32 @@ func (v *CachedVolume) Resize(ctx context.Context, size int64) error {
 	if err := v.data.Sync(); err != nil {
 		return fmt.Errorf("engine: %s resize: %v: %w", v.name, err, ErrMedium)
 	}
+	// Chunks wholly past a smaller end go, with any writes to them. The
+	// chunk the smaller of the two ends falls in stays, but its bytes past
+	// that end are cleared: past a new, smaller end they are gone (and must
+	// read as zeroes if the volume grows again); past an old end they
+	// were never part of the volume, and a buffer filled by a write that
+	// reached the old end holds whatever its memory held before.
 	var gone []*buf
 	v.chunks.each(func(k int64, b *buf) {
-		if (k+1)*ChunkSize > size {
+		if k*ChunkSize >= size {
 			v.chunks.del(k)
 			gone = append(gone, b)
 		}
 	})
-	v.dirty = slices.DeleteFunc(v.dirty, func(b *buf) bool { return (b.key+1)*ChunkSize > size })
+	v.dirty = slices.DeleteFunc(v.dirty, func(b *buf) bool { return b.key*ChunkSize >= size })
+	v.epochChunks = int64(len(v.dirty))
+	if edge := min(v.size.Load(), size); edge%ChunkSize != 0 {
+		if b := v.chunks.get(edge / ChunkSize); b != nil {
+			tail := edge % ChunkSize
+			if d := b.data.Load(); d != nil {
+				clear(d[tail:])
+			}
+			if b.orig != nil {
+				clear(b.orig[tail:])
+			}
+		}
+	}
 	v.evictGen++
 	v.size.Store(size)
 	for _, b := range gone {

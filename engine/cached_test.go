@@ -409,6 +409,63 @@ func TestResize(t *testing.T) {
 	}
 }
 
+// TestResizeKeepsTheEdgeChunk: a shrink to the middle of a chunk keeps an
+// acknowledged write to that chunk below the new end, even one that
+// arrived after Resize committed; and after a grow, the bytes past the old
+// end read as zeroes, even from a buffer whose memory held other data.
+func TestResizeKeepsTheEdgeChunk(t *testing.T) {
+	ctx := context.Background()
+	v := openTest(t, filepath.Join(t.TempDir(), "edge.img"), Options{Size: 4 * ChunkSize})
+	defer v.Close()
+	if err := v.WriteAt(ctx, pattern(4*ChunkSize, 1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// Shrink to 2.5 chunks; a write to chunk 2 lands between Resize's
+	// commit and its lock.
+	late := pattern(ChunkSize, 2)
+	v.resizeHook = func() {
+		v.resizeHook = nil
+		if err := v.WriteAt(ctx, late, 2*ChunkSize, false); err != nil {
+			t.Error(err)
+		}
+	}
+	newEnd := int64(2*ChunkSize + ChunkSize/2)
+	if err := v.Resize(ctx, newEnd); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := append(pattern(4*ChunkSize, 1)[:2*ChunkSize], late[:ChunkSize/2]...)
+	if got := readAll(t, v); !bytes.Equal(got, want) {
+		t.Fatal("after the shrink: the write that arrived during Resize is lost")
+	}
+
+	// Leave a freed buffer full of 0xAB on top of the slab, then write the
+	// last block, which the engine takes as a whole chunk (the volume ends
+	// inside it), so it reuses that memory without clearing it.
+	if err := v.WriteAt(ctx, bytes.Repeat([]byte{0xAB}, ChunkSize), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Unmap(ctx, 0, ChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	last := pattern(ChunkSize/2, 3)
+	if err := v.WriteAt(ctx, last, 2*ChunkSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Resize(ctx, 4*ChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, v)
+	if !bytes.Equal(got[2*ChunkSize:newEnd], last) {
+		t.Fatal("after the grow: the last block before the old end changed")
+	}
+	if !bytes.Equal(got[newEnd:], make([]byte, 4*ChunkSize-newEnd)) {
+		t.Fatalf("after the grow: the bytes past the old end are not zero (first: %#x)", got[newEnd])
+	}
+}
+
 func TestLimitsFromFIFO(t *testing.T) {
 	small := openTest(t, filepath.Join(t.TempDir(), "a.img"), Options{Size: 1 << 20, UndoSize: 1 << 20})
 	defer small.Close()
