@@ -101,12 +101,11 @@ type CachedVolume struct {
 	serialMu sync.Mutex // DisableGroupCommit: one write+commit at a time
 
 	// mu guards the chunk table, the buffers and the epoch. Take it
-	// exclusively with lock and unlock (and wait on cond with waitCond),
-	// never with mu.Lock: those keep wseq, which the lock-free cache-hit
-	// path (readHit) checks, odd for as long as the lock is held.
+	// exclusively with lock and unlock, never with mu.Lock: those keep
+	// wseq, which the lock-free cache-hit path (readHit) checks, odd for as
+	// long as the lock is held.
 	mu          sync.RWMutex
 	wseq        atomic.Uint64 // odd while mu is held exclusively
-	cond        *sync.Cond    // on mu: epoch cut or commit finished
 	chunks      chunkTable
 	dirty       []*buf       // the open epoch's buffers, in the order they joined it
 	epoch       uint64       // open epoch
@@ -303,7 +302,6 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		done:     make(chan struct{}),
 		interval: opts.FlushInterval,
 	}
-	v.cond = sync.NewCond(&v.mu)
 	v.gcCond = sync.NewCond(&v.gcMu)
 	v.size.Store(data.Size())
 	v.durable.Store(fifo.Committed())
@@ -449,15 +447,6 @@ func (v *CachedVolume) lock() {
 func (v *CachedVolume) unlock() {
 	v.wseq.Add(1)
 	v.mu.Unlock()
-}
-
-// waitCond waits on v.cond with v.mu held through lock. The lock is
-// released while waiting, and other writers bump wseq in the meantime; wseq
-// is made even for the wait and odd again once the lock is back.
-func (v *CachedVolume) waitCond() {
-	v.wseq.Add(1)
-	v.cond.Wait()
-	v.wseq.Add(1)
 }
 
 // chunkLen is how many bytes of chunk k lie inside the volume.
@@ -899,9 +888,8 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 		}
 		if v.evictGen != gen {
 			// A buffer left the cache since we looked: a fill might now
-			// be older than the version
-			// that was evicted, and a chunk we found cached might be gone.
-			// Fill again.
+			// be older than the version that was evicted, and a chunk we
+			// found cached might be gone. Fill again.
 			stale := false
 			for k, d := range fills {
 				if v.chunks.get(k) == nil {
@@ -1163,7 +1151,6 @@ func (v *CachedVolume) ClearError() error {
 	v.pinned = false
 	v.cache.addDirty(v.dirtyBytes)
 	v.failed.Store(nil)
-	v.cond.Broadcast()
 	v.unlock()
 	v.log.Info("commit error cleared")
 	return nil
@@ -1274,7 +1261,6 @@ func (v *CachedVolume) Close() error {
 		v.unlock()
 		v.raWG.Wait()
 		v.lock()
-		v.cond.Broadcast()
 		var all []*buf
 		v.chunks.each(func(_ int64, b *buf) { all = append(all, b) })
 		// Epochs left in the queue (there are some only after a failed

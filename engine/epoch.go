@@ -68,7 +68,6 @@ func (v *CachedVolume) cutLocked() (uint64, []*buf) {
 	v.dirty = make([]*buf, 0, len(set))
 	v.epoch++
 	v.epochChunks = 0
-	v.cond.Broadcast()
 	return ep, set
 }
 
@@ -263,7 +262,6 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 	}
 	v.addDirtyLocked(-freed)
 	v.durable.Store(ep)
-	v.cond.Broadcast()
 	v.unlock()
 	v.wakeSyncWaiters()
 	v.cache.untrack(gone)
@@ -307,7 +305,6 @@ func (v *CachedVolume) failCommit(err error, eps []cutEpoch) {
 		v.pinned = true
 		v.cache.addDirty(-v.dirtyBytes)
 	}
-	v.cond.Broadcast()
 	v.unlock()
 	v.cache.wakeDirtyWaiters()
 }
