@@ -65,6 +65,14 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// logger is opts.Logger, or slog.Default() when that is nil.
+func (o Options) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.Default()
+}
+
 // CachedVolume is the crash-consistent engine volume: a write-ordering view
 // of a raw data Device through the shared buffer cache, made crash consistent
 // by an undo FIFO. It implements Volume and Resizer.
@@ -224,11 +232,7 @@ func Open(path string, opts Options) (*CachedVolume, error) {
 	// recovery: keep them out of the page cache where the file system
 	// allows it.
 	if err := udev.UseDirectWrites(); err != nil {
-		log := opts.Logger
-		if log == nil {
-			log = slog.Default()
-		}
-		log.Debug("undo FIFO uses the page cache", "volume", opts.Name, "reason", err)
+		opts.logger().Debug("undo FIFO uses the page cache", "volume", opts.Name, "reason", err)
 	}
 	v, err := OpenDevices(data, udev, opts)
 	if err != nil {
@@ -259,10 +263,7 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = 5 * time.Second
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	log := opts.Logger.With("volume", opts.Name)
+	log := opts.logger().With("volume", opts.Name)
 
 	fifo, err := undo.Open(undoDev)
 	if errors.Is(err, undo.ErrNoHeader) {

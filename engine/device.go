@@ -55,11 +55,12 @@ type FileDevice struct {
 	fd   int
 	size int64
 
-	// direct, when not nil, is the same file opened with O_DIRECT, used by
-	// WriteAt for writes that meet its alignment (UseDirectWrites).
+	// directFile is the same file opened with O_DIRECT (UseDirectWrites),
+	// closed by Close; direct holds it while WriteAt may use it for writes
+	// that meet its alignment, and nil once the kernel refused one.
+	directFile     *os.File
 	direct         atomic.Pointer[os.File]
-	dioMem, dioOff int        // alignment of memory, and of offset and length
-	directFiles    []*os.File // every direct descriptor opened, closed by Close
+	dioMem, dioOff int // alignment of memory, and of offset and length
 }
 
 // OpenFileDevice opens the raw image at path. With create it makes a sparse
@@ -191,6 +192,9 @@ func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
 // buys nothing. It fails, leaving the device as it was, where the kernel
 // or the file system offers no direct I/O (tmpfs, for one).
 func (d *FileDevice) UseDirectWrites() error {
+	if d.directFile != nil {
+		return nil
+	}
 	var st unix.Statx_t
 	if err := unix.Statx(d.fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &st); err != nil {
 		return fmt.Errorf("engine: statx %s: %w", d.f.Name(), err)
@@ -203,7 +207,7 @@ func (d *FileDevice) UseDirectWrites() error {
 		return fmt.Errorf("engine: open %s for direct I/O: %w", d.f.Name(), err)
 	}
 	d.dioMem, d.dioOff = int(st.Dio_mem_align), int(st.Dio_offset_align)
-	d.directFiles = append(d.directFiles, f)
+	d.directFile = f
 	d.direct.Store(f)
 	return nil
 }
@@ -372,8 +376,8 @@ func (d *FileDevice) Truncate(size int64) error {
 
 // Close implements Device.
 func (d *FileDevice) Close() error {
-	for _, f := range d.directFiles {
-		f.Close()
+	if d.directFile != nil {
+		d.directFile.Close()
 	}
 	return d.f.Close()
 }
