@@ -287,10 +287,11 @@ func (v *CachedVolume) wakeSyncWaiters() {
 // it was, so recovery (at open or in ClearError) rolls the partial epochs
 // back. The failed epochs go back to the head of the queue, whole and in
 // order, their buffers frozen with the versions they wrote, and are
-// committed again one by one before the epochs cut after them. Merging them into the open epoch instead would build an
-// epoch larger than the FIFO holds (a failed chain is two epochs, and the
-// open epoch keeps filling while a commit runs); splitting such a merge by
-// offset would break the prefix order of the writes.
+// committed again one by one before the epochs cut after them. Merging
+// them into the open epoch instead would build an epoch larger than the
+// FIFO holds (a failed chain is two epochs, and the open epoch keeps
+// filling while a commit runs); splitting such a merge by offset would
+// break the prefix order of the writes.
 func (v *CachedVolume) failCommit(err error, eps []cutEpoch) {
 	v.st.commitErrors.Add(1)
 	v.log.Error("commit failed; volume is read-only until the error is cleared", "epoch", eps[0].ep, "err", err)
