@@ -569,53 +569,47 @@ func (c *conn) sendResult(t *task, res *scsi.Result, release func()) {
 		}
 	}
 	collapse := len(data) > 0 && res.Status == scsi.StatusGood && len(res.Sense) == 0
+	var ps []*outPDU
 	if len(data) > 0 {
 		var last func()
 		if collapse {
 			last = release
 		}
-		if !c.sendDataIn(t, data, collapse, flags, residual, last) {
-			if release != nil && !collapse {
-				release()
-			}
-			return
+		ps = c.dataInPDUs(t, data, collapse, flags, residual, last)
+	}
+	if !collapse {
+		p := newOut(opSCSIResp, flagFinal|flags)
+		p.hdr[2] = 0 // command completed at target
+		p.hdr[3] = byte(res.Status)
+		p.hdr.setITT(t.itt)
+		if t.read {
+			p.hdr.setU32(36, t.dataInCount)
+		} else {
+			p.hdr.setU32(36, t.r2tSN)
 		}
+		p.hdr.setU32(44, residual)
+		if len(res.Sense) > 0 {
+			sense := make([]byte, 2+len(res.Sense))
+			sense[0] = byte(len(res.Sense) >> 8)
+			sense[1] = byte(len(res.Sense))
+			copy(sense[2:], res.Sense)
+			p.data = sense
+		}
+		p.stat = statAdvance
+		p.sent = release
+		ps = append(ps, p)
 	}
-	if collapse {
-		return
-	}
-	p := newOut(opSCSIResp, flagFinal|flags)
-	p.hdr[2] = 0 // command completed at target
-	p.hdr[3] = byte(res.Status)
-	p.hdr.setITT(t.itt)
-	if t.read {
-		p.hdr.setU32(36, t.dataInCount)
-	} else {
-		p.hdr.setU32(36, t.r2tSN)
-	}
-	p.hdr.setU32(44, residual)
-	if len(res.Sense) > 0 {
-		sense := make([]byte, 2+len(res.Sense))
-		sense[0] = byte(len(res.Sense) >> 8)
-		sense[1] = byte(len(res.Sense))
-		copy(sense[2:], res.Sense)
-		p.data = sense
-	}
-	p.stat = statAdvance
-	p.sent = release
-	c.send(p)
+	c.sendTask(ps)
 }
 
-// sendDataIn queues data as Data-In PDUs no larger than the initiator's
+// dataInPDUs splits data into Data-In PDUs no larger than the initiator's
 // MaxRecvDataSegmentLength, with the F bit closing every MaxBurstLength
 // sequence. With status, the last PDU carries the status (phase collapse).
-//
-// done runs once the last PDU is on the wire. sendDataIn reports whether
-// every PDU was queued; if not, the connection is closing and done has
-// already run.
-func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, residual uint32, done func()) bool {
+// done runs once the last PDU is on the wire (or dropped).
+func (c *conn) dataInPDUs(t *task, data []byte, status bool, resFlags uint8, residual uint32, done func()) []*outPDU {
 	maxSeg := int(c.maxXmit.Load())
 	burst := int(c.params.MaxBurstLength)
+	ps := make([]*outPDU, 0, (len(data)+maxSeg-1)/maxSeg+1)
 	inBurst := 0
 	for off := 0; off < len(data); {
 		n := min(maxSeg, len(data)-off, burst-inBurst)
@@ -642,15 +636,10 @@ func (c *conn) sendDataIn(t *task, data []byte, status bool, resFlags uint8, res
 			p.sent = done
 		}
 		t.dataInCount++
-		if !c.send(p) {
-			if !last && done != nil {
-				done()
-			}
-			return false
-		}
+		ps = append(ps, p)
 		off += n
 	}
-	return true
+	return ps
 }
 
 // Data-Out buffers come from size-class pools so a steady write workload
