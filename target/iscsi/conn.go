@@ -55,8 +55,10 @@ func newOut(op uint8, flags uint8) *outPDU {
 }
 
 // conn is one TCP connection. Its reader goroutine runs login and then
-// dispatches full-feature-phase PDUs; a single writer goroutine owns the
-// socket's write side, assigns StatSN in wire order and coalesces flushes.
+// dispatches full-feature-phase PDUs. The socket's write side belongs to
+// whoever holds wmu: the writer goroutine, which drains the output queue
+// and coalesces flushes, or a task writing its own response while the
+// queue is empty (sendTask). StatSN is assigned under wmu, in wire order.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -249,7 +251,7 @@ func (c *conn) writeBatch(ps []*outPDU) error {
 	return c.flush()
 }
 
-// writeLoop is the connection's only writer after login.
+// writeLoop writes queued PDUs after login.
 func (c *conn) writeLoop() {
 	defer c.bg.Done()
 	defer func() {

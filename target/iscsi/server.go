@@ -15,9 +15,12 @@
 // affects other sessions.
 //
 // Each connection has one reader goroutine (login, then PDU dispatch), one
-// writer goroutine that owns the socket's write side (StatSN is assigned in
-// wire order and flushes are coalesced with writev), and one goroutine per
-// executing command, so the commands of a session run concurrently.
+// writer goroutine for queued PDUs (StatSN is assigned in wire order and
+// flushes are coalesced with writev), and one goroutine per executing
+// command, so the commands of a session run concurrently. Two shortcuts
+// keep queue depth 1 from paying for goroutine wake-ups: a finished
+// command writes its own response when nothing is queued, and a lone read
+// runs on the reader itself.
 package iscsi
 
 import (
