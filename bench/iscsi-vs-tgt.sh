@@ -270,6 +270,8 @@ for row in "${rows[@]}"; do
     a_times+=("$(bench_once "$anvil_url" "$rw" "$size" "$depth" "$count")")
     t_times+=("$(bench_once "$tgt_url" "$rw" "$size" "$depth" "$count")")
   done
+  # Every run's time goes to stderr, so the spread behind a median shows.
+  echo "$label: anvil ${a_times[*]} s; tgt ${t_times[*]} s" >&2
   a=$(printf '%s\n' "${a_times[@]}" | median)
   t=$(printf '%s\n' "${t_times[@]}" | median)
   awk -v l="$label" -v c="$count" -v s="$size" -v a="$a" -v t="$t" 'BEGIN {
