@@ -454,6 +454,20 @@ func (c *client) answerNOP(p *pdu) {
 	c.send(&h, nil, nil)
 }
 
+// ping sends an immediate NOP-Out that asks for a NOP-In, and returns its
+// ITT.
+func (c *client) ping() uint32 {
+	var h bhs
+	h[0] = opNOPOut | flagImmed
+	h[1] = flagFinal
+	h.setITT(c.nextITT())
+	h.setU32(20, tagNone)
+	h.setU32(24, c.cmdSN)
+	h.setU32(28, c.expStatSN)
+	c.send(&h, nil, nil)
+	return h.itt()
+}
+
 // dataOut sends one Data-Out PDU.
 func (c *client) dataOut(itt, ttt, dataSN, offset uint32, final bool, data []byte) {
 	var h bhs

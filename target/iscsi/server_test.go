@@ -1220,15 +1220,7 @@ func TestPipelinedResponsesIntact(t *testing.T) {
 			pending[h.itt()] = w
 			c.send(h, nil, nil)
 			if i%4 == 3 {
-				var nop bhs
-				nop[0] = opNOPOut | flagImmed
-				nop[1] = flagFinal
-				nop.setITT(c.nextITT())
-				nop.setU32(20, tagNone)
-				nop.setU32(24, c.cmdSN)
-				nop.setU32(28, c.expStatSN)
-				pings[nop.itt()] = true
-				c.send(&nop, nil, nil)
+				pings[c.ping()] = true
 			}
 		}
 		for len(pending)+len(pings) > 0 {
