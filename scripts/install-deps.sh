@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   libiscsi-bin      # iscsi-test-cu, iscsi-ls, iscsi-inq, iscsi-readcapacity16
   qemu-utils        # qemu-img: qemu's iSCSI client
+  qemu-block-extra  # the iscsi:// block driver qemu-img and qemu-io load (libiscsi)
   qemu-system-x86   # boots the Linux guest whose open-iscsi initiator tests Anvil
   tgt               # Debian's userspace target, the peer bench/ compares against
   cpio              # packs the guest's initramfs
