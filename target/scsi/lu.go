@@ -128,9 +128,11 @@ type LogicalUnit struct {
 	reservedBy *Nexus
 	resHeld    atomic.Bool
 
-	// cawMu serializes COMPARE AND WRITE and ORWRITE so that each
-	// read-modify-write is atomic with respect to the others.
-	cawMu sync.Mutex
+	// ranges are the block range locks: every command that writes the
+	// medium holds the blocks it writes, COMPARE AND WRITE and ORWRITE
+	// exclusively, so that their read-modify-write is atomic with respect
+	// to every other write of those blocks.
+	ranges rangeLocks
 
 	// pr is the persistent reservation state.
 	pr prState
