@@ -92,6 +92,9 @@ func TestInquiryStandard(t *testing.T) {
 	if d[0] != 0 || d[1]&0x80 != 0 || d[2] != 6 || d[3]&0x0f != 2 || d[3]&0x10 == 0 || d[7]&0x02 == 0 {
 		t.Fatalf("standard INQUIRY header % x", d[:8])
 	}
+	if d[5]&0x08 == 0 {
+		t.Errorf("standard INQUIRY byte 5 %#x: 3PC clear although EXTENDED COPY is supported", d[5])
+	}
 	if got := string(d[8:16]); got != "ANVIL   " {
 		t.Errorf("vendor %q", got)
 	}
@@ -1064,12 +1067,19 @@ func TestEdgeCasesFromLibiscsi(t *testing.T) {
 		t.Errorf("CAW pointer %d", p.field)
 	}
 	expectGood(t, f.run(c, nil))
-	// WRITE SAME with UNMAP on a thin volume deallocates even when the
-	// data block is not zero.
-	expectGood(t, f.run(rw(opWrite10, 10, 40, 4), fill(2048, 1)))
-	expectGood(t, f.run(cdbWriteSame(opWriteSame10, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
-	if r := f.run(rw(opRead10, 10, 40, 4), nil); !isZero(r.DataIn) || f.vol.mapped[40] {
-		t.Fatal("WRITE SAME UNMAP with 0xff data did not deallocate")
+	// WRITE SAME with UNMAP on a thin volume writes a data block that is
+	// not zeroes (deallocating would make the blocks read zeroes), in
+	// both CDB sizes; with a zero block it deallocates.
+	for _, op := range []byte{opWriteSame10, opWriteSame16} {
+		expectGood(t, f.run(rw(opWrite10, 10, 40, 4), fill(2048, 1)))
+		expectGood(t, f.run(cdbWriteSame(op, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
+		if r := f.run(rw(opRead10, 10, 40, 4), nil); !bytes.Equal(r.DataIn, bytes.Repeat([]byte{0xff}, 2048)) || !f.vol.mapped[40] {
+			t.Fatalf("WRITE SAME(%d) UNMAP with 0xff data did not write it", map[byte]int{opWriteSame10: 10, opWriteSame16: 16}[op])
+		}
+		expectGood(t, f.run(cdbWriteSame(op, 40, 4, true), make([]byte, 512)))
+		if r := f.run(rw(opRead10, 10, 40, 4), nil); !isZero(r.DataIn) || f.vol.mapped[40] || f.vol.mapped[43] {
+			t.Fatal("WRITE SAME UNMAP with a zero block did not deallocate")
+		}
 	}
 	// On a thick volume the data is written.
 	f.vol.limits.MaxUnmap = 0
