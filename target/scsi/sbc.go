@@ -598,7 +598,9 @@ func (x *task) getLBAStatus() error {
 		desc := make([]byte, 16)
 		binary.BigEndian.PutUint64(desc, cur)
 		binary.BigEndian.PutUint32(desc[8:], uint32(blocks))
-		if !mapped {
+		// A fully provisioned unit has every LBA mapped (SBC-4 4.7.2),
+		// whatever holes the backing store happens to have.
+		if !mapped && lu.thin() {
 			desc[12] = 0x01 // deallocated
 		}
 		b = append(b, desc...)

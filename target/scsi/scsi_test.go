@@ -1203,3 +1203,55 @@ func TestReportLUNsFlatAddressing(t *testing.T) {
 		t.Errorf("LUN 300 encoded as %#04x", got)
 	}
 }
+
+// TestFullyProvisionedReporting checks that a volume whose engine cannot
+// deallocate (Limits.MaxUnmap = 0, e.g. a block device without discard) is
+// reported fully provisioned everywhere: no LBPME/LBPRZ in READ CAPACITY
+// (16), no UNMAP limits in the Block Limits page, no LBP bits, UNMAP not
+// offered, and WRITE SAME with UNMAP writing allocated zeroes.
+func TestFullyProvisionedReporting(t *testing.T) {
+	f := newFixture(t)
+	rc16 := func() []byte {
+		c := cdb(opServiceActionIn16, 16)
+		c[1] = saReadCapacity16
+		binary.BigEndian.PutUint32(c[10:], 32)
+		r := f.run(c, nil)
+		expectGood(t, r)
+		return r.DataIn
+	}
+	vpd := func(page byte) []byte {
+		r := f.run(inquiryCDB(true, page, 255), nil)
+		expectGood(t, r)
+		return r.DataIn
+	}
+	if d := rc16(); d[14]&0xc0 != 0xc0 {
+		t.Fatalf("thin volume: READ CAPACITY(16) byte 14 %#x, want LBPME and LBPRZ", d[14])
+	}
+	f.vol.limits.MaxUnmap = 0
+	if d := rc16(); d[14]&0xc0 != 0 {
+		t.Errorf("fully provisioned: READ CAPACITY(16) byte 14 %#x, want LBPME=0 LBPRZ=0", d[14])
+	}
+	if d := vpd(0xb0); binary.BigEndian.Uint32(d[20:]) != 0 || binary.BigEndian.Uint32(d[24:]) != 0 {
+		t.Errorf("fully provisioned: Block Limits unmap fields % x", d[20:28])
+	}
+	if d := vpd(0xb2); d[5] != 0 || d[6] != 0 {
+		t.Errorf("fully provisioned: LBP VPD % x", d[4:])
+	}
+	c, pl := unmapCmd(10, 4)
+	expectSense(t, f.run(c, pl), SenseIllegalRequest, ascInvalidOpcode)
+	expectGood(t, f.run(rw(opWrite10, 10, 10, 4), fill(2048, 3)))
+	expectGood(t, f.run(cdbWriteSame(opWriteSame16, 10, 4, true), make([]byte, 512)))
+	if r := f.run(rw(opRead10, 10, 10, 4), nil); !isZero(r.DataIn) || !f.vol.mapped[10] || f.vol.unmaps != 0 {
+		t.Fatal("fully provisioned: WRITE SAME UNMAP did not write allocated zeroes")
+	}
+	// GET LBA STATUS reports never-written blocks mapped too.
+	c = cdb(opServiceActionIn16, 16)
+	c[1] = saGetLBAStatus
+	binary.BigEndian.PutUint64(c[2:], 100)
+	binary.BigEndian.PutUint32(c[10:], 24)
+	r := f.run(c, nil)
+	expectGood(t, r)
+	if len(r.DataIn) < 24 || r.DataIn[8+12]&0x0f != 0 {
+		t.Fatalf("fully provisioned: GET LBA STATUS % x, want mapped", r.DataIn)
+	}
+}
