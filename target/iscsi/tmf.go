@@ -42,7 +42,8 @@ func (c *conn) handleTMF() error {
 // nexus, and returns once they have all stopped (or this connection
 // closed): PERSISTENT RESERVE OUT PREEMPT AND ABORT completes only after
 // the preempted tasks can no longer touch the medium. The aborted tasks
-// send no response (TAS = 0).
+// send no response (TAS = 0). If self is aborted meanwhile (two sessions
+// preempting each other), it stops waiting: it will not answer either.
 func (c *conn) abortTaskSets(self *task, sets []scsi.TaskSet) {
 	c.srv.mu.Lock()
 	var victims []*session
@@ -69,6 +70,8 @@ func (c *conn) abortTaskSets(self *task, sets []scsi.TaskSet) {
 		select {
 		case <-w:
 		case <-c.closed:
+			return
+		case <-self.ctx.Done():
 			return
 		}
 	}
