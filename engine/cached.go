@@ -325,6 +325,10 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		OptimalTransfer: 1 << 20,
 		MaxUnmap:        1 << 30,
 	}
+	if d, ok := data.(Deallocator); ok && !d.Deallocates() {
+		// Unmapping would only write zeroes: not thin provisioning.
+		v.limit.MaxUnmap = 0
+	}
 	v.cache.register(v)
 	go v.flusher()
 	return v, nil

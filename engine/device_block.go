@@ -3,19 +3,43 @@ package engine
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // BlockDevice is a Device over a raw block device (/dev/sdX, /dev/nvme0n1,
-// a loop device). Its size comes from BLKGETSIZE64; Discard zeroes the range
-// with fallocate(PUNCH_HOLE), falling back to BLKZEROOUT, so a discarded range
-// reliably reads as zeroes (plain BLKDISCARD does not promise that).
+// a loop device). Its size comes from BLKGETSIZE64. Discard deallocates the
+// range with BLKDISCARD where the device supports both discard and a
+// write-zeroes offload (Deallocates), and in every case makes it read as
+// zeroes, which BLKDISCARD alone does not promise.
 type BlockDevice struct {
 	f    *os.File
 	fd   int
 	size int64
+
+	// caps is what the kernel reports the device can do, read from sysfs
+	// on first use.
+	capsOnce sync.Once
+	caps     blockCaps
+}
+
+// Deallocator is implemented by devices that can tell whether Discard
+// releases storage rather than just writing zeroes. A volume over a device
+// that cannot deallocate does not offer unmapping (Limits.MaxUnmap = 0), so
+// front ends report it fully provisioned instead of promising thin
+// provisioning it cannot deliver.
+type Deallocator interface {
+	Deallocates() bool
+}
+
+// blockCaps are a block device's deallocation capabilities.
+type blockCaps struct {
+	discard bool // BLKDISCARD releases blocks (queue/discard_max_bytes > 0)
+	zeroes  bool // zeroing is offloaded, writes no data (queue/write_zeroes_max_bytes > 0)
 }
 
 // OpenBlockDevice opens the block device at path.
@@ -65,8 +89,65 @@ func (d *BlockDevice) Sync() error {
 	return nil
 }
 
-// Discard implements Device.
+// Deallocates implements Deallocator: the device must both discard and
+// zero without writing data. BLKDISCARD leaves what the range reads
+// unspecified, so Discard zeroes it afterwards; where zeroing means writing
+// zero blocks, that write would allocate the range again and thin
+// provisioning would be a claim without substance.
+func (d *BlockDevice) Deallocates() bool {
+	c := d.capabilities()
+	return c.discard && c.zeroes
+}
+
+// capabilities reads the device's queue limits from sysfs once.
+func (d *BlockDevice) capabilities() blockCaps {
+	d.capsOnce.Do(func() {
+		var st unix.Stat_t
+		if err := unix.Fstat(d.fd, &st); err != nil {
+			return
+		}
+		dir := fmt.Sprintf("%s/%d:%d", sysDevBlock, unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev)))
+		d.caps = blockCaps{
+			discard: sysfsQueueLimit(dir, "discard_max_bytes") > 0,
+			zeroes:  sysfsQueueLimit(dir, "write_zeroes_max_bytes") > 0,
+		}
+	})
+	return d.caps
+}
+
+// sysDevBlock is where sysfs lists block devices by number; tests point it
+// at a tree of their own to play a device without discard.
+var sysDevBlock = "/sys/dev/block"
+
+// sysfsQueueLimit reads a queue attribute of the block device whose sysfs
+// directory is dir; a partition has its disk's queue one level up. Anything
+// unreadable counts as zero (not supported).
+func sysfsQueueLimit(dir, name string) uint64 {
+	for _, q := range []string{dir + "/queue/", dir + "/../queue/"} {
+		b, err := os.ReadFile(q + name)
+		if err != nil {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return 0
+		}
+		return v
+	}
+	return 0
+}
+
+// Discard implements Device. On a device that deallocates, BLKDISCARD
+// releases the range first; then the range is zeroed, by fallocate
+// (PUNCH_HOLE: the kernel's write-zeroes offload, which may itself unmap),
+// BLKZEROOUT, or plain zero writes, whichever the device takes first.
 func (d *BlockDevice) Discard(off, n int64) error {
+	if d.Deallocates() {
+		r := [2]uint64{uint64(off), uint64(n)}
+		// Deallocation is best effort; the zeroing below is what the
+		// Device contract promises, and reports any failure.
+		unix.Syscall(unix.SYS_IOCTL, uintptr(d.fd), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r[0])))
+	}
 	if err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err == nil {
 		return nil
 	}

@@ -517,6 +517,9 @@ func (c *conn) runTask(t *task) {
 			cmd.ExpectedDataIn = int(t.readLen)
 		}
 		res = s.target.Execute(t.ctx, &cmd)
+		if len(res.AbortTaskSets) > 0 {
+			c.abortTaskSets(t, res.AbortTaskSets)
+		}
 	}
 	if t.bufp != nil {
 		putBuf(t.bufp)

@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/anvilproject/anvil/target/scsi"
 )
@@ -34,6 +35,46 @@ func (c *conn) handleTMF() error {
 		c.doTMF(&h)
 		return nil
 	})
+}
+
+// abortTaskSets aborts, as ABORT TASK SET does, every task of the given
+// task sets except self, in whichever session of the server carries each
+// nexus, and returns once they have all stopped (or this connection
+// closed): PERSISTENT RESERVE OUT PREEMPT AND ABORT completes only after
+// the preempted tasks can no longer touch the medium. The aborted tasks
+// send no response (TAS = 0). If self is aborted meanwhile (two sessions
+// preempting each other), it stops waiting: it will not answer either.
+func (c *conn) abortTaskSets(self *task, sets []scsi.TaskSet) {
+	c.srv.mu.Lock()
+	var victims []*session
+	var luns [][]uint64
+	for _, ss := range c.srv.sessions {
+		var mine []uint64
+		for _, ts := range sets {
+			if ss.nexus != nil && ss.nexus == ts.Nexus {
+				mine = append(mine, ts.LUN)
+			}
+		}
+		if mine != nil {
+			victims, luns = append(victims, ss), append(luns, mine)
+		}
+	}
+	c.srv.mu.Unlock()
+	var waits []<-chan struct{}
+	for i, ss := range victims {
+		waits = append(waits, ss.abortWhere(func(t *task) bool {
+			return t != self && slices.Contains(luns[i], t.lun)
+		})...)
+	}
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-c.closed:
+			return
+		case <-self.ctx.Done():
+			return
+		}
+	}
 }
 
 // doTMF aborts the affected tasks at once (so no further Data-Out or

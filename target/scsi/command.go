@@ -20,8 +20,11 @@
 // Concurrency: Target.Execute runs commands concurrently. The LUN map is an
 // immutable map behind an atomic pointer, per-nexus unit attention state
 // sits in a sync.Map with an atomic "pending" count, and reservation checks
-// read atomic flags first, so an ordinary READ or WRITE takes no lock of
-// the command core.
+// read atomic flags first, so an ordinary READ takes no lock of the command
+// core. Commands that write the medium hold the blocks they write in the
+// unit's striped range locks (shared, exclusive for COMPARE AND WRITE and
+// ORWRITE), which costs an uncontended write one atomic add per 1 MiB
+// region it touches.
 package scsi
 
 // Status is a SCSI status byte (SAM-5).
@@ -105,6 +108,21 @@ type Result struct {
 	// either direction. Transports compare it with their expected data
 	// transfer length to compute overflow/underflow residuals.
 	TransferLength int
+	// AbortTaskSets, when not empty, lists task sets the transport must
+	// abort, as ABORT TASK SET would, before it completes this command:
+	// every task of each I_T nexus at its LUN except this command itself.
+	// PERSISTENT RESERVE OUT PREEMPT AND ABORT asks for it for the nexuses
+	// it preempted (SPC-4 5.13.11.2.6). The control mode page reports TAS
+	// = 0, so the aborted tasks get no response; their initiators learn of
+	// it from the REGISTRATIONS PREEMPTED unit attention.
+	AbortTaskSets []TaskSet
+}
+
+// TaskSet names the tasks of one I_T nexus addressed to one LUN of the
+// nexus's target.
+type TaskSet struct {
+	Nexus *Nexus
+	LUN   uint64
 }
 
 // TMF is a task management function (SAM-5).

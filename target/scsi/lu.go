@@ -44,6 +44,9 @@ const maxUAs = 8
 // itNexusState is what a logical unit remembers about one I_T nexus: its
 // queue of unit attention conditions.
 type itNexusState struct {
+	// tgt is the target the nexus reaches the unit through, for finding
+	// the nexus's LUNs of it (PREEMPT AND ABORT).
+	tgt     *Target
 	pending atomic.Int32 // len(uas), read without the lock on the I/O path
 	mu      sync.Mutex
 	uas     []uint16 // ASC<<8|ASCQ, oldest first; sense key is always UNIT ATTENTION
@@ -128,9 +131,11 @@ type LogicalUnit struct {
 	reservedBy *Nexus
 	resHeld    atomic.Bool
 
-	// cawMu serializes COMPARE AND WRITE and ORWRITE so that each
-	// read-modify-write is atomic with respect to the others.
-	cawMu sync.Mutex
+	// ranges are the block range locks: every command that writes the
+	// medium holds the blocks it writes, COMPARE AND WRITE and ORWRITE
+	// exclusively, so that their read-modify-write is atomic with respect
+	// to every other write of those blocks.
+	ranges rangeLocks
 
 	// pr is the persistent reservation state.
 	pr prState
@@ -186,7 +191,7 @@ func (lu *LogicalUnit) broadcastUA(skip *Nexus, asc uint16) {
 // the same target port) is the same I_T nexus coming back: it gets I_T
 // NEXUS LOSS OCCURRED instead, followed by whatever was queued for it
 // meanwhile (SPC-4 6.x, SAM-5 6.3.4).
-func (lu *LogicalUnit) nexusState(n *Nexus) *itNexusState {
+func (lu *LogicalUnit) nexusState(t *Target, n *Nexus) *itNexusState {
 	if v, ok := lu.nexuses.Load(n); ok {
 		return v.(*itNexusState)
 	}
@@ -197,7 +202,7 @@ func (lu *LogicalUnit) nexusState(n *Nexus) *itNexusState {
 	if v, ok := lu.nexuses.Load(n); ok {
 		return v.(*itNexusState)
 	}
-	s := &itNexusState{}
+	s := &itNexusState{tgt: t}
 	id := nexusKey(n)
 	if q, ok := lu.lost[id]; ok {
 		s.uas = q

@@ -282,8 +282,8 @@ func transportID(port string) []byte {
 
 // persistentReserveOut handles PERSISTENT RESERVE OUT with the basic
 // parameter list. SPEC_I_PT, ALL_TG_PT and REGISTER AND MOVE are not
-// supported; PREEMPT AND ABORT preempts but leaves the preempted nexuses'
-// running commands to finish.
+// supported. PREEMPT AND ABORT preempts and hands the preempted nexuses'
+// task sets to the transport to abort (Result.AbortTaskSets).
 func (x *task) persistentReserveOut() error {
 	lu := x.lu
 	p := &lu.pr
@@ -413,11 +413,18 @@ func (x *task) persistentReserveOut() error {
 		if me < 0 || rk != p.regs[me].Key {
 			return conflict()
 		}
-		if err := x.preempt(me, sark, typ); err != nil {
+		preempted, err := x.preempt(me, sark, typ)
+		if err != nil {
 			return err
 		}
 		if x.res.Status == StatusReservationConflict {
 			return nil
+		}
+		if sa == proutPreemptAbort {
+			// A requester that preempts its own key (to change the
+			// reservation type) loses its other tasks too; only this
+			// command is spared, which the transport sees to.
+			x.res.AbortTaskSets = lu.taskSets(preempted, rk == sark, x.n)
 		}
 		p.gen++
 		changed = true
@@ -437,9 +444,10 @@ func (x *task) persistentReserveOut() error {
 	return nil
 }
 
-// preempt implements PREEMPT (SPC-4 5.12.11.4). The caller holds p.mu and
-// has checked that the requester (registration me) gave its key.
-func (x *task) preempt(me int, sark uint64, typ uint8) error {
+// preempt implements PREEMPT (SPC-4 5.12.11.4) and returns the
+// registrations it removed. The caller holds p.mu and has checked that the
+// requester (registration me) gave its key.
+func (x *task) preempt(me int, sark uint64, typ uint8) (preempted []PRRegistration, err error) {
 	lu := x.lu
 	p := &lu.pr
 	// removeKey drops every other registration holding key k (or all
@@ -456,6 +464,7 @@ func (x *task) preempt(me int, sark uint64, typ uint8) error {
 				me--
 			}
 			lu.uaForRegistrant(r, ascRegistrationsPre)
+			preempted = append(preempted, r)
 			removed++
 		}
 		return removed
@@ -463,7 +472,7 @@ func (x *task) preempt(me int, sark uint64, typ uint8) error {
 	switch {
 	case !p.reserved():
 		if sark == 0 {
-			return invalidParam(8, -1)
+			return nil, invalidParam(8, -1)
 		}
 		if removeKey(sark, false) == 0 {
 			x.res.Status = StatusReservationConflict
@@ -473,20 +482,20 @@ func (x *task) preempt(me int, sark uint64, typ uint8) error {
 			if removeKey(sark, false) == 0 {
 				x.res.Status = StatusReservationConflict
 			}
-			return nil
+			return preempted, nil
 		}
 		removeKey(0, true)
 		p.holder, p.typ = me, typ
 	default:
 		holderKey := p.regs[p.holder].Key
 		if sark == 0 {
-			return invalidParam(8, -1)
+			return nil, invalidParam(8, -1)
 		}
 		if sark != holderKey {
 			if removeKey(sark, false) == 0 {
 				x.res.Status = StatusReservationConflict
 			}
-			return nil
+			return preempted, nil
 		}
 		oldType := p.typ
 		removeKey(sark, false)
@@ -501,5 +510,29 @@ func (x *task) preempt(me int, sark uint64, typ uint8) error {
 			}
 		}
 	}
-	return nil
+	return preempted, nil
+}
+
+// taskSets returns the task sets at this unit of the live I_T nexuses
+// registered as regs, and of self too when withSelf is set: one per LUN
+// at which the nexus's target maps the unit.
+func (lu *LogicalUnit) taskSets(regs []PRRegistration, withSelf bool, self *Nexus) []TaskSet {
+	var out []TaskSet
+	lu.nexuses.Range(func(k, v any) bool {
+		n, st := k.(*Nexus), v.(*itNexusState)
+		hit := withSelf && n == self
+		for _, r := range regs {
+			hit = hit || (r.InitiatorPort == n.InitiatorPort && r.TargetPort == n.TargetPort)
+		}
+		if !hit || st.tgt == nil {
+			return true
+		}
+		for lun, m := range *st.tgt.luns.Load() {
+			if m == lu {
+				out = append(out, TaskSet{Nexus: n, LUN: lun})
+			}
+		}
+		return true
+	})
+	return out
 }

@@ -244,3 +244,67 @@ func TestPersistentReservationAPTPL(t *testing.T) {
 		t.Fatalf("after APTPL off %+v", last)
 	}
 }
+
+// TestPreemptAndAbortTaskSets checks what PREEMPT AND ABORT asks the
+// transport to abort: the task sets of every live nexus whose registration
+// it removed, at each LUN through which that nexus's target maps the unit
+// (here also a second target mapping it at LUN 5), not those of nexuses
+// that kept their registration, and nothing for a plain PREEMPT.
+func TestPreemptAndAbortTaskSets(t *testing.T) {
+	f := newFixture(t)
+	tgt2 := NewTarget("iqn.2026-11.io.anvil:other")
+	if err := tgt2.AddLUN(5, f.lu); err != nil {
+		t.Fatal(err)
+	}
+	n3 := &Nexus{InitiatorPort: "iqn.i3,i,0x1", TargetPort: f.n1.TargetPort}
+	n4 := &Nexus{InitiatorPort: "iqn.i4,i,0x1", TargetPort: "iqn.2026-11.io.anvil:other,t,0x0001"}
+	exec4 := func(c, out []byte) Result {
+		return tgt2.Execute(context.Background(), &Command{Nexus: n4, LUN: 5, CDB: c, DataOut: out, ExpectedDataIn: 4096})
+	}
+	f.clearUA(n3)
+	exec4(cdb(opTestUnitReady, 6), nil)
+	expectGood(t, f.prout(f.n1, proutRegister, 0, 0, 0xa))
+	expectGood(t, f.prout(f.n2, proutRegister, 0, 0, 0xb))
+	expectGood(t, f.prout(n3, proutRegister, 0, 0, 0xc))
+	c, pl := prOut(proutRegister, 0, 0, 0xb, false)
+	expectGood(t, exec4(c, pl))
+	expectGood(t, f.prout(f.n2, proutReserve, prWriteExclusive, 0xb, 0))
+
+	has := func(sets []TaskSet, n *Nexus, lun uint64) bool {
+		for _, s := range sets {
+			if s.Nexus == n && s.LUN == lun {
+				return true
+			}
+		}
+		return false
+	}
+	r := f.prout(f.n1, proutPreemptAbort, prWriteExclusive, 0xa, 0xb)
+	expectGood(t, r)
+	if len(r.AbortTaskSets) != 2 || !has(r.AbortTaskSets, f.n2, 0) || !has(r.AbortTaskSets, n4, 5) {
+		t.Fatalf("PREEMPT AND ABORT of key 0xb aborts %+v, want n2 at LUN 0 and n4 at LUN 5", r.AbortTaskSets)
+	}
+	// The preempted nexuses hear of it; the reservation moved to n1.
+	expectSense(t, f.exec(f.n2, cdb(opTestUnitReady, 6), nil), SenseUnitAttention, ascRegistrationsPre)
+	if _, keys := readKeys(t, f, f.n1); len(keys) != 2 {
+		t.Fatalf("keys after preempt %x", keys)
+	}
+
+	// Preempting its own key to change the reservation type aborts the
+	// requester's other tasks too (the transport spares the command).
+	r = f.prout(f.n1, proutPreemptAbort, prExclusiveAccess, 0xa, 0xa)
+	expectGood(t, r)
+	if len(r.AbortTaskSets) != 1 || !has(r.AbortTaskSets, f.n1, 0) {
+		t.Fatalf("self PREEMPT AND ABORT aborts %+v, want n1 at LUN 0", r.AbortTaskSets)
+	}
+	// Plain PREEMPT aborts nothing; a conflict aborts nothing.
+	r = f.prout(f.n1, proutPreempt, prExclusiveAccess, 0xa, 0xc)
+	expectGood(t, r)
+	if len(r.AbortTaskSets) != 0 {
+		t.Fatalf("PREEMPT aborts %+v", r.AbortTaskSets)
+	}
+	r = f.prout(f.n1, proutPreemptAbort, prExclusiveAccess, 0xa, 0xdd)
+	expectConflict(t, r)
+	if len(r.AbortTaskSets) != 0 {
+		t.Fatalf("conflicting PREEMPT AND ABORT aborts %+v", r.AbortTaskSets)
+	}
+}

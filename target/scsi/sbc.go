@@ -110,6 +110,8 @@ func (x *task) readWrite() error {
 	if len(data) == 0 {
 		return nil
 	}
+	h := lu.lockBlocks(lba, uint64(len(data))/bs, false)
+	defer h.Unlock()
 	if err := x.writeChunks(data, off, fua); err != nil {
 		return fmt.Errorf("write %d blocks at LBA %d: %w", len(data)/int(bs), lba, err)
 	}
@@ -194,6 +196,8 @@ func (x *task) writeAtomic() error {
 		// A partial atomic write would not be the write the CDB asked for.
 		return errParamLength
 	}
+	h := lu.lockBlocks(lba, n, false)
+	defer h.Unlock()
 	if err := lu.vol.WriteAt(x.ctx, data, int64(lba*bs), x.cdb[1]&0x08 != 0); err != nil {
 		return fmt.Errorf("write atomic %d blocks at LBA %d: %w", n, lba, err)
 	}
@@ -327,7 +331,10 @@ func (x *task) writeVerify() error {
 	if err != nil || len(data) == 0 {
 		return err
 	}
-	if err := x.writeChunks(data, int64(lba*bs), false); err != nil {
+	h := x.lu.lockBlocks(lba, uint64(len(data))/bs, false)
+	err = x.writeChunks(data, int64(lba*bs), false)
+	h.Unlock()
+	if err != nil {
 		return fmt.Errorf("write and verify %d blocks at LBA %d: %w", n, lba, err)
 	}
 	if err := x.compareMedium(lba, data); err != nil {
@@ -397,9 +404,10 @@ func (x *task) readCapacity16() error {
 	return x.dataIn(b, alloc)
 }
 
-// writeSame handles WRITE SAME (10) and (16). With UNMAP set on a thin
-// volume, or NDOB set, the blocks are deallocated or zeroed without data;
-// otherwise the single data block is replicated.
+// writeSame handles WRITE SAME (10) and (16). With NDOB set, or a data
+// block of zeroes, the blocks are zeroed without data, and deallocated when
+// UNMAP is set on a thin volume; otherwise the single data block is
+// replicated, UNMAP or not.
 func (x *task) writeSame() error {
 	lu := x.lu
 	if x.cdb[1]&0xe0 != 0 {
@@ -439,10 +447,13 @@ func (x *task) writeSame() error {
 			return errParamLength
 		}
 	}
-	// With UNMAP set on a thin volume the blocks are deallocated whatever
-	// the data block holds: SBC-3 lets the device server unmap instead of
-	// writing, and LBPRZ=1 promises they then read as zeroes.
-	if ndob || isZero(block) || (unmap && lu.thin()) {
+	h := lu.lockBlocks(lba, n, false)
+	defer h.Unlock()
+	// Deallocating is only a way of writing zeroes here: LBPRZ=1 promises
+	// that unmapped blocks read as zeroes, so a data block that is not
+	// all zeroes must be written even with UNMAP set, or the blocks would
+	// read back something other than what the command wrote.
+	if ndob || isZero(block) {
 		if err := x.zeroRange(lba, n, unmap && lu.thin(), false); err != nil {
 			return fmt.Errorf("write same (zeroes) %d blocks at LBA %d: %w", n, lba, err)
 		}
@@ -517,7 +528,10 @@ func (x *task) unmap() error {
 	for i := 0; i < len(descs); i += 16 {
 		lba := binary.BigEndian.Uint64(descs[i:])
 		n := uint64(binary.BigEndian.Uint32(descs[i+8:]))
-		if err := x.zeroRange(lba, n, true, true); err != nil {
+		h := lu.lockBlocks(lba, n, false)
+		err := x.zeroRange(lba, n, true, true)
+		h.Unlock()
+		if err != nil {
 			return fmt.Errorf("unmap %d blocks at LBA %d: %w", n, lba, err)
 		}
 	}
@@ -584,7 +598,9 @@ func (x *task) getLBAStatus() error {
 		desc := make([]byte, 16)
 		binary.BigEndian.PutUint64(desc, cur)
 		binary.BigEndian.PutUint32(desc[8:], uint32(blocks))
-		if !mapped {
+		// A fully provisioned unit has every LBA mapped (SBC-4 4.7.2),
+		// whatever holes the backing store happens to have.
+		if !mapped && lu.thin() {
 			desc[12] = 0x01 // deallocated
 		}
 		b = append(b, desc...)
@@ -596,7 +612,8 @@ func (x *task) getLBAStatus() error {
 
 // compareAndWrite handles COMPARE AND WRITE (SBC-3 5.2): the first half of
 // data-out is compared with the medium and, if equal, the second half is
-// written. Commands on one logical unit are serialized against each other.
+// written. The blocks are locked exclusively from the compare to the end of
+// the write, so that no other command writes them in between.
 func (x *task) compareAndWrite() error {
 	lu := x.lu
 	if x.cdb[1]&0xe0 != 0 {
@@ -629,8 +646,8 @@ func (x *task) compareAndWrite() error {
 	}
 	verify, data := x.cmd.DataOut[:n*bs], x.cmd.DataOut[n*bs:2*n*bs]
 	fua := x.cdb[1]&0x08 != 0
-	lu.cawMu.Lock()
-	defer lu.cawMu.Unlock()
+	h := lu.lockBlocks(lba, n, true)
+	defer h.Unlock()
 	if err := x.compareMedium(lba, verify); err != nil {
 		return err
 	}
@@ -642,8 +659,8 @@ func (x *task) compareAndWrite() error {
 
 // orWrite handles ORWRITE(16) (SBC-3 5.9, the single-command form): each
 // block becomes the bitwise OR of its old contents and the data-out.
-// ORWRITE and COMPARE AND WRITE on one logical unit are serialized, which
-// makes each read-modify-write atomic with respect to the others.
+// Like COMPARE AND WRITE it holds its blocks exclusively, which makes the
+// read-modify-write atomic with respect to every other write of them.
 func (x *task) orWrite() error {
 	lba, n, bs, data, err := x.writeRange()
 	if err != nil || len(data) == 0 {
@@ -651,8 +668,8 @@ func (x *task) orWrite() error {
 	}
 	lu := x.lu
 	off := int64(lba * bs)
-	lu.cawMu.Lock()
-	defer lu.cawMu.Unlock()
+	h := lu.lockBlocks(lba, uint64(len(data))/bs, true)
+	defer h.Unlock()
 	cur := make([]byte, len(data))
 	if err := x.readChunks(cur, off); err != nil {
 		return fmt.Errorf("orwrite read %d blocks at LBA %d: %w", n, lba, err)

@@ -92,6 +92,9 @@ func TestInquiryStandard(t *testing.T) {
 	if d[0] != 0 || d[1]&0x80 != 0 || d[2] != 6 || d[3]&0x0f != 2 || d[3]&0x10 == 0 || d[7]&0x02 == 0 {
 		t.Fatalf("standard INQUIRY header % x", d[:8])
 	}
+	if d[5]&0x08 == 0 {
+		t.Errorf("standard INQUIRY byte 5 %#x: 3PC clear although EXTENDED COPY is supported", d[5])
+	}
 	if got := string(d[8:16]); got != "ANVIL   " {
 		t.Errorf("vendor %q", got)
 	}
@@ -1064,12 +1067,19 @@ func TestEdgeCasesFromLibiscsi(t *testing.T) {
 		t.Errorf("CAW pointer %d", p.field)
 	}
 	expectGood(t, f.run(c, nil))
-	// WRITE SAME with UNMAP on a thin volume deallocates even when the
-	// data block is not zero.
-	expectGood(t, f.run(rw(opWrite10, 10, 40, 4), fill(2048, 1)))
-	expectGood(t, f.run(cdbWriteSame(opWriteSame10, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
-	if r := f.run(rw(opRead10, 10, 40, 4), nil); !isZero(r.DataIn) || f.vol.mapped[40] {
-		t.Fatal("WRITE SAME UNMAP with 0xff data did not deallocate")
+	// WRITE SAME with UNMAP on a thin volume writes a data block that is
+	// not zeroes (deallocating would make the blocks read zeroes), in
+	// both CDB sizes; with a zero block it deallocates.
+	for _, op := range []byte{opWriteSame10, opWriteSame16} {
+		expectGood(t, f.run(rw(opWrite10, 10, 40, 4), fill(2048, 1)))
+		expectGood(t, f.run(cdbWriteSame(op, 40, 4, true), bytes.Repeat([]byte{0xff}, 512)))
+		if r := f.run(rw(opRead10, 10, 40, 4), nil); !bytes.Equal(r.DataIn, bytes.Repeat([]byte{0xff}, 2048)) || !f.vol.mapped[40] {
+			t.Fatalf("WRITE SAME(%d) UNMAP with 0xff data did not write it", map[byte]int{opWriteSame10: 10, opWriteSame16: 16}[op])
+		}
+		expectGood(t, f.run(cdbWriteSame(op, 40, 4, true), make([]byte, 512)))
+		if r := f.run(rw(opRead10, 10, 40, 4), nil); !isZero(r.DataIn) || f.vol.mapped[40] || f.vol.mapped[43] {
+			t.Fatal("WRITE SAME UNMAP with a zero block did not deallocate")
+		}
 	}
 	// On a thick volume the data is written.
 	f.vol.limits.MaxUnmap = 0
@@ -1191,5 +1201,57 @@ func TestReportLUNsFlatAddressing(t *testing.T) {
 	expectGood(t, r)
 	if got := binary.BigEndian.Uint16(r.DataIn[16:]); got != 0x4000|300 {
 		t.Errorf("LUN 300 encoded as %#04x", got)
+	}
+}
+
+// TestFullyProvisionedReporting checks that a volume whose engine cannot
+// deallocate (Limits.MaxUnmap = 0, e.g. a block device without discard) is
+// reported fully provisioned everywhere: no LBPME/LBPRZ in READ CAPACITY
+// (16), no UNMAP limits in the Block Limits page, no LBP bits, UNMAP not
+// offered, and WRITE SAME with UNMAP writing allocated zeroes.
+func TestFullyProvisionedReporting(t *testing.T) {
+	f := newFixture(t)
+	rc16 := func() []byte {
+		c := cdb(opServiceActionIn16, 16)
+		c[1] = saReadCapacity16
+		binary.BigEndian.PutUint32(c[10:], 32)
+		r := f.run(c, nil)
+		expectGood(t, r)
+		return r.DataIn
+	}
+	vpd := func(page byte) []byte {
+		r := f.run(inquiryCDB(true, page, 255), nil)
+		expectGood(t, r)
+		return r.DataIn
+	}
+	if d := rc16(); d[14]&0xc0 != 0xc0 {
+		t.Fatalf("thin volume: READ CAPACITY(16) byte 14 %#x, want LBPME and LBPRZ", d[14])
+	}
+	f.vol.limits.MaxUnmap = 0
+	if d := rc16(); d[14]&0xc0 != 0 {
+		t.Errorf("fully provisioned: READ CAPACITY(16) byte 14 %#x, want LBPME=0 LBPRZ=0", d[14])
+	}
+	if d := vpd(0xb0); binary.BigEndian.Uint32(d[20:]) != 0 || binary.BigEndian.Uint32(d[24:]) != 0 {
+		t.Errorf("fully provisioned: Block Limits unmap fields % x", d[20:28])
+	}
+	if d := vpd(0xb2); d[5] != 0 || d[6] != 0 {
+		t.Errorf("fully provisioned: LBP VPD % x", d[4:])
+	}
+	c, pl := unmapCmd(10, 4)
+	expectSense(t, f.run(c, pl), SenseIllegalRequest, ascInvalidOpcode)
+	expectGood(t, f.run(rw(opWrite10, 10, 10, 4), fill(2048, 3)))
+	expectGood(t, f.run(cdbWriteSame(opWriteSame16, 10, 4, true), make([]byte, 512)))
+	if r := f.run(rw(opRead10, 10, 10, 4), nil); !isZero(r.DataIn) || !f.vol.mapped[10] || f.vol.unmaps != 0 {
+		t.Fatal("fully provisioned: WRITE SAME UNMAP did not write allocated zeroes")
+	}
+	// GET LBA STATUS reports never-written blocks mapped too.
+	c = cdb(opServiceActionIn16, 16)
+	c[1] = saGetLBAStatus
+	binary.BigEndian.PutUint64(c[2:], 100)
+	binary.BigEndian.PutUint32(c[10:], 24)
+	r := f.run(c, nil)
+	expectGood(t, r)
+	if len(r.DataIn) < 24 || r.DataIn[8+12]&0x0f != 0 {
+		t.Fatalf("fully provisioned: GET LBA STATUS % x, want mapped", r.DataIn)
 	}
 }

@@ -122,6 +122,7 @@ func (x *task) standardInquiry() []byte {
 	b[2] = 0x06        // VERSION: SPC-4
 	b[3] = 0x10 | 0x02 // HISUP, RESPONSE DATA FORMAT 2
 	b[4] = byte(len(b) - 5)
+	b[5] = 0x08 // 3PC: EXTENDED COPY is supported
 	b[7] = 0x02 // CMDQUE
 	cfg := LUConfig{VendorID: "ANVIL", ProductID: "Anvil Volume", Revision: "0001"}
 	if x.lu != nil {

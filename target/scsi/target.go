@@ -229,7 +229,7 @@ func (x *task) run() error {
 			return errLUNotSupp
 		}
 	} else {
-		x.st = x.lu.nexusState(x.n)
+		x.st = x.lu.nexusState(x.t, x.n)
 		if op == nil || op.flags&opNoUA == 0 {
 			if asc, ok := x.st.pop(); ok {
 				return newCC(SenseUnitAttention, asc)

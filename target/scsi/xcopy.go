@@ -252,7 +252,10 @@ func (x *task) copySegment(src, dst *LogicalUnit, srcLBA, dstLBA, n uint64) erro
 		if err := src.vol.ReadAt(x.ctx, b, int64((srcLBA+off)*bs)); err != nil {
 			return fmt.Errorf("extended copy: read %d blocks at LBA %d: %w", c, srcLBA+off, err)
 		}
-		if err := dst.vol.WriteAt(x.ctx, b, int64((dstLBA+off)*bs), false); err != nil {
+		h := dst.lockBlocks(dstLBA+off, c, false)
+		err := dst.vol.WriteAt(x.ctx, b, int64((dstLBA+off)*bs), false)
+		h.Unlock()
+		if err != nil {
 			return fmt.Errorf("extended copy: write %d blocks at LBA %d: %w", c, dstLBA+off, err)
 		}
 		done += c

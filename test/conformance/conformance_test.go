@@ -90,6 +90,46 @@ var requiredSuites = map[string]bool{
 	"ALL.MultipathIO":            true,
 }
 
+// staleTests are tests of the installed libiscsi (1.19) that contradict
+// SBC-4 and were corrected upstream, keyed by suite/test, with the failure
+// they show. That failure is logged but does not fail the suite; any other
+// failure of the same test still does.
+var staleTests = map[string]struct{ why, reason string }{
+	"ALL.WriteSame10/UnmapUntilEnd": {
+		why: "Blocks did not read back as zero",
+		reason: "libiscsi 1.19 sends WRITE SAME(10) with UNMAP=1 and a data block of 0xFF, then expects zeroes; " +
+			"the device server must write a data block that is not zeroes (unmapping would lose it), " +
+			"and libiscsi upstream sends a zero block there since sahlberg/libiscsi#318",
+	},
+}
+
+// waiveStale clears the failures staleTests explains from res and returns
+// what it waived.
+func waiveStale(suite string, res *cunitResult) []string {
+	var waived []string
+	for i := range res.Tests {
+		ct := &res.Tests[i]
+		st, ok := staleTests[suite+"/"+ct.Name]
+		if !ok || !ct.Failed || len(ct.Why) == 0 {
+			continue
+		}
+		all := true
+		for _, w := range ct.Why {
+			// The CU_FAIL text comes as its C source too, with the
+			// string literal split: "...read back " "as zero".
+			all = all && strings.Contains(strings.ReplaceAll(w, `" "`, ""), st.why)
+		}
+		if !all {
+			continue
+		}
+		ct.Failed, ct.Passed = false, true
+		res.Failed--
+		res.Passed++
+		waived = append(waived, fmt.Sprintf("%s: %s (%s)", ct.Name, st.why, st.reason))
+	}
+	return waived
+}
+
 // defaultSuiteTimeout bounds one suite. On tgt the slowest ALL suite takes
 // about 6 s, so three minutes only trips on a hang, and the whole family
 // stays well under 15 minutes on two cores.
@@ -316,6 +356,9 @@ func runSuite(t *testing.T, tg *target, row suiteRow, timeout time.Duration, log
 	}
 
 	res, perr := parseCUnit(string(out))
+	for _, w := range waiveStale(row.Suite, &res) {
+		t.Logf("suite %s: waived stale libiscsi test %s", row.Name, w)
+	}
 	row.Result = res
 	switch {
 	case tg.d != nil && !tg.d.Running():
