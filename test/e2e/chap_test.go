@@ -161,7 +161,7 @@ func TestOpenISCSIGuestCHAPSHA256Revoke(t *testing.T) {
 	)
 	cfg := GuestConfig{
 		Portal: d.ISCSI, IQN: harness.DemoIQN, Phase: PhaseRevoke, Seed: 1, Name: "chap-sha256-revoke",
-		Params: map[string]string{"login": "iscsiadm", "cutoff": "120",
+		Params: map[string]string{"login": "iscsiadm", "cutoff": "60",
 			"discuser": "e2e-discovery", "discsecret": "discovery-secret-16"},
 		ISCSIParams: []string{
 			"node.session.auth.authmethod=CHAP",

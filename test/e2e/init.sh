@@ -265,10 +265,10 @@ login)
 	# Logging in and seeing the disk is the whole check (CHAP tests).
 	;;
 revoke)
-	# The host takes this initiator's access away once it sees "reading";
-	# the target must cut the session off, so reads must start failing.
-	mark "reading"
-	out=$(e2e-guest read-until-error "$DEV" "$(param cutoff 120)" 2>&1) || fail "reads still work: $out"
+	# The host takes this initiator's access away once the helper reports
+	# "reading" (on stderr, straight to the console) after a first good
+	# read; the target must cut the session off, so reads must fail.
+	out=$(e2e-guest read-until-error "$DEV" "$(param cutoff 120)") || fail "reads still work: $out"
 	mark "cut-off $out"
 	mark "conn-errors=$(dmesg | grep -c 'detected conn error')"
 	;;

@@ -105,9 +105,11 @@ func run(args []string) error {
 }
 
 // readUntilError reads the first block of dev with O_DIRECT every 200 ms
-// until a read fails, and prints how long that took and the error. It
-// fails if every read succeeds for the whole timeout: the host expects the
-// target to cut the session off meanwhile.
+// until a read fails, and prints how long that took and the error. The
+// first read must work; after it the console gets "ANVIL-E2E: reading",
+// the host's cue to revoke the access. It fails if every read succeeds for
+// the whole timeout: the host expects the target to cut the session off
+// meanwhile.
 func readUntilError(dev string, timeout time.Duration) error {
 	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
 	if err != nil {
@@ -118,8 +120,12 @@ func readUntilError(dev string, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return fmt.Errorf("first read of %s: %w", dev, err)
+	}
+	fmt.Fprintln(os.Stderr, "ANVIL-E2E: reading")
 	start := time.Now()
-	for reads := 0; time.Since(start) < timeout; reads++ {
+	for reads := 1; time.Since(start) < timeout; reads++ {
 		if _, err := f.ReadAt(buf, 0); err != nil {
 			fmt.Printf("after=%.1fs reads=%d err=%q\n", time.Since(start).Seconds(), reads, err.Error())
 			return nil
