@@ -220,6 +220,7 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 	if err != nil {
 		return false, loginFail(statusInitiatorError, "%v", err)
 	}
+	ls.neg.rejectedMRDSL = false
 	resp, err := c.loginKeys(ls, csg, pairs)
 	if err != nil {
 		return false, err
@@ -310,6 +311,11 @@ func (c *conn) loginKeys(ls *loginState, csg int, pairs []kv) ([]kv, error) {
 			}
 			ls.targetName = p.Value
 		case "SessionType":
+			if ls.sentFirst && (p.Value == "Discovery") != ls.discovery {
+				// The target and credentials were chosen for the type
+				// the first request named.
+				return nil, loginFail(statusInitiatorError, "SessionType changed")
+			}
 			switch p.Value {
 			case "Discovery":
 				ls.discovery = true

@@ -302,3 +302,24 @@ func TestRevalidateDropsRevokedSessions(t *testing.T) {
 		})
 	})
 }
+
+// A discovery session cannot start as a normal one (whose target and
+// credentials were looked up) and switch later, nor the reverse.
+func TestLoginSessionTypeChange(t *testing.T) {
+	ts := startServer(t, Config{NopInterval: -1})
+	for _, tc := range []struct{ first, later string }{
+		{"SessionType=Normal", "SessionType=Discovery"},
+		{"SessionType=Discovery", "SessionType=Normal"},
+	} {
+		c := dial(t, ts.addr)
+		p := c.loginPDU(0, 1, false, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, tc.first, "AuthMethod=None"))
+		if st := loginStatus(p); st != 0 {
+			t.Fatalf("%s: status %#x", tc.first, st)
+		}
+		p = c.loginPDU(0, 1, true, keysData(tc.later))
+		if st := loginStatus(p); st != statusInitiatorError {
+			t.Fatalf("%s then %s: status %#x, want initiator error", tc.first, tc.later, st)
+		}
+		c.expectClosed()
+	}
+}
