@@ -15,15 +15,16 @@ import (
 // Target is a target as the API shows it. CHAP secrets are never included;
 // only whether CHAP is on and the user names.
 type Target struct {
-	IQN   string        `json:"iqn"`
-	Alias string        `json:"alias,omitempty"`
-	LUNs  []catalog.LUN `json:"luns"`
-	ACL   ACL           `json:"acl"`
-	CHAP  CHAPStatus    `json:"chap"`
+	IQN     string        `json:"iqn"`
+	Alias   string        `json:"alias,omitempty"`
+	LUNs    []catalog.LUN `json:"luns"`
+	ACL     ACL           `json:"acl"`
+	CHAP    CHAPStatus    `json:"chap"`
+	Created time.Time     `json:"created"`
+
 	// InitiatorCHAP lists the initiators with credentials of their own,
 	// sorted by name.
 	InitiatorCHAP []InitiatorCHAPStatus `json:"initiator_chap"`
-	Created       time.Time             `json:"created"`
 }
 
 // ACL is a target's access list as the API shows it: initiators is always

@@ -78,16 +78,17 @@ type CHAP struct {
 
 // Target is one iSCSI target's persistent record.
 type Target struct {
-	IQN   string `json:"iqn"`
-	Alias string `json:"alias,omitempty"`
-	LUNs  []LUN  `json:"luns"`
-	ACL   ACL    `json:"acl"`
-	CHAP  *CHAP  `json:"chap,omitempty"`
+	IQN     string    `json:"iqn"`
+	Alias   string    `json:"alias,omitempty"`
+	LUNs    []LUN     `json:"luns"`
+	ACL     ACL       `json:"acl"`
+	CHAP    *CHAP     `json:"chap,omitempty"`
+	Created time.Time `json:"created"`
+
 	// InitiatorCHAP holds credentials for single initiators, keyed by
 	// lower-case initiator name; an initiator listed here logs in with its
-	// own credentials instead of CHAP.
+	// own credentials instead of the target-wide CHAP.
 	InitiatorCHAP map[string]CHAP `json:"initiator_chap,omitempty"`
-	Created       time.Time       `json:"created"`
 }
 
 // Catalog is an open catalog file.
