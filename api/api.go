@@ -121,6 +121,11 @@ func newEcho(o Options) *echo.Echo {
 	v1.PUT("/targets/:iqn/acl", s.setACL)
 	v1.PUT("/targets/:iqn/chap", s.setCHAP)
 	v1.DELETE("/targets/:iqn/chap", s.deleteCHAP)
+	v1.PUT("/targets/:iqn/initiators/:initiator/chap", s.setInitiatorCHAP)
+	v1.DELETE("/targets/:iqn/initiators/:initiator/chap", s.deleteInitiatorCHAP)
+	v1.GET("/discovery/chap", s.getDiscoveryCHAP)
+	v1.PUT("/discovery/chap", s.setDiscoveryCHAP)
+	v1.DELETE("/discovery/chap", s.deleteDiscoveryCHAP)
 
 	v1.GET("/sessions", s.listSessions)
 	v1.DELETE("/sessions/:tsih", s.logoutSession)

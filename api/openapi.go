@@ -146,6 +146,21 @@ var openAPIDoc = obj{
 			"delete": obj{"summary": "Stop requiring CHAP",
 				"responses": responses(obj{"204": obj{"description": "CHAP removed"}, "404": errResp("no such target")})},
 		},
+		"/api/v1/targets/{iqn}/initiators/{initiator}/chap": obj{
+			"parameters": []any{iqnParamD, pathParam("initiator", "initiator IQN", str)},
+			"put": obj{"summary": "Give one initiator CHAP credentials of its own on the target (used instead of the target-wide ones); its sessions under other credentials are dropped", "requestBody": jsonBody(ref("CHAPRequest")),
+				"responses": responses(obj{"200": jsonResp("the target (without secrets)", ref("Target")), "404": errResp("no such target")})},
+			"delete": obj{"summary": "Remove an initiator's own credentials (it falls back to the target-wide ones)",
+				"responses": responses(obj{"204": obj{"description": "removed"}, "404": errResp("no such target, or no credentials for that initiator")})},
+		},
+		"/api/v1/discovery/chap": obj{
+			"get": obj{"summary": "Whether discovery sessions need CHAP (no secrets)",
+				"responses": responses(obj{"200": jsonResp("discovery CHAP", ref("CHAPStatus"))})},
+			"put": obj{"summary": "Require CHAP (optionally mutual) for discovery sessions; secrets are write-only", "requestBody": jsonBody(ref("CHAPRequest")),
+				"responses": responses(obj{"200": jsonResp("discovery CHAP (without secrets)", ref("CHAPStatus"))})},
+			"delete": obj{"summary": "Let discovery sessions log in without CHAP",
+				"responses": responses(obj{"204": obj{"description": "discovery CHAP removed"}})},
+		},
 		"/api/v1/sessions": obj{
 			"get": obj{"summary": "List iSCSI sessions", "parameters": []any{queryParam("target", "only sessions logged in to this target", str)},
 				"responses": responses(obj{"200": jsonResp("sessions by TSIH", obj{"type": "array", "items": ref("Session")})})},
@@ -201,13 +216,18 @@ var openAPIDoc = obj{
 				"mutual_user": str, "mutual_secret": obj{"type": "string", "minLength": 12, "maxLength": 255, "writeOnly": true}}},
 			"Target": obj{"type": "object", "properties": obj{
 				"iqn": str, "alias": str,
-				"luns":    obj{"type": "array", "items": obj{"type": "object", "properties": obj{"lun": obj{"type": "integer"}, "volume": str}}},
-				"acl":     ref("ACL"),
-				"chap":    obj{"type": "object", "properties": obj{"enabled": boolean, "user": str, "mutual": boolean, "mutual_user": str}},
+				"luns": obj{"type": "array", "items": obj{"type": "object", "properties": obj{"lun": obj{"type": "integer"}, "volume": str}}},
+				"acl":  ref("ACL"),
+				"chap": ref("CHAPStatus"),
+				"initiator_chap": obj{"type": "array", "items": obj{"type": "object", "properties": obj{
+					"initiator": str, "enabled": boolean, "user": str, "mutual": boolean, "mutual_user": str}}},
 				"created": obj{"type": "string", "format": "date-time"}}},
+			"CHAPStatus": obj{"type": "object", "properties": obj{"enabled": boolean, "user": str, "mutual": boolean, "mutual_user": str}},
 			"Session": obj{"type": "object", "properties": obj{
 				"initiator_name": str, "initiator_alias": str, "isid": str, "tsih": obj{"type": "integer"},
 				"target": str, "discovery": boolean, "remote_addr": str, "local_addr": str,
+				"auth_method":    obj{"type": "string", "enum": []any{"None", "CHAP"}},
+				"chap_algorithm": obj{"type": "string", "enum": []any{"MD5", "SHA-256", "SHA3-256"}}, "mutual_chap": boolean,
 				"params":             obj{"type": "object", "description": "negotiated iSCSI operational parameters"},
 				"commands_in_flight": obj{"type": "integer"},
 				"established":        obj{"type": "string", "format": "date-time"}}},

@@ -21,6 +21,10 @@ type Target struct {
 	ACL     ACL           `json:"acl"`
 	CHAP    CHAPStatus    `json:"chap"`
 	Created time.Time     `json:"created"`
+
+	// InitiatorCHAP lists the initiators with credentials of their own,
+	// sorted by name.
+	InitiatorCHAP []InitiatorCHAPStatus `json:"initiator_chap"`
 }
 
 // ACL is a target's access list as the API shows it: initiators is always
@@ -47,8 +51,9 @@ func targetView(rec catalog.Target) Target {
 		t.ACL.Initiators = []string{}
 	}
 	if c := rec.CHAP; c != nil {
-		t.CHAP = CHAPStatus{Enabled: true, User: c.User, Mutual: c.MutualUser != "", MutualUser: c.MutualUser}
+		t.CHAP = chapStatus(c)
 	}
+	t.InitiatorCHAP = initiatorCHAPView(rec.InitiatorCHAP)
 	return t
 }
 

@@ -84,6 +84,11 @@ type Target struct {
 	ACL     ACL       `json:"acl"`
 	CHAP    *CHAP     `json:"chap,omitempty"`
 	Created time.Time `json:"created"`
+
+	// InitiatorCHAP holds credentials for single initiators, keyed by
+	// lower-case initiator name; an initiator listed here logs in with its
+	// own credentials instead of the target-wide CHAP.
+	InitiatorCHAP map[string]CHAP `json:"initiator_chap,omitempty"`
 }
 
 // Catalog is an open catalog file.
@@ -306,4 +311,31 @@ func (t *Tx) SetMeta(key string, value []byte) error {
 		return fmt.Errorf("meta key %q is reserved", key)
 	}
 	return t.tx.Bucket(bucketMeta).Put([]byte(key), value)
+}
+
+// metaDiscoveryCHAP is the meta key of the discovery sessions' CHAP
+// credentials (JSON CHAP; absent when discovery needs none).
+const metaDiscoveryCHAP = "discovery_chap"
+
+// DiscoveryCHAP returns the CHAP credentials discovery sessions must use,
+// or nil when discovery needs none.
+func (t *Tx) DiscoveryCHAP() (*CHAP, error) {
+	b := t.tx.Bucket(bucketMeta).Get([]byte(metaDiscoveryCHAP))
+	if b == nil {
+		return nil, nil
+	}
+	var c CHAP
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("decode discovery CHAP: %w", err)
+	}
+	return &c, nil
+}
+
+// SetDiscoveryCHAP stores the discovery sessions' CHAP credentials; nil
+// removes them.
+func (t *Tx) SetDiscoveryCHAP(c *CHAP) error {
+	if c == nil {
+		return t.tx.Bucket(bucketMeta).Delete([]byte(metaDiscoveryCHAP))
+	}
+	return put(t.tx, bucketMeta, metaDiscoveryCHAP, c)
 }

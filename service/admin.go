@@ -297,31 +297,41 @@ const (
 // logins to the target must authenticate with CHAP; with a mutual user and
 // secret the target also proves itself to the initiator.
 func (s *Service) SetCHAP(iqn string, c *catalog.CHAP) error {
-	if c != nil {
-		if c.User == "" || strings.ContainsAny(c.User, "\x00\r\n") || len(c.User) > 255 {
-			return invalid("user", "must be 1 to 255 bytes of printable text")
-		}
-		if n := len(c.Secret); n < MinCHAPSecret || n > MaxCHAPSecret {
-			return invalid("secret", "must be %d to %d bytes (RFC 3720 §8.2.1)", MinCHAPSecret, MaxCHAPSecret)
-		}
-		if c.MutualUser != "" || c.MutualSecret != "" {
-			if c.MutualUser == "" || strings.ContainsAny(c.MutualUser, "\x00\r\n") || len(c.MutualUser) > 255 {
-				return invalid("mutual_user", "must be 1 to 255 bytes of printable text when mutual CHAP is set")
-			}
-			if n := len(c.MutualSecret); n < MinCHAPSecret || n > MaxCHAPSecret {
-				return invalid("mutual_secret", "must be %d to %d bytes (RFC 3720 §8.2.1)", MinCHAPSecret, MaxCHAPSecret)
-			}
-			if c.MutualSecret == c.Secret {
-				return invalid("mutual_secret", "must differ from secret (RFC 3720 §8.2.1)")
-			}
-		}
-		cc := *c
-		c = &cc
+	c, err := validCHAP(c)
+	if err != nil {
+		return err
 	}
 	rec, err := s.updateTarget(iqn, func(rec *catalog.Target) error { rec.CHAP = c; return nil })
 	if err != nil {
 		return err
 	}
 	s.log.Info("set CHAP", "target", rec.IQN, "enabled", c != nil, "mutual", c != nil && c.MutualUser != "")
+	s.accessChanged()
 	return nil
+}
+
+// validCHAP checks credentials and returns a copy of them (nil for nil).
+func validCHAP(c *catalog.CHAP) (*catalog.CHAP, error) {
+	if c != nil {
+		if c.User == "" || strings.ContainsAny(c.User, "\x00\r\n") || len(c.User) > 255 {
+			return nil, invalid("user", "must be 1 to 255 bytes of printable text")
+		}
+		if n := len(c.Secret); n < MinCHAPSecret || n > MaxCHAPSecret {
+			return nil, invalid("secret", "must be %d to %d bytes (RFC 3720 §8.2.1)", MinCHAPSecret, MaxCHAPSecret)
+		}
+		if c.MutualUser != "" || c.MutualSecret != "" {
+			if c.MutualUser == "" || strings.ContainsAny(c.MutualUser, "\x00\r\n") || len(c.MutualUser) > 255 {
+				return nil, invalid("mutual_user", "must be 1 to 255 bytes of printable text when mutual CHAP is set")
+			}
+			if n := len(c.MutualSecret); n < MinCHAPSecret || n > MaxCHAPSecret {
+				return nil, invalid("mutual_secret", "must be %d to %d bytes (RFC 3720 §8.2.1)", MinCHAPSecret, MaxCHAPSecret)
+			}
+			if c.MutualSecret == c.Secret {
+				return nil, invalid("mutual_secret", "must differ from secret (RFC 3720 §8.2.1)")
+			}
+		}
+		cc := *c
+		c = &cc
+	}
+	return c, nil
 }

@@ -1,6 +1,11 @@
 package service
 
-import "github.com/anvilproject/anvil/target/iscsi"
+import (
+	"strings"
+
+	"github.com/anvilproject/anvil/catalog"
+	"github.com/anvilproject/anvil/target/iscsi"
+)
 
 // ISCSIRegistry returns the view of the service the iSCSI front end
 // resolves logins and discovery through.
@@ -18,10 +23,27 @@ func (r iscsiRegistry) Target(iqn string) (iscsi.Target, bool) {
 
 func (r iscsiRegistry) Targets(initiator string) []string { return r.s.Targets(initiator) }
 
-// Credentials implements iscsi.CHAPTarget: once a target has CHAP
-// credentials, every normal-session login to it must authenticate.
-func (t *liveTarget) Credentials(string) iscsi.CHAPCredentials {
-	c := t.CHAP()
+// DiscoveryCredentials implements iscsi.DiscoveryCHAP: once discovery CHAP
+// is set, every discovery session must authenticate with it.
+func (r iscsiRegistry) DiscoveryCredentials(string) iscsi.CHAPCredentials {
+	return credentials(r.s.DiscoveryCHAP())
+}
+
+// Credentials implements iscsi.CHAPTarget: an initiator with credentials
+// of its own on the target must log in with those; otherwise, once the
+// target has CHAP credentials, every normal-session login to it must
+// authenticate with them.
+func (t *liveTarget) Credentials(initiator string) iscsi.CHAPCredentials {
+	t.svc.mu.RLock()
+	c, ok := t.rec.InitiatorCHAP[strings.ToLower(initiator)]
+	t.svc.mu.RUnlock()
+	if ok {
+		return credentials(&c)
+	}
+	return credentials(t.CHAP())
+}
+
+func credentials(c *catalog.CHAP) iscsi.CHAPCredentials {
 	if c == nil {
 		return iscsi.CHAPCredentials{}
 	}
@@ -34,4 +56,7 @@ func (t *liveTarget) Credentials(string) iscsi.CHAPCredentials {
 	}
 }
 
-var _ iscsi.CHAPTarget = (*liveTarget)(nil)
+var (
+	_ iscsi.CHAPTarget    = (*liveTarget)(nil)
+	_ iscsi.DiscoveryCHAP = iscsiRegistry{}
+)

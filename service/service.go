@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/anvilproject/anvil/catalog"
@@ -102,6 +103,12 @@ type Service struct {
 	mu      sync.RWMutex
 	volumes map[string]*liveVolume
 	targets map[string]*liveTarget // key: lower-case IQN
+	// discCHAP are the discovery sessions' CHAP credentials (nil: none).
+	discCHAP *catalog.CHAP
+
+	// accessHook is called after every change that can revoke a live
+	// session's access (SetAccessHook).
+	accessHook atomic.Pointer[func()]
 }
 
 type liveVolume struct {
@@ -190,7 +197,10 @@ func (s *Service) restore() error {
 		if vols, err = tx.Volumes(); err != nil {
 			return err
 		}
-		tgts, err = tx.Targets()
+		if tgts, err = tx.Targets(); err != nil {
+			return err
+		}
+		s.discCHAP, err = tx.DiscoveryCHAP()
 		return err
 	})
 	if err != nil {

@@ -204,10 +204,13 @@ func (s *Service) ListTargets() []catalog.Target {
 	return out
 }
 
-// DeleteTarget removes a target. Sessions logged in to it keep their
-// nexus until they log out; new logins fail.
+// DeleteTarget removes a target. Sessions logged in to it are dropped
+// (through the access hook); new logins fail.
 func (s *Service) DeleteTarget(iqn string) error {
 	key := strings.ToLower(iqn)
+	// Deferred before the unlock, so it runs after it: the hook looks the
+	// target up again.
+	defer s.accessChanged()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.targets[key]; !ok {
@@ -302,6 +305,7 @@ func (s *Service) SetACL(iqn string, acl catalog.ACL) error {
 		return err
 	}
 	s.log.Info("set ACL", "target", rec.IQN, "open", acl.Open, "initiators", len(acl.Initiators))
+	s.accessChanged()
 	return nil
 }
 

@@ -19,6 +19,7 @@ func main() {
 	root.AddCommand(newServeCmd())
 	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newTargetCmd())
+	root.AddCommand(newDiscoveryCmd())
 	root.AddCommand(newSessionCmd())
 	root.AddCommand(newHealthCmd())
 	if err := root.Execute(); err != nil {

@@ -100,6 +100,8 @@ func serve(cfg *config.Config) error {
 		NopTimeout:               cfg.ISCSI.NopTimeout,
 		Logger:                   log.With("frontend", "iscsi"),
 	}, svc.ISCSIRegistry())
+	// An ACL, CHAP or target change drops the sessions it revokes.
+	svc.SetAccessHook(func() { portal.Revalidate() })
 
 	token, created, err := api.ResolveToken(cfg.DataDir, cfg.API.Token)
 	if err != nil {

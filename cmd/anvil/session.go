@@ -46,13 +46,20 @@ func sessionListCmd(cf *clientFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "TSIH\tINITIATOR\tTARGET\tREMOTE\tIN FLIGHT\tESTABLISHED")
+			fmt.Fprintln(tw, "TSIH\tINITIATOR\tTARGET\tREMOTE\tAUTH\tIN FLIGHT\tESTABLISHED")
 			for _, s := range list {
 				tgt := s.Target
 				if s.Discovery {
 					tgt = "(discovery)"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", s.TSIH, s.InitiatorName, tgt, s.RemoteAddr, s.InFlight, s.Established.Format("2006-01-02 15:04:05"))
+				auth := orDash(s.AuthMethod)
+				if s.CHAPAlgorithm != "" {
+					auth += " " + s.CHAPAlgorithm
+				}
+				if s.MutualCHAP {
+					auth += " mutual"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.TSIH, s.InitiatorName, tgt, s.RemoteAddr, auth, s.InFlight, s.Established.Format("2006-01-02 15:04:05"))
 			}
 			return tw.Flush()
 		},

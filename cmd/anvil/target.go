@@ -55,6 +55,12 @@ func printTargets(cmd *cobra.Command, c *client, raw []byte, tgts []api.Target) 
 				chap += ", mutual " + t.CHAP.MutualUser
 			}
 		}
+		for _, ic := range t.InitiatorCHAP {
+			chap += "; " + ic.Initiator + ": user " + ic.User
+			if ic.Mutual {
+				chap += ", mutual " + ic.MutualUser
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.IQN, orDash(t.Alias), orDash(strings.Join(luns, " ")), acl, chap)
 	}
 	return tw.Flush()
@@ -212,52 +218,85 @@ func targetACLCmd(cf *clientFlags) *cobra.Command {
 }
 
 func targetCHAPCmd(cf *clientFlags) *cobra.Command {
-	var user, mutualUser string
-	var secretStdin, disable bool
+	var cfl chapFlags
+	var initiator string
 	cmd := &cobra.Command{
-		Use:   "chap IQN --user USER [--mutual-user USER] | --disable",
-		Short: "Require CHAP on a target; secrets come from ANVIL_CHAP_SECRET / ANVIL_CHAP_MUTUAL_SECRET or stdin, never the command line",
+		Use:   "chap IQN [--initiator INITIATOR_IQN] --user USER [--mutual-user USER] | --disable",
+		Short: "Require CHAP on a target (or for one initiator of it); secrets come from ANVIL_CHAP_SECRET / ANVIL_CHAP_MUTUAL_SECRET or stdin, never the command line",
 		Long: `Require CHAP authentication for logins to a target.
 
-The secret is read from the ANVIL_CHAP_SECRET environment variable or, with
---secret-stdin, from the first line of standard input (the mutual secret from
-ANVIL_CHAP_MUTUAL_SECRET or the second line), so that it never shows in the
-process list. Secrets are write-only: the API never returns them.`,
+With --initiator, the credentials are that initiator's own: it logs in with
+them instead of the target-wide ones, and --disable removes them (the
+initiator falls back to the target-wide credentials). Sessions logged in
+under credentials that change are dropped.
+
+` + chapSecretHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			if disable {
-				if _, err := c.do(http.MethodDelete, targetPath(args[0], "/chap"), nil, nil); err != nil {
+			path, what := targetPath(args[0], "/chap"), args[0]
+			if initiator != "" {
+				path = targetPath(args[0], "/initiators/", url.PathEscape(initiator), "/chap")
+				what = initiator + " on " + args[0]
+			}
+			if cfl.disable {
+				if _, err := c.do(http.MethodDelete, path, nil, nil); err != nil {
 					return err
 				}
-				return done(cmd, c, "CHAP disabled on "+args[0])
+				return done(cmd, c, "CHAP disabled for "+what)
 			}
-			secret, mutual := os.Getenv("ANVIL_CHAP_SECRET"), os.Getenv("ANVIL_CHAP_MUTUAL_SECRET")
-			if secretStdin {
-				lines, err := readLines(cmd.InOrStdin(), 2)
-				if err != nil {
-					return err
-				}
-				secret = lines[0]
-				if len(lines) > 1 && lines[1] != "" {
-					mutual = lines[1]
-				}
+			req, err := cfl.request(cmd)
+			if err != nil {
+				return err
 			}
-			req := api.CHAPRequest{User: user, Secret: secret}
-			if mutualUser != "" {
-				req.MutualUser, req.MutualSecret = mutualUser, mutual
-			}
-			return targetRequest(cmd, c, http.MethodPut, targetPath(args[0], "/chap"), req)
+			return targetRequest(cmd, c, http.MethodPut, path, req)
 		},
 	}
-	cmd.Flags().StringVar(&user, "user", "", "CHAP user name the initiator logs in with")
-	cmd.Flags().StringVar(&mutualUser, "mutual-user", "", "user name the target answers with (mutual CHAP)")
-	cmd.Flags().BoolVar(&secretStdin, "secret-stdin", false, "read the secret (and mutual secret) from stdin, one per line")
-	cmd.Flags().BoolVar(&disable, "disable", false, "stop requiring CHAP")
+	cfl.add(cmd, "stop requiring CHAP (with --initiator: remove that initiator's own credentials)")
+	cmd.Flags().StringVar(&initiator, "initiator", "", "set the credentials of this initiator only")
 	return cmd
+}
+
+const chapSecretHelp = `The secret is read from the ANVIL_CHAP_SECRET environment variable or, with
+--secret-stdin, from the first line of standard input (the mutual secret from
+ANVIL_CHAP_MUTUAL_SECRET or the second line), so that it never shows in the
+process list. Secrets are write-only: the API never returns them.`
+
+// chapFlags are the flags shared by the commands that set CHAP.
+type chapFlags struct {
+	user, mutualUser     string
+	secretStdin, disable bool
+}
+
+func (f *chapFlags) add(cmd *cobra.Command, disableHelp string) {
+	cmd.Flags().StringVar(&f.user, "user", "", "CHAP user name the initiator logs in with")
+	cmd.Flags().StringVar(&f.mutualUser, "mutual-user", "", "user name the target answers with (mutual CHAP)")
+	cmd.Flags().BoolVar(&f.secretStdin, "secret-stdin", false, "read the secret (and mutual secret) from stdin, one per line")
+	cmd.Flags().BoolVar(&f.disable, "disable", false, disableHelp)
+}
+
+// request builds the API request from the flags and the secrets in the
+// environment or on stdin.
+func (f *chapFlags) request(cmd *cobra.Command) (api.CHAPRequest, error) {
+	secret, mutual := os.Getenv("ANVIL_CHAP_SECRET"), os.Getenv("ANVIL_CHAP_MUTUAL_SECRET")
+	if f.secretStdin {
+		lines, err := readLines(cmd.InOrStdin(), 2)
+		if err != nil {
+			return api.CHAPRequest{}, err
+		}
+		secret = lines[0]
+		if len(lines) > 1 && lines[1] != "" {
+			mutual = lines[1]
+		}
+	}
+	req := api.CHAPRequest{User: f.user, Secret: secret}
+	if f.mutualUser != "" {
+		req.MutualUser, req.MutualSecret = f.mutualUser, mutual
+	}
+	return req, nil
 }
 
 func readLines(r io.Reader, n int) ([]string, error) {

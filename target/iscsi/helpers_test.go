@@ -120,6 +120,17 @@ func (c chapFake) Credentials(string) CHAPCredentials { return *c.creds }
 type fakeRegistry struct {
 	mu      sync.Mutex
 	targets map[string]Target
+	// disc are the discovery-session CHAP credentials (none when nil).
+	disc *CHAPCredentials
+}
+
+func (r *fakeRegistry) DiscoveryCredentials(string) CHAPCredentials {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.disc == nil {
+		return CHAPCredentials{}
+	}
+	return *r.disc
 }
 
 func (r *fakeRegistry) Target(iqn string) (Target, bool) {

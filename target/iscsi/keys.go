@@ -223,6 +223,10 @@ type negotiator struct {
 	// declaredMRDSL records that we have declared our
 	// MaxRecvDataSegmentLength.
 	declaredMRDSL bool
+	// rejectedMRDSL is set when the initiator's MaxRecvDataSegmentLength
+	// was answered Reject, until the login step that sent that answer is
+	// done.
+	rejectedMRDSL bool
 }
 
 func newNegotiator(ours Params, crc bool) *negotiator {
@@ -271,16 +275,20 @@ func (n *negotiator) negotiate(key, val string) (string, error) {
 		}
 		return n.negotiateBool(key, def.kind, b), nil
 	case kindMin, kindMax:
-		v, err := strconv.ParseUint(val, 10, 32)
-		if err != nil || v < def.min || v > def.max {
+		v, ok := parseNumber(val)
+		if !ok || v < def.min || v > def.max {
+			// Out of the key's range (RFC 7143 §6.2: the value is not
+			// admissible): refuse it and keep the default.
 			return valReject, nil
 		}
 		return n.negotiateNum(key, def.kind, uint32(v)), nil
 	case kindDeclarative:
 		switch key {
 		case "MaxRecvDataSegmentLength":
-			v, err := strconv.ParseUint(val, 10, 32)
-			if err != nil || v < def.min || v > def.max {
+			v, ok := parseNumber(val)
+			if !ok || v < def.min || v > def.max {
+				// We keep sending at most the default 8192 bytes.
+				n.rejectedMRDSL = true
 				return valReject, nil
 			}
 			n.cur.MaxXmitDataSegmentLength = uint32(v)
@@ -396,6 +404,21 @@ func (n *negotiator) finish(resp []kv) []kv {
 		}
 	}
 	return resp
+}
+
+// parseNumber parses a numerical value (RFC 7143 §6.1): a decimal
+// constant, or a hex constant with a 0x prefix, less than 2^64. Signs,
+// spaces and other bases are refused.
+func parseNumber(s string) (uint64, bool) {
+	base := 10
+	if len(s) > 2 && (s[:2] == "0x" || s[:2] == "0X") {
+		s, base = s[2:], 16
+	}
+	if s == "" || s[0] == '+' || s[0] == '-' {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(s, base, 64)
+	return v, err == nil
 }
 
 func parseBool(s string) (bool, bool) {

@@ -3,13 +3,15 @@ package iscsi
 import (
 	"crypto/md5"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha3"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
+	"hash"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +43,36 @@ const (
 	stageOperational = 1
 	stageFullFeature = 3
 )
+
+// maxLoginData is the data segment length every login PDU is held to: the
+// MaxRecvDataSegmentLength of both sides is 8192 until login ends (RFC 7143
+// §13.12). Our login responses never exceed it: a request whose answers
+// would not fit (only a flood of unknown keys does that) fails the login.
+const maxLoginData = 8192
+
+// Bounds on the initiator's mutual-CHAP challenge. RFC 7143 §12.1.3 lets
+// the target refuse a challenge it deems too short; below 16 bytes the
+// challenge is too easy to replay.
+const (
+	minCHAPChallenge = 16
+	maxCHAPChallenge = 1024
+)
+
+// chapAlg is one CHAP digest algorithm, named by its CHAP_A number from the
+// IANA PPP authentication algorithms registry.
+type chapAlg struct {
+	id   string
+	name string
+	new  func() hash.Hash
+}
+
+// chapAlgs are the algorithms we accept. The challenge we send is as long
+// as the digest.
+var chapAlgs = map[string]chapAlg{
+	"5": {"5", "MD5", md5.New},
+	"7": {"7", "SHA-256", sha256.New},
+	"8": {"8", "SHA3-256", func() hash.Hash { return sha3.New256() }},
+}
 
 // loginError is a login failure answered with a status code.
 type loginError struct {
@@ -81,6 +113,11 @@ type loginState struct {
 	chapID     byte
 	chapChal   []byte
 	chapState  int // 0: want CHAP_A, 1: want CHAP_N/CHAP_R, 2: done
+	chapAlg    chapAlg
+	mutual     bool
+	// resolved: the target (or, for discovery, the credentials) has been
+	// looked up.
+	resolved bool
 
 	declaredMRDSL bool
 	sentFirst     bool
@@ -107,6 +144,13 @@ func (c *conn) login() error {
 		}
 		if c.rd.ahsLen != 0 {
 			return fmt.Errorf("%w: AHS in login request", errPDU)
+		}
+		if n := h.dataLen(); n > maxLoginData {
+			// Both sides' MaxRecvDataSegmentLength is 8192 during login
+			// (RFC 7143 §13.12); the data is not even read.
+			c.writeLoginReject(ls, &h, statusInitiatorError)
+			c.pw.flush()
+			return fmt.Errorf("%w: login request data segment of %d bytes exceeds %d", errPDU, n, maxLoginData)
 		}
 		data, err := c.readSmallData()
 		if err != nil {
@@ -176,6 +220,7 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 	if err != nil {
 		return false, loginFail(statusInitiatorError, "%v", err)
 	}
+	ls.neg.rejectedMRDSL = false
 	resp, err := c.loginKeys(ls, csg, pairs)
 	if err != nil {
 		return false, err
@@ -198,11 +243,20 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 		}
 		ls.authDone = true
 	}
-	if csg == stageOperational && !ls.declaredMRDSL {
+	if csg == stageOperational && ls.neg.rejectedMRDSL {
+		// Our own MaxRecvDataSegmentLength declaration would repeat the key
+		// we just answered Reject; declare it in the next response instead
+		// and stay in this stage so that there is one.
+		ls.neg.rejectedMRDSL = false
+		transit = false
+	} else if csg == stageOperational && !ls.declaredMRDSL {
 		ls.declaredMRDSL = true
 		resp = append(resp, kv{"MaxRecvDataSegmentLength", strconv.FormatUint(uint64(ls.neg.ours.MaxRecvDataSegmentLength), 10)})
 	}
 	resp = ls.neg.finish(resp)
+	if n := textSize(resp); n > maxLoginData {
+		return false, loginFail(statusInitiatorError, "login response of %d bytes exceeds the %d-byte login limit", n, maxLoginData)
+	}
 	if !transit {
 		c.writeLoginResp(ls, h, csg, nsg, false, resp, statusSuccess)
 		return false, c.pw.flush()
@@ -224,7 +278,8 @@ func (c *conn) loginStep(ls *loginState, h *bhs, data []byte) (bool, error) {
 	c.dataDigest = c.params.DataDigest == "CRC32C"
 	c.rd.headerDigest, c.rd.dataDigest = c.hdrDigest, c.dataDigest
 	c.log.Info("iscsi: login", "initiator", ls.initiatorName, "isid", hex.EncodeToString(ls.isid[:]),
-		"tsih", c.sess.tsih, "target", ls.targetName, "discovery", ls.discovery)
+		"tsih", c.sess.tsih, "target", ls.targetName, "discovery", ls.discovery,
+		"auth", c.sess.authMethod, "chap_alg", ls.chapAlg.name, "mutual_chap", ls.mutual)
 	return true, nil
 }
 
@@ -233,7 +288,15 @@ func (c *conn) loginKeys(ls *loginState, csg int, pairs []kv) ([]kv, error) {
 	var resp []kv
 	first := !ls.sentFirst
 	var chapKeys map[string]string
+	size, counted := 0, 0
 	for _, p := range pairs {
+		// Stop as soon as the answers cannot fit one login PDU, before
+		// building any more of them.
+		size += textSize(resp[counted:])
+		counted = len(resp)
+		if size > maxLoginData {
+			return nil, loginFail(statusInitiatorError, "too many keys: answers exceed the %d-byte login limit", maxLoginData)
+		}
 		switch p.Key {
 		case "InitiatorName":
 			if ls.initiatorName != "" && ls.initiatorName != p.Value {
@@ -248,6 +311,11 @@ func (c *conn) loginKeys(ls *loginState, csg int, pairs []kv) ([]kv, error) {
 			}
 			ls.targetName = p.Value
 		case "SessionType":
+			if ls.sentFirst && (p.Value == "Discovery") != ls.discovery {
+				// The target and credentials were chosen for the type
+				// the first request named.
+				return nil, loginFail(statusInitiatorError, "SessionType changed")
+			}
 			switch p.Value {
 			case "Discovery":
 				ls.discovery = true
@@ -310,9 +378,10 @@ func (c *conn) loginKeys(ls *loginState, csg int, pairs []kv) ([]kv, error) {
 }
 
 // resolveTarget looks up and authorises the target once the first PDU's
-// keys are known.
+// keys are known; for a discovery session it fetches the discovery
+// credentials.
 func (c *conn) resolveTarget(ls *loginState, pairs []kv) error {
-	if ls.target != nil || ls.discovery {
+	if ls.resolved {
 		return nil
 	}
 	// AuthMethod may precede SessionType/TargetName in the same PDU.
@@ -322,13 +391,19 @@ func (c *conn) resolveTarget(ls *loginState, pairs []kv) error {
 			if p.Value == "Discovery" {
 				ls.discovery = true
 				ls.neg.discovery = true
-				return nil
 			}
 		case "TargetName":
 			ls.targetName = p.Value
 		case "InitiatorName":
 			ls.initiatorName = p.Value
 		}
+	}
+	if ls.discovery {
+		ls.resolved = true
+		if dc, ok := c.srv.reg.(DiscoveryCHAP); ok {
+			ls.creds = dc.DiscoveryCredentials(ls.initiatorName)
+		}
+		return nil
 	}
 	if ls.targetName == "" {
 		return loginFail(statusMissingParameter, "TargetName missing")
@@ -342,6 +417,7 @@ func (c *conn) resolveTarget(ls *loginState, pairs []kv) error {
 	}
 	ls.target = t
 	ls.targetName = t.Name()
+	ls.resolved = true
 	if ct, ok := t.(CHAPTarget); ok {
 		ls.creds = ct.Credentials(ls.initiatorName)
 	}
@@ -366,7 +442,8 @@ func (c *conn) chooseAuth(ls *loginState, offer string) string {
 	return valReject
 }
 
-// chapStep runs the CHAP exchange (RFC 1994 with MD5, RFC 7143 §12.1.3).
+// chapStep runs the CHAP exchange (RFC 1994, RFC 7143 §12.1.3) with MD5,
+// SHA-256 or SHA3-256.
 func (c *conn) chapStep(ls *loginState, keys map[string]string) ([]kv, error) {
 	if ls.authMethod != "CHAP" {
 		return nil, loginFail(statusInitiatorError, "CHAP keys without AuthMethod=CHAP")
@@ -377,21 +454,31 @@ func (c *conn) chapStep(ls *loginState, keys map[string]string) ([]kv, error) {
 		if !ok {
 			return nil, loginFail(statusAuthFailure, "CHAP_A expected")
 		}
-		if !slices.Contains(strings.Split(algs, ","), "5") {
+		// List negotiation: the first value of the initiator's list that
+		// we support (RFC 7143 §6.2.1). Initiators list their strongest
+		// algorithm first.
+		var alg chapAlg
+		for _, a := range strings.Split(algs, ",") {
+			if found, ok := chapAlgs[a]; ok {
+				alg = found
+				break
+			}
+		}
+		if alg.id == "" {
 			return []kv{{"CHAP_A", valReject}}, loginFail(statusAuthFailure, "no supported CHAP algorithm in %q", algs)
 		}
 		var id [1]byte
-		chal := make([]byte, 16)
+		chal := make([]byte, alg.new().Size())
 		if _, err := rand.Read(id[:]); err != nil {
 			return nil, loginFail(statusTargetError, "random: %v", err)
 		}
 		if _, err := rand.Read(chal); err != nil {
 			return nil, loginFail(statusTargetError, "random: %v", err)
 		}
-		ls.chapID, ls.chapChal = id[0], chal
+		ls.chapID, ls.chapChal, ls.chapAlg = id[0], chal, alg
 		ls.chapState = 1
 		return []kv{
-			{"CHAP_A", "5"},
+			{"CHAP_A", alg.id},
 			{"CHAP_I", strconv.Itoa(int(id[0]))},
 			{"CHAP_C", "0x" + hex.EncodeToString(chal)},
 		}, nil
@@ -404,7 +491,7 @@ func (c *conn) chapStep(ls *loginState, keys map[string]string) ([]kv, error) {
 		if err != nil {
 			return nil, loginFail(statusAuthFailure, "CHAP_R: %v", err)
 		}
-		want := chapResponse(ls.chapID, ls.creds.Secret, ls.chapChal)
+		want := chapResponse(ls.chapAlg, ls.chapID, ls.creds.Secret, ls.chapChal)
 		if name != ls.creds.User || subtle.ConstantTimeCompare(got, want) != 1 {
 			return nil, loginFail(statusAuthFailure, "CHAP authentication failed for %q", name)
 		}
@@ -423,14 +510,18 @@ func (c *conn) chapStep(ls *loginState, keys map[string]string) ([]kv, error) {
 			return nil, loginFail(statusAuthFailure, "CHAP_I %q", idS)
 		}
 		ichal, err := decodeBinary(chalS)
-		if err != nil || len(ichal) == 0 || len(ichal) > 1024 {
-			return nil, loginFail(statusAuthFailure, "CHAP_C invalid")
+		if err != nil {
+			return nil, loginFail(statusAuthFailure, "CHAP_C: %v", err)
+		}
+		if len(ichal) < minCHAPChallenge || len(ichal) > maxCHAPChallenge {
+			return nil, loginFail(statusAuthFailure, "CHAP_C of %d bytes (want %d to %d)", len(ichal), minCHAPChallenge, maxCHAPChallenge)
 		}
 		// A reflected challenge would let an attacker use us as an oracle.
 		if subtle.ConstantTimeCompare(ichal, ls.chapChal) == 1 {
 			return nil, loginFail(statusAuthFailure, "CHAP challenge reflected")
 		}
-		resp := chapResponse(byte(id), ls.creds.MutualSecret, ichal)
+		resp := chapResponse(ls.chapAlg, byte(id), ls.creds.MutualSecret, ichal)
+		ls.mutual = true
 		return []kv{
 			{"CHAP_N", ls.creds.MutualUser},
 			{"CHAP_R", "0x" + hex.EncodeToString(resp)},
@@ -440,9 +531,10 @@ func (c *conn) chapStep(ls *loginState, keys map[string]string) ([]kv, error) {
 	}
 }
 
-// chapResponse computes MD5(id || secret || challenge) (RFC 1994 §4.1).
-func chapResponse(id byte, secret string, chal []byte) []byte {
-	h := md5.New()
+// chapResponse computes H(id || secret || challenge) (RFC 1994 §4.1) with
+// the negotiated algorithm's hash H.
+func chapResponse(alg chapAlg, id byte, secret string, chal []byte) []byte {
+	h := alg.new()
 	h.Write([]byte{id})
 	h.Write([]byte(secret))
 	h.Write(chal)
@@ -496,6 +588,13 @@ func (c *conn) startSession(ls *loginState) error {
 	s.initiatorAlias = ls.initiatorAlias
 	s.discovery = ls.discovery
 	s.params = params
+	s.creds = ls.creds
+	s.authMethod = "None"
+	if ls.authMethod == "CHAP" {
+		s.authMethod = "CHAP"
+		s.chapAlg = ls.chapAlg.name
+		s.mutualCHAP = ls.mutual
+	}
 	if !ls.discovery {
 		s.target = ls.target
 		s.targetName = ls.target.Name()
@@ -509,6 +608,13 @@ func (c *conn) startSession(ls *loginState) error {
 	s.tsih = srv.allocTSIH()
 	srv.sessions[s.tsih] = s
 	srv.mu.Unlock()
+	// The catalog may have changed since the target was resolved; a
+	// change made before the session was registered is not seen by
+	// Revalidate, so look again now that it is.
+	if reason := s.stale(); reason != "" {
+		srv.removeSession(s)
+		return loginFail(statusForbidden, "access changed during login: %s", reason)
+	}
 	c.sess = s
 	c.params = params
 	c.maxXmit.Store(params.MaxXmitDataSegmentLength)
@@ -545,6 +651,16 @@ func (c *conn) writeLoginResp(ls *loginState, req *bhs, csg, nsg int, transit bo
 		data = appendKey(data, k.Key, k.Value)
 	}
 	c.pw.write(&h, data, false, false)
+}
+
+// textSize is the encoded length of keys as key=value pairs with their NUL
+// terminators.
+func textSize(keys []kv) int {
+	n := 0
+	for _, k := range keys {
+		n += len(k.Key) + len(k.Value) + 2
+	}
+	return n
 }
 
 // writeLoginReject answers a failed login; the caller closes the

@@ -103,6 +103,15 @@ type CHAPTarget interface {
 	Credentials(initiatorName string) CHAPCredentials
 }
 
+// DiscoveryCHAP is implemented by Registries that can require CHAP for
+// discovery sessions. Required=true makes CHAP mandatory for them; the
+// credentials otherwise mean what they mean for a target.
+type DiscoveryCHAP interface {
+	// DiscoveryCredentials returns the CHAP secrets for a discovery
+	// session from initiatorName.
+	DiscoveryCredentials(initiatorName string) CHAPCredentials
+}
+
 // Config configures a Server. Zero values select the defaults documented on
 // each field.
 type Config struct {
@@ -248,6 +257,13 @@ type SessionInfo struct {
 	LocalAddr  string `json:"local_addr"`
 	// Params are the negotiated operational parameters.
 	Params Params `json:"params"`
+	// AuthMethod is how the initiator authenticated: "None" or "CHAP".
+	AuthMethod string `json:"auth_method"`
+	// CHAPAlgorithm is the CHAP digest used ("MD5", "SHA-256",
+	// "SHA3-256"); empty without CHAP.
+	CHAPAlgorithm string `json:"chap_algorithm,omitempty"`
+	// MutualCHAP: the target authenticated itself to the initiator too.
+	MutualCHAP bool `json:"mutual_chap,omitempty"`
 	// InFlight counts commands received and not yet answered.
 	InFlight int `json:"commands_in_flight"`
 	// Established is when login completed.
@@ -438,6 +454,35 @@ func (s *Server) Logout(tsih uint16) error {
 	}
 	ss.requestLogout(s.cfg.LogoutGrace)
 	return nil
+}
+
+// Revalidate checks every live session against the Registry as it is now
+// and drops (closes the connection of) each session whose target is gone,
+// whose ACL no longer admits its initiator, or whose CHAP credentials
+// changed since it logged in. The management layer calls it after each
+// such change so that a revoked initiator loses access at once, not at its
+// next login. It returns the number of sessions dropped.
+func (s *Server) Revalidate() int {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	dropped := 0
+	for _, ss := range list {
+		reason := ss.stale()
+		if reason == "" {
+			continue
+		}
+		dropped++
+		s.log.Info("iscsi: dropping session", "tsih", ss.tsih, "initiator", ss.initiatorName,
+			"target", ss.targetName, "discovery", ss.discovery, "reason", reason)
+		if c := ss.conn; c != nil {
+			c.close(fmt.Errorf("access revoked: %s", reason))
+		}
+	}
+	return dropped
 }
 
 // allocTSIH returns an unused, non-zero TSIH. Called with s.mu held.

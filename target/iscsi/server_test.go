@@ -826,15 +826,19 @@ func TestCHAP(t *testing.T) {
 	ft := newFakeTarget(testIQN)
 	ft.creds = &CHAPCredentials{Required: true, User: "alice", Secret: "sesame-secret", MutualUser: "target", MutualSecret: "target-secret"}
 	ts := startServer(t, Config{NopInterval: -1}, chapFake{ft})
-	chapLogin := func(t *testing.T, secret string, mutual bool) (*client, uint16) {
+	// chapLogin runs the security stage offering algs; ichal (when set) is
+	// the mutual-CHAP challenge. It returns the client, the status of the
+	// last login response and the algorithm the target chose.
+	chapLogin := func(t *testing.T, algs, secret string, ichal []byte) (*client, uint16, chapAlg) {
 		c := dial(t, ts.addr)
 		p := c.loginPDU(0, 1, false, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "SessionType=Normal", "AuthMethod=CHAP,None"))
 		if m := keyMap(t, p.data); m["AuthMethod"] != "CHAP" {
 			t.Fatalf("AuthMethod %v status %#x", m, loginStatus(p))
 		}
-		p = c.loginPDU(0, 1, false, keysData("CHAP_A=7,5"))
+		p = c.loginPDU(0, 1, false, keysData("CHAP_A="+algs))
 		m := keyMap(t, p.data)
-		if m["CHAP_A"] != "5" || m["CHAP_I"] == "" || !strings.HasPrefix(m["CHAP_C"], "0x") {
+		alg, ok := chapAlgs[m["CHAP_A"]]
+		if !ok || m["CHAP_I"] == "" || !strings.HasPrefix(m["CHAP_C"], "0x") {
 			t.Fatalf("challenge %v", m)
 		}
 		var id uint8
@@ -842,40 +846,105 @@ func TestCHAP(t *testing.T) {
 			id = id*10 + uint8(ch-'0')
 		}
 		chal, _ := hex.DecodeString(m["CHAP_C"][2:])
-		resp := chapResponse(id, secret, chal)
+		if len(chal) != alg.new().Size() {
+			t.Fatalf("%s challenge of %d bytes, want the digest size %d", alg.name, len(chal), alg.new().Size())
+		}
+		resp := chapResponse(alg, id, secret, chal)
 		keys := []string{"CHAP_N=alice", "CHAP_R=0x" + hex.EncodeToString(resp)}
-		ichal := []byte("0123456789abcdef")
-		if mutual {
+		if ichal != nil {
+			if string(ichal) == "reflect" {
+				ichal = chal
+			}
 			keys = append(keys, "CHAP_I=77", "CHAP_C=0x"+hex.EncodeToString(ichal))
 		}
 		p = c.loginPDU(0, 1, true, keysData(keys...))
 		st := loginStatus(p)
-		if st == 0 && mutual {
+		if st == 0 && ichal != nil {
 			m := keyMap(t, p.data)
-			want := "0x" + hex.EncodeToString(chapResponse(77, "target-secret", ichal))
+			want := "0x" + hex.EncodeToString(chapResponse(alg, 77, "target-secret", ichal))
 			if m["CHAP_N"] != "target" || m["CHAP_R"] != want {
 				t.Fatalf("mutual response %v", m)
 			}
 		}
-		return c, st
+		return c, st, alg
 	}
-	t.Run("good", func(t *testing.T) {
-		c, st := chapLogin(t, "sesame-secret", true)
-		if st != 0 {
-			t.Fatalf("status %#x", st)
-		}
-		p := c.loginPDU(1, 3, true, nil)
-		if loginStatus(p) != 0 || p.hdr[1]&flagTransit == 0 {
-			t.Fatalf("op stage status %#x", loginStatus(p))
-		}
-	})
+	ichal := []byte("0123456789abcdef")
+	for _, tc := range []struct{ offer, want string }{
+		{"5", "MD5"},
+		{"7,5", "SHA-256"},
+		{"8,7,5", "SHA3-256"},
+		{"7,8,5", "SHA-256"}, // the initiator's order decides
+		{"6,5", "MD5"},       // SHA-1 is not offered
+		{"8", "SHA3-256"},
+	} {
+		t.Run("good "+tc.offer, func(t *testing.T) {
+			c, st, alg := chapLogin(t, tc.offer, "sesame-secret", ichal)
+			if st != 0 {
+				t.Fatalf("status %#x", st)
+			}
+			if alg.name != tc.want {
+				t.Fatalf("CHAP_A=%s chose %s, want %s", tc.offer, alg.name, tc.want)
+			}
+			p := c.loginPDU(1, 3, true, nil)
+			if loginStatus(p) != 0 || p.hdr[1]&flagTransit == 0 {
+				t.Fatalf("op stage status %#x", loginStatus(p))
+			}
+			var info *SessionInfo
+			for _, si := range ts.srv.Sessions() {
+				if si.TSIH == binary.BigEndian.Uint16(p.hdr[14:16]) {
+					info = &si
+				}
+			}
+			if info == nil || info.AuthMethod != "CHAP" || info.CHAPAlgorithm != tc.want || !info.MutualCHAP {
+				t.Fatalf("session info %+v", info)
+			}
+		})
+	}
 	t.Run("bad secret", func(t *testing.T) {
-		c, st := chapLogin(t, "wrong", false)
+		c, st, _ := chapLogin(t, "7", "wrong", nil)
 		if st != statusAuthFailure {
 			t.Fatalf("status %#x, want auth failure", st)
 		}
 		c.expectClosed()
 	})
+	t.Run("md5 response to sha256 challenge", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.loginPDU(0, 1, false, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=CHAP"))
+		m := keyMap(t, c.loginPDU(0, 1, false, keysData("CHAP_A=7")).data)
+		var id uint8
+		for _, ch := range m["CHAP_I"] {
+			id = id*10 + uint8(ch-'0')
+		}
+		chal, _ := hex.DecodeString(m["CHAP_C"][2:])
+		resp := chapResponse(chapAlgs["5"], id, "sesame-secret", chal)
+		p := c.loginPDU(0, 1, true, keysData("CHAP_N=alice", "CHAP_R=0x"+hex.EncodeToString(resp)))
+		if st := loginStatus(p); st != statusAuthFailure {
+			t.Fatalf("status %#x, want auth failure", st)
+		}
+	})
+	t.Run("no supported algorithm", func(t *testing.T) {
+		c := dial(t, ts.addr)
+		c.loginPDU(0, 1, false, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=CHAP"))
+		p := c.loginPDU(0, 1, false, keysData("CHAP_A=6,99"))
+		if st := loginStatus(p); st != statusAuthFailure {
+			t.Fatalf("status %#x, want auth failure", st)
+		}
+	})
+	// A mutual challenge shorter than 16 bytes is refused, and so is one
+	// that reflects the target's own challenge.
+	for name, chal := range map[string][]byte{
+		"short mutual challenge": []byte("0123456789abcde"),
+		"one-byte challenge":     {1},
+		"reflected challenge":    []byte("reflect"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, st, _ := chapLogin(t, "7,5", "sesame-secret", chal)
+			if st != statusAuthFailure {
+				t.Fatalf("status %#x, want auth failure", st)
+			}
+			c.expectClosed()
+		})
+	}
 	t.Run("none refused", func(t *testing.T) {
 		c := dial(t, ts.addr)
 		p := c.loginPDU(0, 1, true, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=None"))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,12 @@ type session struct {
 	params         Params
 	established    time.Time
 	conn           *conn
+	// creds are the CHAP credentials in force when the session logged
+	// in; a session whose credentials change is dropped (Revalidate).
+	creds      CHAPCredentials
+	authMethod string
+	chapAlg    string
+	mutualCHAP bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -198,6 +205,9 @@ func (s *session) info() SessionInfo {
 		Target:         s.targetName,
 		Discovery:      s.discovery,
 		Params:         s.params,
+		AuthMethod:     s.authMethod,
+		CHAPAlgorithm:  s.chapAlg,
+		MutualCHAP:     s.mutualCHAP,
 		InFlight:       s.inFlight(),
 		Established:    s.established,
 	}
@@ -207,6 +217,35 @@ func (s *session) info() SessionInfo {
 		inf.Params.MaxXmitDataSegmentLength = c.maxXmit.Load()
 	}
 	return inf
+}
+
+// stale reports why the session may no longer exist under the Registry's
+// current state, or "" if it still may: its target is gone, the ACL no
+// longer admits the initiator, or the CHAP credentials it logged in under
+// have changed.
+func (s *session) stale() string {
+	reg := s.srv.reg
+	var now CHAPCredentials
+	if s.discovery {
+		if dc, ok := reg.(DiscoveryCHAP); ok {
+			now = dc.DiscoveryCredentials(s.initiatorName)
+		}
+	} else {
+		t, ok := reg.Target(s.targetName)
+		if !ok || !strings.EqualFold(t.Name(), s.targetName) {
+			return "target removed"
+		}
+		if !t.Allow(s.initiatorName) {
+			return "initiator no longer in the target's ACL"
+		}
+		if ct, ok := t.(CHAPTarget); ok {
+			now = ct.Credentials(s.initiatorName)
+		}
+	}
+	if now != s.creds {
+		return "CHAP credentials changed"
+	}
+	return ""
 }
 
 // lookup returns the live task with the given ITT.

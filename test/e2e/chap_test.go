@@ -3,11 +3,14 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/anvilproject/anvil/test/harness"
@@ -16,25 +19,51 @@ import (
 // setCHAP requires CHAP on a target through the daemon's REST API.
 func setCHAP(t *testing.T, d *harness.Daemon, iqn string, body map[string]string) {
 	t.Helper()
+	apiDo(t, d, http.MethodPut, "/api/v1/targets/"+url.PathEscape(iqn)+"/chap", body, nil)
+}
+
+// apiDo sends one request to the daemon's REST API and fails the test
+// unless it answers 2xx; out, when not nil, receives the JSON answer.
+func apiDo(t *testing.T, d *harness.Daemon, method, path string, body, out any) {
+	t.Helper()
+	if err := apiCall(d, method, path, body, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// apiCall is apiDo returning its error, for goroutines other than the
+// test's.
+func apiCall(d *harness.Daemon, method, path string, body, out any) error {
 	token, err := os.ReadFile(filepath.Join(d.DataDir, "api.token"))
 	if err != nil {
-		t.Fatalf("API token: %v", err)
+		return fmt.Errorf("API token: %w", err)
 	}
-	b, _ := json.Marshal(body)
-	req, err := http.NewRequest(http.MethodPut, "http://"+d.API+"/api/v1/targets/"+url.PathEscape(iqn)+"/chap", bytes.NewReader(b))
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://"+d.API+path, rd)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("PUT chap: %v", err)
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("PUT chap: %s", resp.Status)
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, raw)
 	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("%s %s: decode %s: %w", method, path, raw, err)
+		}
+	}
+	return nil
 }
 
 // TestOpenISCSIGuestCHAP logs the kernel initiator in with mutual CHAP set
@@ -83,6 +112,126 @@ func TestOpenISCSIGuestCHAP(t *testing.T) {
 		}
 		if f, _ := b.Marker("FAIL "); !strings.Contains(f, "login failed") {
 			t.Errorf("%s: want a refused login, guest said %q\nconsole tail:\n%s", c.name, f, b.Tail(40))
+		}
+	}
+	CheckDaemonLog(t, d)
+}
+
+// guestInitiator is the initiator name init.sh gives the guest.
+const guestInitiator = "iqn.2026-11.io.anvil:e2e-guest"
+
+// TestOpenISCSIGuestCHAPSHA256Revoke logs the guest in through iscsid with
+// CHAP discovery, then mutual CHAP with SHA-256 offered before MD5 (the
+// target must pick SHA-256, as its session list shows), and once the guest
+// reads its disk removes the guest from the target's ACL through the REST
+// API: the target must drop the live session and refuse the guest's
+// reconnects, so the guest's reads fail.
+func TestOpenISCSIGuestCHAPSHA256Revoke(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	d := harness.Start(t, harness.Options{})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log (%s), last lines:\n%s", d.LogPath, tailLines(d.Log(), 120))
+		}
+	})
+	tp := "/api/v1/targets/" + url.PathEscape(harness.DemoIQN)
+	apiDo(t, d, http.MethodPut, tp+"/acl", map[string]any{"initiators": []string{guestInitiator}}, nil)
+	// The guest has credentials of its own on the target; the target-wide
+	// ones would not work.
+	apiDo(t, d, http.MethodPut, tp+"/chap", map[string]string{"user": "someone-else", "secret": "not-the-guests-secret"}, nil)
+	apiDo(t, d, http.MethodPut, tp+"/initiators/"+url.PathEscape(guestInitiator)+"/chap", map[string]string{
+		"user": "e2e-initiator", "secret": "initiator-secret-16",
+		"mutual_user": "e2e-target", "mutual_secret": "target-secret-1234",
+	}, nil)
+	apiDo(t, d, http.MethodPut, "/api/v1/discovery/chap", map[string]string{"user": "e2e-discovery", "secret": "discovery-secret-16"}, nil)
+
+	type session struct {
+		InitiatorName string `json:"initiator_name"`
+		Target        string `json:"target"`
+		Discovery     bool   `json:"discovery"`
+		AuthMethod    string `json:"auth_method"`
+		CHAPAlgorithm string `json:"chap_algorithm"`
+		MutualCHAP    bool   `json:"mutual_chap"`
+	}
+	var (
+		mu      sync.Mutex
+		before  []session
+		revoked = make(chan struct{})
+		once    sync.Once
+	)
+	cfg := GuestConfig{
+		Portal: d.ISCSI, IQN: harness.DemoIQN, Phase: PhaseRevoke, Seed: 1, Name: "chap-sha256-revoke",
+		Params: map[string]string{"login": "iscsiadm", "cutoff": "60",
+			"discuser": "e2e-discovery", "discsecret": "discovery-secret-16"},
+		ISCSIParams: []string{
+			"node.session.auth.authmethod=CHAP",
+			"node.session.auth.chap_algs=SHA256,MD5",
+			"node.session.auth.username=e2e-initiator",
+			"node.session.auth.password=initiator-secret-16",
+			"node.session.auth.username_in=e2e-target",
+			"node.session.auth.password_in=target-secret-1234",
+			// Fail queued I/O soon after the session is lost, instead
+			// of the default two minutes.
+			"node.session.timeo.replacement_timeout=5",
+		},
+		OnMarker: func(m string) bool {
+			if m != "reading" {
+				return false
+			}
+			once.Do(func() {
+				// Off the console reader, so the guest's output keeps
+				// flowing.
+				go func() {
+					defer close(revoked)
+					var list []session
+					if err := apiCall(d, http.MethodGet, "/api/v1/sessions", nil, &list); err != nil {
+						t.Errorf("list sessions: %v", err)
+					}
+					mu.Lock()
+					before = list
+					mu.Unlock()
+					t.Logf("sessions before the ACL change: %+v", list)
+					if err := apiCall(d, http.MethodPut, tp+"/acl", map[string]any{"initiators": []string{"iqn.2026-11.io.anvil:someone-else"}}, nil); err != nil {
+						t.Errorf("change the ACL: %v", err)
+					}
+					t.Logf("removed the guest from the ACL")
+				}()
+			})
+			return false
+		},
+	}
+	b := RunPhase(t, cfg)
+	select {
+	case <-revoked:
+	default:
+		t.Fatal("the guest never reported reading, so its access was never revoked")
+	}
+	cut, _ := b.Marker("cut-off ")
+	t.Logf("guest: cut-off %s", cut)
+
+	mu.Lock()
+	var normal *session
+	for i, s := range before {
+		if s.InitiatorName == guestInitiator && !s.Discovery {
+			normal = &before[i]
+		}
+	}
+	mu.Unlock()
+	if normal == nil || normal.AuthMethod != "CHAP" || normal.CHAPAlgorithm != "SHA-256" || !normal.MutualCHAP {
+		t.Fatalf("the guest's session was not mutual CHAP with SHA-256: %+v (all: %+v)", normal, before)
+	}
+	log := d.Log()
+	if !strings.Contains(log, "dropping session") || !strings.Contains(log, "initiator no longer in the target's ACL") {
+		t.Errorf("the daemon log shows no session dropped for the ACL change")
+	}
+	if !strings.Contains(log, "discovery=true auth=CHAP") {
+		t.Errorf("the daemon log shows no CHAP-authenticated discovery session")
+	}
+	var after []session
+	apiDo(t, d, http.MethodGet, "/api/v1/sessions", nil, &after)
+	for _, s := range after {
+		if s.InitiatorName == guestInitiator && !s.Discovery {
+			t.Errorf("the guest still has a session after its ACL entry was removed: %+v", s)
 		}
 	}
 	CheckDaemonLog(t, d)

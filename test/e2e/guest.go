@@ -45,6 +45,10 @@ const (
 
 	// PhaseLogin only logs in and waits for the disk.
 	PhaseLogin = "login"
+	// PhaseRevoke logs in, reports "reading" and reads the disk until a
+	// read fails (Params["cutoff"] seconds at most), reporting "cut-off":
+	// the host revokes the initiator's access meanwhile.
+	PhaseRevoke = "revoke"
 	// PhaseMultipath expects two sessions to the target (iscsiadm with
 	// node.session.nr_sessions=2) and checks both paths see one LU.
 	PhaseMultipath = "multipath"
@@ -361,6 +365,11 @@ func CheckPhase(b *Boot, cfg GuestConfig) error {
 	case PhaseLogin:
 		if _, ok := b.Marker("disk "); !ok {
 			return fmt.Errorf("guest never reported its disk")
+		}
+		return nil
+	case PhaseRevoke:
+		if _, ok := b.Marker("cut-off "); !ok {
+			return fmt.Errorf("guest never reported cut-off")
 		}
 		return nil
 	case PhaseMultipath:

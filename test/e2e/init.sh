@@ -18,6 +18,8 @@
 #   anvil.login=iscsistart|iscsiadm (iscsiadm: SendTargets discovery, then
 #                                 login through iscsid, which also recovers
 #                                 the session when the target restarts)
+#   anvil.discuser= anvil.discsecret=      (iscsiadm: CHAP for discovery)
+#   anvil.cutoff=<seconds>       (revoke: how long reads may keep working)
 #   anvil.rawsize=<bytes>        (power-cut phases: region size, default 16 MiB)
 #   anvil.gens=<n>               (power-cut-write: generations to write)
 #   anvil.lo=<gen> anvil.hi=<gen> (power-cut-verify: allowed generations)
@@ -90,10 +92,22 @@ if [ "$TRANSPORT" = iscsi ]; then
 	if [ "$(param login iscsistart)" = iscsiadm ]; then
 		mkdir -p /etc/iscsi/nodes /etc/iscsi/send_targets /var/lib/iscsi /run/lock/iscsi
 		iscsid || fail "iscsid did not start"
-		iscsiadm -m discovery -t sendtargets -p "$ADDR:$PORT" >/tmp/disc 2>&1 || {
-			sed 's/^/iscsiadm: /' /tmp/disc
-			fail "SendTargets discovery"
-		}
+		if [ -n "$(param discuser "")" ]; then
+			disc() { iscsiadm -m discoverydb -t sendtargets -p "$ADDR:$PORT" "$@"; }
+			disc -o new >/dev/null || fail "iscsiadm discoverydb new"
+			disc -o update -n discovery.sendtargets.auth.authmethod -v CHAP || fail "discovery authmethod"
+			disc -o update -n discovery.sendtargets.auth.username -v "$(param discuser "")" || fail "discovery username"
+			disc -o update -n discovery.sendtargets.auth.password -v "$(param discsecret "")" || fail "discovery password"
+			disc --discover >/tmp/disc 2>&1 || {
+				sed 's/^/iscsiadm: /' /tmp/disc
+				fail "SendTargets discovery with CHAP"
+			}
+		else
+			iscsiadm -m discovery -t sendtargets -p "$ADDR:$PORT" >/tmp/disc 2>&1 || {
+				sed 's/^/iscsiadm: /' /tmp/disc
+				fail "SendTargets discovery"
+			}
+		fi
 		mark "discovered $(tr '\n' '|' </tmp/disc)"
 		grep -q " $IQN\$" /tmp/disc || fail "discovery did not list $IQN"
 		# The target answers with the address the connection reached it
@@ -249,6 +263,14 @@ power-cut-write)
 	;;
 login)
 	# Logging in and seeing the disk is the whole check (CHAP tests).
+	;;
+revoke)
+	# The host takes this initiator's access away once the helper reports
+	# "reading" (on stderr, straight to the console) after a first good
+	# read; the target must cut the session off, so reads must fail.
+	out=$(e2e-guest read-until-error "$DEV" "$(param cutoff 120)") || fail "reads still work: $out"
+	mark "cut-off $out"
+	mark "conn-errors=$(dmesg | grep -c 'detected conn error')"
 	;;
 multipath)
 	# Two sessions to one target (node.session.nr_sessions=2): two SCSI

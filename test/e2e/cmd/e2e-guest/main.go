@@ -9,6 +9,7 @@
 //	e2e-guest raw-verify DEV OFFSET SIZE SEED
 //	e2e-guest tree-write DIR SEED [PATH...]
 //	e2e-guest manifest   SEED
+//	e2e-guest read-until-error DEV SECONDS
 //
 // OFFSET and SIZE are bytes (multiples of 4096); SEED is a decimal or 0x
 // number. raw-verify prints "raw-sha256=<hex>" of what it read and exits 1
@@ -26,6 +27,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/anvilproject/anvil/test/e2e/guestdata"
 )
@@ -84,6 +86,12 @@ func run(args []string) error {
 			return fmt.Errorf("tree-write: bad seed: %w", err)
 		}
 		return treeWrite(a[0], seed, a[2:])
+	case cmd == "read-until-error" && len(a) == 2:
+		secs, err := strconv.Atoi(a[1])
+		if err != nil || secs <= 0 {
+			return fmt.Errorf("read-until-error: bad SECONDS %q", a[1])
+		}
+		return readUntilError(a[0], time.Duration(secs)*time.Second)
 	case cmd == "manifest" && len(a) == 1:
 		seed, err := strconv.ParseUint(a[0], 0, 64)
 		if err != nil {
@@ -93,7 +101,38 @@ func run(args []string) error {
 		return nil
 	}
 	return fmt.Errorf("usage: raw-write|raw-verify DEV OFFSET SIZE SEED | raw-gens DEV OFFSET SIZE SEED GENS | " +
-		"raw-check-gens DEV OFFSET SIZE SEED LO HI | tree-write DIR SEED [PATH...] | manifest SEED")
+		"raw-check-gens DEV OFFSET SIZE SEED LO HI | tree-write DIR SEED [PATH...] | manifest SEED | read-until-error DEV SECONDS")
+}
+
+// readUntilError reads the first block of dev with O_DIRECT every 200 ms
+// until a read fails, and prints how long that took and the error. The
+// first read must work; after it the console gets "ANVIL-E2E: reading",
+// the host's cue to revoke the access. It fails if every read succeeds for
+// the whole timeout: the host expects the target to cut the session off
+// meanwhile.
+func readUntilError(dev string, timeout time.Duration) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer f.Close()
+	buf, err := alignedBuffer(guestdata.BlockSize)
+	if err != nil {
+		return err
+	}
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return fmt.Errorf("first read of %s: %w", dev, err)
+	}
+	fmt.Fprintln(os.Stderr, "ANVIL-E2E: reading")
+	start := time.Now()
+	for reads := 1; time.Since(start) < timeout; reads++ {
+		if _, err := f.ReadAt(buf, 0); err != nil {
+			fmt.Printf("after=%.1fs reads=%d err=%q\n", time.Since(start).Seconds(), reads, err.Error())
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("every read of %s succeeded for %s", dev, timeout)
 }
 
 // alignedBuffer returns a page-aligned buffer, as O_DIRECT requires.
