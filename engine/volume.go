@@ -26,6 +26,10 @@ var (
 	ErrMedium = errors.New("engine: medium error")
 	// ErrClosed: the volume has been closed.
 	ErrClosed = errors.New("engine: volume closed")
+	// ErrDegraded: recovery could not tell whether the newest epoch was
+	// committed, so it left the data as it was and the volume read-only
+	// until an operator acts (CachedVolume.Degraded says why).
+	ErrDegraded = errors.New("engine: volume is degraded")
 )
 
 // Volume is one exported block volume. All methods are safe for concurrent
