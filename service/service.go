@@ -91,6 +91,7 @@ type EngineOptions struct {
 // Service is the daemon's live state.
 type Service struct {
 	dataDir        string
+	lock           *os.File // flock on LockFile, held until Close
 	cat            *catalog.Catalog
 	log            *slog.Logger
 	engine         EngineOptions
@@ -123,13 +124,19 @@ func Open(opts Options) (*Service, error) {
 	if err := os.MkdirAll(filepath.Join(opts.DataDir, "volumes"), 0o750); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
+	lock, err := lockDataDir(opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	cat, err := catalog.Open(filepath.Join(opts.DataDir, "catalog.db"))
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	backend, err := validateBackend(opts.DefaultBackend, string(engine.BackendFile))
 	if err != nil || backend == string(engine.BackendBlock) {
 		cat.Close()
+		lock.Close()
 		return nil, fmt.Errorf("default volume backend %q: must be file or mmap", opts.DefaultBackend)
 	}
 	if opts.Engine.Cache == nil {
@@ -137,6 +144,7 @@ func Open(opts Options) (*Service, error) {
 	}
 	s := &Service{
 		dataDir:        opts.DataDir,
+		lock:           lock,
 		cat:            cat,
 		log:            log,
 		engine:         opts.Engine,
@@ -232,6 +240,10 @@ func (s *Service) Close() error {
 			errs = append(errs, fmt.Errorf("close catalog: %w", err))
 		}
 		s.cat = nil
+	}
+	if s.lock != nil {
+		s.lock.Close() // releases the flock
+		s.lock = nil
 	}
 	return errors.Join(errs...)
 }
