@@ -31,6 +31,20 @@ func (s *server) setFaults(c echo.Context) error {
 	return c.JSON(http.StatusOK, s.volumeView(rec))
 }
 
+// recheck tries again to bring an offline volume online, after an operator
+// restored its files.
+func (s *server) recheck(c echo.Context) error {
+	name := c.Param("name")
+	if err := s.svc.RecheckVolume(name); err != nil {
+		return err
+	}
+	rec, err := s.svc.Volume(name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}
+
 func (s *server) clearError(c echo.Context) error {
 	name := c.Param("name")
 	if err := s.svc.ClearError(name); err != nil {

@@ -31,6 +31,7 @@ var (
 	descLatency    = prometheus.NewDesc("anvil_volume_op_duration_seconds", "Engine latency of I/O operations.", []string{"volume", "op"}, nil)
 	descDirty      = prometheus.NewDesc("anvil_volume_dirty_bytes", "Acknowledged writes not yet durable.", []string{"volume"}, nil)
 	descMapped     = prometheus.NewDesc("anvil_volume_mappings", "Targets mapping the volume.", []string{"volume"}, nil)
+	descState      = prometheus.NewDesc("anvil_volume_state", "1 for the volume's state (online, degraded: served read-only after an uncertain recovery, offline: files do not match the catalog), 0 for the others.", []string{"volume", "state"}, nil)
 	descSessions   = prometheus.NewDesc("anvil_iscsi_sessions", "Logged-in iSCSI sessions, by target (empty for discovery).", []string{"target"}, nil)
 	descInFlight   = prometheus.NewDesc("anvil_iscsi_commands_in_flight", "SCSI commands being executed, by target.", []string{"target"}, nil)
 	descTargets    = prometheus.NewDesc("anvil_targets", "Configured targets.", nil, nil)
@@ -93,7 +94,7 @@ type liveCollector struct{ s *server }
 
 func (l liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets,
-		descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
+		descState, descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
 		ch <- d
 	}
 }
@@ -103,6 +104,15 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range s.svc.Volumes() {
 		ch <- prometheus.MustNewConstMetric(descVolumeSize, prometheus.GaugeValue, float64(v.SizeBytes), v.Name)
 		ch <- prometheus.MustNewConstMetric(descMapped, prometheus.GaugeValue, float64(len(s.svc.MappedBy(v.Name))), v.Name)
+		if state, _, err := s.svc.VolumeState(v.Name); err == nil {
+			for _, st := range []string{service.StateOnline, service.StateDegraded, service.StateOffline} {
+				val := 0.0
+				if st == state {
+					val = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, val, v.Name, st)
+			}
+		}
 		st := s.statsOf(v.Name)
 		if st == nil {
 			continue

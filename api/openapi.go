@@ -111,6 +111,11 @@ var openAPIDoc = obj{
 			"post": obj{"summary": "Roll back a failed commit and accept writes again on a volume the engine froze read-only",
 				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "503": errResp("the backing store still fails")})},
 		},
+		"/api/v1/volumes/{name}/recheck": obj{
+			"parameters": []any{volumeName},
+			"post": obj{"summary": "Check an offline volume's files again and serve it if they now match the catalog",
+				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "409": errResp("the volume is still offline; the error says why")})},
+		},
 		"/api/v1/targets": obj{
 			"get": obj{"summary": "List targets",
 				"responses": responses(obj{"200": jsonResp("targets sorted by IQN", obj{"type": "array", "items": ref("Target")})})},
@@ -184,6 +189,7 @@ var openAPIDoc = obj{
 			"Volume": obj{"type": "object", "properties": obj{
 				"name": str, "size_bytes": int64s, "block_size": obj{"type": "integer"}, "thin": boolean,
 				"backend": str, "path": str, "write_cache": boolean, "read_only": boolean, "serial": str, "naa": str, "error": str,
+				"state": obj{"type": "string", "enum": []any{"online", "degraded", "offline"}}, "reason": str,
 				"created":   obj{"type": "string", "format": "date-time"},
 				"mapped_by": obj{"type": "array", "items": str},
 				"stats": obj{"type": "object", "properties": obj{"read": ref("OpStats"), "write": ref("OpStats"), "flush": ref("OpStats"), "unmap": ref("OpStats"),

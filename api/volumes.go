@@ -21,6 +21,13 @@ type Volume struct {
 	// commit; POST .../clear-error returns it to service.
 	Error string       `json:"error,omitempty"`
 	Stats *VolumeStats `json:"stats,omitempty"`
+	// State is "online", "degraded" (served read-only: recovery could not
+	// tell whether the newest epoch was committed) or "offline" (its files
+	// do not match the catalog; not served until POST .../recheck
+	// succeeds or the volume is deleted).
+	State string `json:"state"`
+	// Reason says why the volume is degraded or offline.
+	Reason string `json:"reason,omitempty"`
 }
 
 func (s *server) volumeView(rec catalog.Volume) Volume {
@@ -32,6 +39,7 @@ func (s *server) volumeView(rec catalog.Volume) Volume {
 	if err := s.svc.VolumeError(rec.Name); err != nil {
 		v.Error = err.Error()
 	}
+	v.State, v.Reason, _ = s.svc.VolumeState(rec.Name)
 	return v
 }
 

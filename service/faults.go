@@ -17,9 +17,13 @@ type faultable interface {
 func (s *Service) faultable(name string) (faultable, error) {
 	s.mu.RLock()
 	lv, ok := s.volumes[name]
+	var missing error
+	if !ok {
+		missing = s.missingLocked(name)
+	}
 	s.mu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return nil, missing
 	}
 	f, ok := base(lv.vol).(faultable)
 	if !ok {

@@ -102,7 +102,8 @@ type Service struct {
 	// by another caller.
 	mu      sync.RWMutex
 	volumes map[string]*liveVolume
-	targets map[string]*liveTarget // key: lower-case IQN
+	offline map[string]*offlineVolume // catalogued volumes restore could not open
+	targets map[string]*liveTarget    // key: lower-case IQN
 }
 
 type liveVolume struct {
@@ -150,6 +151,7 @@ func Open(opts Options) (*Service, error) {
 		engine:         opts.Engine,
 		defaultBackend: backend,
 		volumes:        map[string]*liveVolume{},
+		offline:        map[string]*offlineVolume{},
 		targets:        map[string]*liveTarget{},
 	}
 	if err := s.restore(); err != nil {
@@ -205,9 +207,13 @@ func (s *Service) restore() error {
 		return fmt.Errorf("read catalog: %w", err)
 	}
 	for _, rec := range vols {
-		lv, err := s.openVolume(rec, false)
+		lv, err := s.openCatalogued(rec)
 		if err != nil {
-			return err
+			// One volume's damaged files must not keep the daemon, and
+			// every healthy volume, down; this one waits for an operator.
+			s.log.Error("volume is offline", "volume", rec.Name, "reason", err)
+			s.offline[rec.Name] = &offlineVolume{rec: rec, reason: err.Error()}
+			continue
 		}
 		s.volumes[rec.Name] = lv
 	}
@@ -218,7 +224,7 @@ func (s *Service) restore() error {
 		}
 		s.targets[strings.ToLower(rec.IQN)] = lt
 	}
-	s.log.Info("restored state from catalog", "volumes", len(vols), "targets", len(tgts))
+	s.log.Info("restored state from catalog", "volumes", len(vols), "offline", len(s.offline), "targets", len(tgts))
 	return nil
 }
 
@@ -234,6 +240,7 @@ func (s *Service) Close() error {
 		}
 	}
 	s.volumes = map[string]*liveVolume{}
+	s.offline = map[string]*offlineVolume{}
 	s.targets = map[string]*liveTarget{}
 	if s.cat != nil {
 		if err := s.cat.Close(); err != nil {
@@ -380,6 +387,9 @@ func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	if _, ok := s.volumes[rec.Name]; ok {
 		return fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
 	}
+	if _, ok := s.offline[rec.Name]; ok {
+		return fmt.Errorf("volume %q (offline): %w", rec.Name, ErrExists)
+	}
 	paths := []string{s.undoPath(rec.Name)}
 	if rec.Backend != string(engine.BackendBlock) {
 		paths = append(paths, rec.Path)
@@ -392,6 +402,11 @@ func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	for _, lv := range s.volumes {
 		if lv.rec.Path == rec.Path {
 			return fmt.Errorf("volume %q: %s is already used by volume %q: %w", rec.Name, rec.Path, lv.rec.Name, ErrInUse)
+		}
+	}
+	for _, off := range s.offline {
+		if off.rec.Path == rec.Path {
+			return fmt.Errorf("volume %q: %s is already used by offline volume %q: %w", rec.Name, rec.Path, off.rec.Name, ErrInUse)
 		}
 	}
 	return nil
@@ -479,6 +494,9 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 	}
 	if rec.Backend == string(engine.BackendBlock) {
 		rec.SizeBytes = ev.Size()
+	} else if ev.Size() < rec.SizeBytes {
+		ev.Close()
+		return nil, fmt.Errorf("volume %q: data file %s is %d bytes, shorter than the volume's %d bytes in the catalog", rec.Name, rec.Path, ev.Size(), rec.SizeBytes)
 	} else if ev.Size() != rec.SizeBytes {
 		s.log.Warn("data file size differs from the catalog; using the file's", "volume", rec.Name, "catalog", rec.SizeBytes, "file", ev.Size())
 		rec.SizeBytes = ev.Size()
@@ -557,12 +575,15 @@ func (s *Service) saveWriteCache(volume string, on bool) error {
 	return nil
 }
 
-// Volume returns a volume's record.
+// Volume returns a volume's record, also for an offline volume.
 func (s *Service) Volume(name string) (catalog.Volume, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	lv, ok := s.volumes[name]
 	if !ok {
+		if off, ok := s.offline[name]; ok {
+			return off.rec, nil
+		}
 		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
 	return lv.rec, nil
@@ -574,18 +595,25 @@ func (s *Service) EngineVolume(name string) (engine.Volume, error) {
 	defer s.mu.RUnlock()
 	lv, ok := s.volumes[name]
 	if !ok {
+		if err := s.offlineErrLocked(name); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
 	return base(lv.vol), nil
 }
 
-// Volumes lists every volume's record, sorted by name.
+// Volumes lists every volume's record, offline ones included, sorted by
+// name.
 func (s *Service) Volumes() []catalog.Volume {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]catalog.Volume, 0, len(s.volumes))
+	out := make([]catalog.Volume, 0, len(s.volumes)+len(s.offline))
 	for _, lv := range s.volumes {
 		out = append(out, lv.rec)
+	}
+	for _, off := range s.offline {
+		out = append(out, off.rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -593,13 +621,18 @@ func (s *Service) Volumes() []catalog.Volume {
 
 // DeleteVolume closes and removes a volume and its data file. A volume
 // mapped by a target is refused with ErrInUse unless force is set, in which
-// case its mappings are removed first.
+// case its mappings are removed first. An offline volume is deleted the
+// same way (whatever is left of its files goes).
 func (s *Service) DeleteVolume(name string, force bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		off, ok := s.offline[name]
+		if !ok {
+			return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		}
+		lv = &liveVolume{rec: off.rec}
 	}
 	var mappedBy []string
 	err := s.cat.Update(func(tx *catalog.Tx) error {
@@ -628,15 +661,18 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 	for _, iqn := range mappedBy {
 		lt := s.targets[strings.ToLower(iqn)]
 		for _, l := range lt.rec.LUNs {
-			if l.Volume == name {
+			if l.Volume == name && lv.vol != nil {
 				lt.scsi.RemoveLUN(l.LUN)
 			}
 		}
 		lt.rec.LUNs = dropVolume(lt.rec.LUNs, name)
 	}
 	delete(s.volumes, name)
-	if err := lv.vol.Close(); err != nil {
-		s.log.Warn("closing deleted volume", "volume", name, "err", err)
+	delete(s.offline, name)
+	if lv.vol != nil {
+		if err := lv.vol.Close(); err != nil {
+			s.log.Warn("closing deleted volume", "volume", name, "err", err)
+		}
 	}
 	if err := s.removeFiles(lv.rec); err != nil {
 		return err

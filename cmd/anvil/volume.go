@@ -25,7 +25,7 @@ func newVolumeCmd() *cobra.Command {
 	cmd.AddCommand(
 		volumeListCmd(&cf), volumeShowCmd(&cf), volumeCreateCmd(&cf), volumeResizeCmd(&cf),
 		volumeSetCmd(&cf), volumeDeleteCmd(&cf), volumeImportCmd(&cf),
-		volumeFaultsCmd(&cf), volumeClearErrorCmd(&cf),
+		volumeFaultsCmd(&cf), volumeClearErrorCmd(&cf), volumeRecheckCmd(&cf),
 	)
 	return cmd
 }
@@ -170,6 +170,18 @@ func volumeClearErrorCmd(cf *clientFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return volumeRequest(cmd, cf, http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/clear-error", nil)
+		},
+	}
+}
+
+// volumeRecheckCmd brings an offline volume back once its files are restored.
+func volumeRecheckCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "recheck NAME",
+		Short: "Check an offline volume's files again and serve it if they match the catalog",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return volumeRequest(cmd, cf, http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/recheck", nil)
 		},
 	}
 }
