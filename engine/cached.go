@@ -412,6 +412,13 @@ func (v *CachedVolume) SetFaultRate(n int, seed uint64) {
 	v.udev.SetFaultRate(n, seed^0x5bd1e995)
 }
 
+// SetFaultNoSpace makes the injected faults of SetFaultRate ENOSPC on
+// writes (a full file system) instead of EIO on every kind of I/O.
+func (v *CachedVolume) SetFaultNoSpace(on bool) {
+	v.data.SetFaultNoSpace(on)
+	v.udev.SetFaultNoSpace(on)
+}
+
 // Stats returns a snapshot of the volume's counters.
 func (v *CachedVolume) Stats() Stats {
 	v.mu.RLock()
@@ -455,6 +462,9 @@ func (v *CachedVolume) writable() error {
 		return fmt.Errorf("engine: %s degraded (%s): %w", v.name, v.degraded, ErrReadOnly)
 	}
 	if p := v.failed.Load(); p != nil {
+		if IsNoSpace(*p) {
+			return fmt.Errorf("engine: %s frozen after a commit ran out of space (%v): %w", v.name, *p, ErrNoSpace)
+		}
 		return fmt.Errorf("engine: %s frozen after a failed commit (%v): %w", v.name, *p, ErrReadOnly)
 	}
 	return nil
@@ -1169,7 +1179,7 @@ func (v *CachedVolume) ClearError() error {
 		return nil
 	}
 	if _, err := v.fifo.Recover(v.data); err != nil {
-		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, ErrMedium)
+		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, backingErr(err))
 	}
 	v.lock()
 	if v.epoch <= v.fifo.Committed() {

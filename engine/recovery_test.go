@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // newestHeaderSlot returns the file offset of the undo FIFO's header slot
@@ -83,5 +84,43 @@ func TestGarbledNewerHeaderKeepsFlushedData(t *testing.T) {
 	}
 	if !bytes.Equal(raw[:len(want)], want) {
 		t.Fatal("closing the degraded volume changed its data file")
+	}
+}
+
+// TestNoSpaceFreezesWithErrNoSpace: backing writes failing with ENOSPC (a
+// full file system) make the flush fail with ErrNoSpace, not ErrMedium,
+// and so every write until the error is cleared; once space is back,
+// ClearError commits the acknowledged data.
+func TestNoSpaceFreezesWithErrNoSpace(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "full.img")
+	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour})
+	defer v.Close()
+	want := pattern(1<<20, 9)
+	if err := v.WriteAt(ctx, want, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	v.SetFaultNoSpace(true)
+	v.SetFaultRate(10000, 1)
+	err := v.Flush(ctx)
+	if !errors.Is(err, ErrNoSpace) || errors.Is(err, ErrMedium) {
+		t.Fatalf("flush on a full file system: %v, want ErrNoSpace (not ErrMedium)", err)
+	}
+	if err := v.WriteAt(ctx, make([]byte, 512), 0, false); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write after running out of space: %v, want ErrNoSpace", err)
+	}
+	if err := v.Flush(ctx); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("second flush: %v, want ErrNoSpace", err)
+	}
+	v.SetFaultRate(0, 0)
+	if err := v.ClearError(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if err := v.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("acknowledged data after ClearError: %v", err)
 	}
 }

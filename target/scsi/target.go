@@ -275,6 +275,10 @@ func (x *task) fail(err error) Result {
 	case errors.As(err, &cc):
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Result{Status: StatusTaskAborted, TransferLength: x.res.TransferLength}
+	case engine.IsNoSpace(err):
+		// A thin volume's file system is full (SBC-4 4.7.3.7): not a
+		// medium fault, and the initiator can tell the two apart.
+		cc = errNoSpace
 	case errors.Is(err, engine.ErrReadOnly):
 		cc = errWriteProtect
 	case errors.Is(err, engine.ErrOutOfRange):
