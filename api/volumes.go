@@ -28,6 +28,9 @@ type Volume struct {
 	State string `json:"state"`
 	// Reason says why the volume is degraded or offline.
 	Reason string `json:"reason,omitempty"`
+	// Warnings come with a create or resize that is allowed but risky,
+	// such as thin volumes over-committing their file system.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (s *server) volumeView(rec catalog.Volume) Volume {
@@ -88,7 +91,9 @@ func (s *server) createVolume(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, s.volumeView(rec))
+	v := s.volumeView(rec)
+	v.Warnings = s.svc.SpaceWarnings()
+	return c.JSON(http.StatusCreated, v)
 }
 
 // PatchVolumeRequest is the body of PATCH /api/v1/volumes/{name}. Absent
@@ -150,7 +155,11 @@ func (s *server) patchVolume(c echo.Context) error {
 			return err
 		}
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	v := s.volumeView(rec)
+	if req.SizeBytes != nil {
+		v.Warnings = s.svc.SpaceWarnings()
+	}
+	return c.JSON(http.StatusOK, v)
 }
 
 func (s *server) deleteVolume(c echo.Context) error {

@@ -73,6 +73,13 @@ type Options struct {
 	DefaultBackend string
 	// Logger receives the service's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// SpaceWarnPercent is the share of the data directory's file system
+	// in use at which thin volumes' initiators get the soft threshold
+	// unit attention; 0 turns the check off.
+	SpaceWarnPercent int
+	// SpaceCheckInterval is how often that is checked; 0 means
+	// DefaultSpaceCheckInterval.
+	SpaceCheckInterval time.Duration
 }
 
 // EngineOptions are the engine settings shared by every volume.
@@ -101,6 +108,7 @@ type Service struct {
 	// transaction and the live update, so the two never disagree as seen
 	// by another caller.
 	mu      sync.RWMutex
+	space   space
 	volumes map[string]*liveVolume
 	offline map[string]*offlineVolume // catalogued volumes restore could not open
 	targets map[string]*liveTarget    // key: lower-case IQN
@@ -153,6 +161,7 @@ func Open(opts Options) (*Service, error) {
 		volumes:        map[string]*liveVolume{},
 		offline:        map[string]*offlineVolume{},
 		targets:        map[string]*liveTarget{},
+		space:          space{warnPercent: opts.SpaceWarnPercent, statfs: statfsFree},
 	}
 	if err := s.restore(); err != nil {
 		s.Close()
@@ -173,6 +182,7 @@ func Open(opts Options) (*Service, error) {
 			return nil, fmt.Errorf("create demo volume: %w", err)
 		}
 	}
+	s.startSpaceMonitor(opts.SpaceCheckInterval)
 	return s, nil
 }
 
@@ -231,6 +241,7 @@ func (s *Service) restore() error {
 // Close flushes and closes every volume, then the catalog. It is the last
 // step of a graceful shutdown.
 func (s *Service) Close() error {
+	s.stopSpaceMonitor()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error

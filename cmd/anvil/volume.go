@@ -147,16 +147,18 @@ func volumeCreateCmd(cf *clientFlags) *cobra.Command {
 // (and Anvil) against a failing disk.
 func volumeFaultsCmd(cf *clientFlags) *cobra.Command {
 	var rate int
+	var errName string
 	var seed uint64
 	cmd := &cobra.Command{
 		Use:   "faults NAME --rate N [--seed S]",
 		Short: "Fail N of every 10,000 backing I/Os with EIO (seeded, repeatable); --rate 0 stops",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return volumeRequest(cmd, cf, http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed})
+			return volumeRequest(cmd, cf, http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed, Error: errName})
 		},
 	}
 	cmd.Flags().IntVar(&rate, "rate", 0, "failures per 10,000 backing I/Os (0..10000)")
+	cmd.Flags().StringVar(&errName, "error", "eio", "failure to inject: eio (any I/O) or enospc (writes, as on a full file system)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the failure pattern")
 	cmd.MarkFlagRequired("rate")
 	return cmd
