@@ -125,3 +125,21 @@ func backingErr(err error) error {
 	}
 	return ErrMedium
 }
+
+// FrozenErr returns the error that froze v read-only (a commit that
+// failed), or nil, looking through wrappers that implement
+// Unwrap() Volume. Front ends use it to tell a volume that ran out of
+// space from one an operator made read-only.
+func FrozenErr(v Volume) error {
+	for v != nil {
+		if e, ok := v.(interface{ Err() error }); ok {
+			return e.Err()
+		}
+		u, ok := v.(interface{ Unwrap() Volume })
+		if !ok {
+			return nil
+		}
+		v = u.Unwrap()
+	}
+	return nil
+}

@@ -55,3 +55,27 @@ func TestSoftThresholdUnitAttention(t *testing.T) {
 		expectGood(t, f.exec(n, cdb(opTestUnitReady, 6), nil))
 	}
 }
+
+// frozenVolume is a memVolume that a commit which ran out of space froze
+// read-only.
+type frozenVolume struct{ *memVolume }
+
+func (v *frozenVolume) ReadOnly() bool { return true }
+func (v *frozenVolume) Err() error {
+	return fmt.Errorf("undo: write records: %w", unix.ENOSPC)
+}
+
+// TestFrozenByNoSpaceIsSpaceAllocationFailed: once a full file system froze
+// the volume, writes answer 07/27/07 too, not plain WRITE PROTECTED.
+func TestFrozenByNoSpaceIsSpaceAllocationFailed(t *testing.T) {
+	f := newFixture(t)
+	lu := NewLogicalUnit(&frozenVolume{f.vol}, LUConfig{Serial: "SN3"})
+	f.tgt.RemoveLUN(0)
+	if err := f.tgt.AddLUN(0, lu); err != nil {
+		t.Fatal(err)
+	}
+	f.clearUA(f.n1)
+	expectSense(t, f.run(rw(opWrite10, 10, 0, 1), make([]byte, 512)), SenseDataProtect, ascSpaceAllocFailedWP)
+	f.vol.ro = true
+	expectSense(t, f.run(rw(opWrite10, 10, 0, 1), make([]byte, 512)), SenseDataProtect, ascSpaceAllocFailedWP)
+}

@@ -303,6 +303,16 @@ func (x *task) fail(err error) Result {
 	return Result{Status: StatusCheckCondition, Sense: cc.sense(desc), TransferLength: x.res.TransferLength}
 }
 
+// writeProtectErr is the DATA PROTECT a read-only volume answers writes
+// with: SPACE ALLOCATION FAILED WRITE PROTECT when a commit that ran out of
+// space froze it, WRITE PROTECTED otherwise.
+func writeProtectErr(vol engine.Volume) *checkCondition {
+	if err := engine.FrozenErr(vol); err != nil && engine.IsNoSpace(err) {
+		return errNoSpace
+	}
+	return errWriteProtect
+}
+
 // isRead reports whether the command only reads the medium, so that a
 // backing-store failure is an unrecovered read error rather than a write
 // error.
