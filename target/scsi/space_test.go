@@ -76,6 +76,5 @@ func TestFrozenByNoSpaceIsSpaceAllocationFailed(t *testing.T) {
 	}
 	f.clearUA(f.n1)
 	expectSense(t, f.run(rw(opWrite10, 10, 0, 1), make([]byte, 512)), SenseDataProtect, ascSpaceAllocFailedWP)
-	f.vol.ro = true
-	expectSense(t, f.run(rw(opWrite10, 10, 0, 1), make([]byte, 512)), SenseDataProtect, ascSpaceAllocFailedWP)
+	expectSense(t, f.run(rw(opWrite16, 16, 8, 1), make([]byte, 512)), SenseDataProtect, ascSpaceAllocFailedWP)
 }
