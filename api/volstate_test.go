@@ -1,6 +1,9 @@
 package api
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -68,5 +71,61 @@ func TestOfflineVolumeInAPI(t *testing.T) {
 	e.must("POST", "/api/v1/volumes/v/recheck", nil, http.StatusOK, &v)
 	if v.State != "online" {
 		t.Errorf("after recheck: state %q", v.State)
+	}
+}
+
+// TestDegradedVolumeInAPI: a volume whose newest undo header slot was
+// garbled after a flush opens degraded: served read-only with its data,
+// state "degraded" and the reason in the volume JSON and the metrics, and
+// clear-error refuses with 409 instead of pretending to fix it.
+func TestDegradedVolumeInAPI(t *testing.T) {
+	e := newEnv(t)
+	e.must("POST", "/api/v1/volumes", map[string]any{"name": "v", "size_bytes": 8 << 20}, http.StatusCreated, nil)
+	ev, err := e.svc.EngineVolume("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want := bytes.Repeat([]byte{0x6b}, 4<<20)
+	if err := ev.WriteAt(ctx, want, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ev.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Close()
+	undoPath := filepath.Join(e.dir, "volumes", "v.undo")
+	b, err := os.ReadFile(undoPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newest := int64(0)
+	if binary.LittleEndian.Uint64(b[4096+16:]) > binary.LittleEndian.Uint64(b[16:]) {
+		newest = 4096
+	}
+	f, err := os.OpenFile(undoPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte{0xee}, 512), newest)
+	f.Close()
+	e.reopen()
+
+	var v Volume
+	e.must("GET", "/api/v1/volumes/v", nil, http.StatusOK, &v)
+	if v.State != "degraded" || v.Reason == "" {
+		t.Fatalf("state %q reason %q, want degraded with a reason", v.State, v.Reason)
+	}
+	ev, _ = e.svc.EngineVolume("v")
+	got := make([]byte, len(want))
+	if err := ev.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("degraded volume does not serve the flushed data (%v)", err)
+	}
+	_, metrics := e.do("GET", "/metrics", nil)
+	if !strings.Contains(string(metrics), `anvil_volume_state{state="degraded",volume="v"} 1`) {
+		t.Error("metrics do not report the degraded volume")
+	}
+	if code, body := e.do("POST", "/api/v1/volumes/v/clear-error", nil); code != http.StatusConflict {
+		t.Errorf("clear-error on a degraded volume: %d %s, want 409", code, body)
 	}
 }
