@@ -18,7 +18,7 @@ import (
 const LockFile = "anvil.lock"
 
 // ErrLocked: another process holds the data directory's lock.
-var ErrLocked = errors.New("data directory is in use by another Anvil daemon")
+var ErrLocked = errors.New("in use by another Anvil daemon")
 
 // lockDataDir takes the data directory's lock, or fails at once with
 // ErrLocked naming the directory and, when the lock file says, the PID
@@ -40,7 +40,7 @@ func lockDataDir(dir string) (*os.File, error) {
 					holder = "process " + strconv.Itoa(pid)
 				}
 			}
-			return nil, fmt.Errorf("data directory %s: %w (%s holds %s); stop it or use another data directory", dir, ErrLocked, holder, path)
+			return nil, fmt.Errorf("data directory %s is %w (%s holds %s); stop it or use another data directory", dir, ErrLocked, holder, path)
 		}
 		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
 	}
