@@ -88,6 +88,12 @@ func volumeShowCmd(cf *clientFlags) *cobra.Command {
 			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintf(tw, "Name:\t%s\nSize:\t%s (%d bytes)\nBlock size:\t%d\nWrite cache:\t%s\nRead-only:\t%v\n", v.Name, humanSize(v.SizeBytes), v.SizeBytes, v.BlockSize, onOff(v.WriteCache), v.ReadOnly)
 			fmt.Fprintf(tw, "Backend:\t%s\nPath:\t%s\nSerial:\t%s\nNAA:\t%s\nCreated:\t%s\nMapped by:\t%s\n", v.Backend, v.Path, v.Serial, v.NAA, v.Created.Format(time.RFC3339), orDash(strings.Join(v.MappedBy, ", ")))
+			if v.State != "" && v.State != "online" {
+				fmt.Fprintf(tw, "State:\t%s (%s)\n", v.State, v.Reason)
+			}
+			if v.Error != "" {
+				fmt.Fprintf(tw, "Error:\t%s\n", v.Error)
+			}
 			if st := v.Stats; st != nil {
 				fmt.Fprintf(tw, "Reads:\t%d (%s)\nWrites:\t%d (%s)\nFlushes:\t%d\nUnmaps:\t%d\n", st.Read.Ops, humanSize(int64(st.Read.Bytes)), st.Write.Ops, humanSize(int64(st.Write.Bytes)), st.Flush.Ops, st.Unmap.Ops)
 				if st.DirtyBytes != nil {
