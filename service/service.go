@@ -99,6 +99,7 @@ type EngineOptions struct {
 type Service struct {
 	dataDir        string
 	lock           *os.File // flock on LockFile, held until Close
+	space          space    // the data directory's file system; its own lock
 	cat            *catalog.Catalog
 	log            *slog.Logger
 	engine         EngineOptions
@@ -108,7 +109,6 @@ type Service struct {
 	// transaction and the live update, so the two never disagree as seen
 	// by another caller.
 	mu      sync.RWMutex
-	space   space
 	volumes map[string]*liveVolume
 	offline map[string]*offlineVolume // catalogued volumes restore could not open
 	targets map[string]*liveTarget    // key: lower-case IQN
