@@ -182,7 +182,11 @@ var migrations = []func(c *Catalog, tx *bolt.Tx) error{
 
 // relativePaths is the migration from schema 2 to 3: volume paths inside
 // dir, which older versions stored as the daemon spelt them (absolute, or
-// relative to its working directory), become relative to dir.
+// relative to its working directory), become relative to dir. So does a
+// file or mmap volume's image at another data directory's
+// volumes/<name>.raw, where every older version put it: that catalog was
+// copied with its directory, and the copy's image is the one that goes
+// with the copy's undo FIFO.
 func relativePaths(tx *bolt.Tx, dir string) error {
 	vols, err := list[Volume](tx, bucketVolumes)
 	if err != nil {
@@ -196,8 +200,11 @@ func relativePaths(tx *bolt.Tx, dir string) error {
 		if err != nil {
 			return fmt.Errorf("volume %q: path %s: %w", v.Name, v.Path, err)
 		}
+		standard := filepath.Join("volumes", v.Name+".raw")
 		if rel, ok := inside(dir, p); ok {
 			v.Path = rel
+		} else if v.Backend != "block" && strings.HasSuffix(p, string(filepath.Separator)+standard) {
+			v.Path = standard
 		} else {
 			v.Path = p
 		}

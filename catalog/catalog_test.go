@@ -267,7 +267,9 @@ func TestMigrationMakesPathsRelative(t *testing.T) {
 		tx.CreateBucket(bucketTargets)
 		tx.CreateBucket(bucketReservations)
 		vols.Put([]byte("a"), []byte(`{"name":"a","path":"`+filepath.Join(dir, "volumes", "a.raw")+`"}`))
-		vols.Put([]byte("b"), []byte(`{"name":"b","path":"/dev/loop7"}`))
+		vols.Put([]byte("b"), []byte(`{"name":"b","backend":"block","path":"/dev/loop7"}`))
+		// Copied from another data directory by an older version.
+		vols.Put([]byte("c"), []byte(`{"name":"c","backend":"file","path":"/srv/original/volumes/c.raw"}`))
 		return meta.Put(keySchema, []byte{0, 0, 0, 0, 0, 0, 0, 2})
 	})
 	db.Close()
@@ -281,6 +283,9 @@ func TestMigrationMakesPathsRelative(t *testing.T) {
 	}
 	if got := rawVolume(t, c, "b").Path; got != "/dev/loop7" {
 		t.Errorf("migrated block device path %q, want /dev/loop7", got)
+	}
+	if got := rawVolume(t, c, "c").Path; got != filepath.Join("volumes", "c.raw") {
+		t.Errorf("image of a copied data directory migrated to %q, want the copy's volumes/c.raw", got)
 	}
 }
 
