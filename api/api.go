@@ -111,6 +111,7 @@ func newEcho(o Options) *echo.Echo {
 	v1.DELETE("/volumes/:name", s.deleteVolume)
 	v1.PUT("/volumes/:name/faults", s.setFaults)
 	v1.POST("/volumes/:name/clear-error", s.clearError)
+	v1.POST("/volumes/:name/recheck", s.recheck)
 
 	v1.GET("/targets", s.listTargets)
 	v1.POST("/targets", s.createTarget)

@@ -48,7 +48,9 @@ func statusOf(err error) (status int, field string) {
 		return http.StatusBadRequest, fe.Field
 	case errors.Is(err, service.ErrNotFound), errors.Is(err, iscsi.ErrNoSession):
 		return http.StatusNotFound, ""
-	case errors.Is(err, service.ErrExists), errors.Is(err, service.ErrInUse):
+	case errors.Is(err, service.ErrExists), errors.Is(err, service.ErrInUse),
+		errors.Is(err, service.ErrOffline), errors.Is(err, engine.ErrDegraded),
+		errors.Is(err, engine.ErrNoSpace):
 		return http.StatusConflict, ""
 	case errors.Is(err, service.ErrNotSupported):
 		return http.StatusUnprocessableEntity, ""

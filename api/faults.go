@@ -13,6 +13,9 @@ type FaultRequest struct {
 	Rate int `json:"rate"`
 	// Seed makes the failure pattern repeatable.
 	Seed uint64 `json:"seed"`
+	// Error is the failure injected: "eio" (default, every kind of I/O)
+	// or "enospc" (writes only, as on a full file system).
+	Error string `json:"error,omitempty"`
 }
 
 func (s *server) setFaults(c echo.Context) error {
@@ -21,7 +24,24 @@ func (s *server) setFaults(c echo.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	if err := s.svc.SetFaultInjection(name, req.Rate, req.Seed); err != nil {
+	if req.Error != "" && req.Error != "eio" && req.Error != "enospc" {
+		return badRequest("error", "%q: must be eio or enospc", req.Error)
+	}
+	if err := s.svc.SetFaultInjection(name, req.Rate, req.Seed, req.Error == "enospc"); err != nil {
+		return err
+	}
+	rec, err := s.svc.Volume(name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.volumeView(rec))
+}
+
+// recheck tries again to bring an offline volume online, after an operator
+// restored its files.
+func (s *server) recheck(c echo.Context) error {
+	name := c.Param("name")
+	if err := s.svc.RecheckVolume(name); err != nil {
 		return err
 	}
 	rec, err := s.svc.Volume(name)

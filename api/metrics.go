@@ -31,6 +31,10 @@ var (
 	descLatency    = prometheus.NewDesc("anvil_volume_op_duration_seconds", "Engine latency of I/O operations.", []string{"volume", "op"}, nil)
 	descDirty      = prometheus.NewDesc("anvil_volume_dirty_bytes", "Acknowledged writes not yet durable.", []string{"volume"}, nil)
 	descMapped     = prometheus.NewDesc("anvil_volume_mappings", "Targets mapping the volume.", []string{"volume"}, nil)
+	descSpaceUsed  = prometheus.NewDesc("anvil_datadir_used_ratio", "Share of the data directory's file system in use, as of the last space check.", nil, nil)
+	descSpaceWarn  = prometheus.NewDesc("anvil_space_soft_threshold_reached", "1 while the data directory's file system is at or past volume.space_warn_percent.", nil, nil)
+	descSpaceCross = prometheus.NewDesc("anvil_space_soft_threshold_crossings_total", "Times the data directory's file system passed volume.space_warn_percent (each raised the thin provisioning soft threshold unit attention).", nil, nil)
+	descState      = prometheus.NewDesc("anvil_volume_state", "1 for the volume's state (online, degraded: served read-only after an uncertain recovery, offline: files do not match the catalog), 0 for the others.", []string{"volume", "state"}, nil)
 	descSessions   = prometheus.NewDesc("anvil_iscsi_sessions", "Logged-in iSCSI sessions, by target (empty for discovery).", []string{"target"}, nil)
 	descInFlight   = prometheus.NewDesc("anvil_iscsi_commands_in_flight", "SCSI commands being executed, by target.", []string{"target"}, nil)
 	descTargets    = prometheus.NewDesc("anvil_targets", "Configured targets.", nil, nil)
@@ -93,16 +97,34 @@ type liveCollector struct{ s *server }
 
 func (l liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets,
-		descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
+		descState, descSpaceUsed, descSpaceWarn, descSpaceCross, descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
 		ch <- d
 	}
 }
 
 func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 	s := l.s
+	if sp := s.svc.Space(); sp.SizeBytes > 0 {
+		ch <- prometheus.MustNewConstMetric(descSpaceUsed, prometheus.GaugeValue, float64(sp.SizeBytes-sp.FreeBytes)/float64(sp.SizeBytes))
+		above := 0.0
+		if sp.Above {
+			above = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descSpaceWarn, prometheus.GaugeValue, above)
+		ch <- prometheus.MustNewConstMetric(descSpaceCross, prometheus.CounterValue, float64(sp.Crossings))
+	}
 	for _, v := range s.svc.Volumes() {
 		ch <- prometheus.MustNewConstMetric(descVolumeSize, prometheus.GaugeValue, float64(v.SizeBytes), v.Name)
 		ch <- prometheus.MustNewConstMetric(descMapped, prometheus.GaugeValue, float64(len(s.svc.MappedBy(v.Name))), v.Name)
+		if state, _, err := s.svc.VolumeState(v.Name); err == nil {
+			for _, st := range []string{service.StateOnline, service.StateDegraded, service.StateOffline} {
+				val := 0.0
+				if st == state {
+					val = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, val, v.Name, st)
+			}
+		}
 		st := s.statsOf(v.Name)
 		if st == nil {
 			continue

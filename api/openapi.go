@@ -109,7 +109,12 @@ var openAPIDoc = obj{
 		"/api/v1/volumes/{name}/clear-error": obj{
 			"parameters": []any{volumeName},
 			"post": obj{"summary": "Roll back a failed commit and accept writes again on a volume the engine froze read-only",
-				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "503": errResp("the backing store still fails")})},
+				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "409": errResp("the volume ran out of space and its file system is still full"), "503": errResp("the backing store still fails")})},
+		},
+		"/api/v1/volumes/{name}/recheck": obj{
+			"parameters": []any{volumeName},
+			"post": obj{"summary": "Check an offline volume's files again and serve it if they now match the catalog",
+				"responses": responses(obj{"200": jsonResp("the volume", ref("Volume")), "404": errResp("no such volume"), "409": errResp("the volume is still offline; the error says why")})},
 		},
 		"/api/v1/targets": obj{
 			"get": obj{"summary": "List targets",
@@ -189,7 +194,8 @@ var openAPIDoc = obj{
 				"backend": obj{"type": "string", "enum": []any{"file", "mmap", "block"}},
 				"device":  obj{"type": "string", "description": "block device of a block volume (its size is the volume's)"}}},
 			"Faults": obj{"type": "object", "additionalProperties": false, "required": []any{"rate"}, "properties": obj{
-				"rate": obj{"type": "integer", "minimum": 0, "maximum": 10000}, "seed": int64s}},
+				"rate": obj{"type": "integer", "minimum": 0, "maximum": 10000}, "seed": int64s,
+				"error": obj{"type": "string", "enum": []any{"eio", "enospc"}, "description": "eio (default): any I/O fails with EIO; enospc: writes fail with ENOSPC, as on a full file system"}}},
 			"PatchVolume": obj{"type": "object", "additionalProperties": false, "minProperties": 1, "properties": obj{
 				"size_bytes": int64s, "write_cache": boolean, "read_only": boolean}},
 			"ImportPath": obj{"type": "object", "additionalProperties": false, "required": []any{"name", "path"}, "properties": obj{
@@ -199,6 +205,8 @@ var openAPIDoc = obj{
 			"Volume": obj{"type": "object", "properties": obj{
 				"name": str, "size_bytes": int64s, "block_size": obj{"type": "integer"}, "thin": boolean,
 				"backend": str, "path": str, "write_cache": boolean, "read_only": boolean, "serial": str, "naa": str, "error": str,
+				"state": obj{"type": "string", "enum": []any{"online", "degraded", "offline"}}, "reason": str,
+				"warnings":  obj{"type": "array", "items": str},
 				"created":   obj{"type": "string", "format": "date-time"},
 				"mapped_by": obj{"type": "array", "items": str},
 				"stats": obj{"type": "object", "properties": obj{"read": ref("OpStats"), "write": ref("OpStats"), "flush": ref("OpStats"), "unmap": ref("OpStats"),

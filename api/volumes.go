@@ -21,6 +21,16 @@ type Volume struct {
 	// commit; POST .../clear-error returns it to service.
 	Error string       `json:"error,omitempty"`
 	Stats *VolumeStats `json:"stats,omitempty"`
+	// State is "online", "degraded" (served read-only: recovery could not
+	// tell whether the newest epoch was committed) or "offline" (its files
+	// do not match the catalog; not served until POST .../recheck
+	// succeeds or the volume is deleted).
+	State string `json:"state"`
+	// Reason says why the volume is degraded or offline.
+	Reason string `json:"reason,omitempty"`
+	// Warnings come with a create or resize that is allowed but risky,
+	// such as thin volumes over-committing their file system.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (s *server) volumeView(rec catalog.Volume) Volume {
@@ -32,6 +42,7 @@ func (s *server) volumeView(rec catalog.Volume) Volume {
 	if err := s.svc.VolumeError(rec.Name); err != nil {
 		v.Error = err.Error()
 	}
+	v.State, v.Reason, _ = s.svc.VolumeState(rec.Name)
 	return v
 }
 
@@ -80,7 +91,9 @@ func (s *server) createVolume(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, s.volumeView(rec))
+	v := s.volumeView(rec)
+	v.Warnings = s.svc.SpaceWarnings()
+	return c.JSON(http.StatusCreated, v)
 }
 
 // PatchVolumeRequest is the body of PATCH /api/v1/volumes/{name}. Absent
@@ -142,7 +155,11 @@ func (s *server) patchVolume(c echo.Context) error {
 			return err
 		}
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	v := s.volumeView(rec)
+	if req.SizeBytes != nil {
+		v.Warnings = s.svc.SpaceWarnings()
+	}
+	return c.JSON(http.StatusOK, v)
 }
 
 func (s *server) deleteVolume(c echo.Context) error {

@@ -8,11 +8,14 @@
 package catalog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,7 +23,7 @@ import (
 
 // SchemaVersion is the catalog layout this code writes. Open migrates older
 // catalogs forward and refuses newer ones.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 var (
 	bucketMeta    = []byte("meta")
@@ -41,12 +44,16 @@ var (
 
 // Volume is one volume's persistent record.
 type Volume struct {
-	Name       string    `json:"name"`
-	SizeBytes  int64     `json:"size_bytes"`
-	BlockSize  int       `json:"block_size"`
-	Thin       bool      `json:"thin"`
-	Backend    string    `json:"backend"` // "file", "mmap" or "block"
-	Path       string    `json:"path"`    // raw image or block device
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	BlockSize int    `json:"block_size"`
+	Thin      bool   `json:"thin"`
+	Backend   string `json:"backend"` // "file", "mmap" or "block"
+	// Path is the raw image or block device. The catalog stores a path
+	// inside its own directory (the data directory) relative to it, so
+	// that a copied data directory uses its own files, and hands it out
+	// joined to that directory; other paths stay absolute.
+	Path       string    `json:"path"`
 	WriteCache bool      `json:"write_cache"`
 	ReadOnly   bool      `json:"read_only"`
 	Serial     string    `json:"serial"`
@@ -93,17 +100,40 @@ type Target struct {
 
 // Catalog is an open catalog file.
 type Catalog struct {
-	db *bolt.DB
+	db  *bolt.DB
+	dir string // the directory holding the file; volume paths are relative to it
 }
 
+// ErrCorrupt: the catalog file is damaged; Open refuses it rather than
+// guess at the state it held.
+var ErrCorrupt = errors.New("catalog: file is corrupt")
+
 // Open opens or creates the catalog at path and brings its schema up to
-// SchemaVersion.
-func Open(path string) (*Catalog, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+// SchemaVersion. A damaged file is refused with ErrCorrupt: bbolt panics on
+// some corruption, so Open reads every page once, with the panic turned
+// into an error, before anything else uses the file.
+func Open(path string) (_ *Catalog, err error) {
+	var db *bolt.DB
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				closeQuietly(db)
+			}
+			err = fmt.Errorf("open catalog %s: %w: %v", path, ErrCorrupt, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
+		if errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrChecksum) || errors.Is(err, bolt.ErrVersionMismatch) {
+			err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	c := &Catalog{db: db}
+	if err := db.View(check); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open catalog %s: %w: %w", path, ErrCorrupt, err)
+	}
+	c := &Catalog{db: db, dir: filepath.Dir(path)}
 	if err := db.Update(c.migrate); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
@@ -111,9 +141,36 @@ func Open(path string) (*Catalog, error) {
 	return c, nil
 }
 
+// closeQuietly closes a database that panicked; closing may panic too.
+func closeQuietly(db *bolt.DB) {
+	defer func() { _ = recover() }()
+	db.Close()
+}
+
+// check runs bbolt's consistency check and then reads every key and value
+// of every bucket, so that a damaged page shows up here and not in the
+// middle of the daemon's work.
+func check(tx *bolt.Tx) error {
+	var errs []error
+	for err := range tx.Check() {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v != nil && !bytes.Equal(name, bucketMeta) && !bytes.Equal(name, bucketReservations) && !json.Valid(v) {
+				return fmt.Errorf("bucket %s key %q: record is not JSON", name, k)
+			}
+			return nil
+		})
+	})
+}
+
 // migrations[i] upgrades schema version i to i+1. Version 0 is an empty file.
-var migrations = []func(tx *bolt.Tx) error{
-	func(tx *bolt.Tx) error {
+var migrations = []func(c *Catalog, tx *bolt.Tx) error{
+	func(_ *Catalog, tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketVolumes, bucketTargets} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -121,10 +178,83 @@ var migrations = []func(tx *bolt.Tx) error{
 		}
 		return nil
 	},
-	func(tx *bolt.Tx) error {
+	func(_ *Catalog, tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketReservations)
 		return err
 	},
+	func(c *Catalog, tx *bolt.Tx) error { return relativePaths(tx, c.dir) },
+}
+
+// relativePaths is the migration from schema 2 to 3: volume paths inside
+// dir, which older versions stored as the daemon spelt them (absolute, or
+// relative to its working directory), become relative to dir. So does a
+// file or mmap volume's image at another data directory's
+// volumes/<name>.raw, where every older version put it: that catalog was
+// copied with its directory, and the copy's image is the one that goes
+// with the copy's undo FIFO.
+func relativePaths(tx *bolt.Tx, dir string) error {
+	vols, err := list[Volume](tx, bucketVolumes)
+	if err != nil {
+		return err
+	}
+	for _, v := range vols {
+		if v.Path == "" {
+			continue
+		}
+		p, err := filepath.Abs(v.Path)
+		if err != nil {
+			return fmt.Errorf("volume %q: path %s: %w", v.Name, v.Path, err)
+		}
+		standard := filepath.Join("volumes", v.Name+".raw")
+		if rel, ok := inside(dir, p); ok {
+			v.Path = rel
+		} else if v.Backend != "block" && strings.HasSuffix(p, string(filepath.Separator)+standard) {
+			v.Path = standard
+		} else {
+			v.Path = p
+		}
+		if err := put(tx, bucketVolumes, v.Name, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inside returns p relative to dir if p lies inside dir.
+func inside(dir, p string) (string, bool) {
+	ad, err := filepath.Abs(dir)
+	if err != nil {
+		return "", false
+	}
+	ap, err := filepath.Abs(p)
+	if err != nil {
+		return "", false
+	}
+	rel, err := filepath.Rel(ad, ap)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return "", false
+	}
+	return rel, true
+}
+
+// stored is v as the catalog keeps it: a path inside the catalog's
+// directory relative to it.
+func (t *Tx) stored(v Volume) Volume {
+	if v.Path != "" {
+		if rel, ok := inside(t.dir, v.Path); ok {
+			v.Path = rel
+		}
+	}
+	return v
+}
+
+// loaded is a stored volume as callers see it: a relative path joined to
+// the catalog's directory.
+func (t *Tx) loaded(v Volume) Volume {
+	if v.Path != "" && !filepath.IsAbs(v.Path) {
+		v.Path = filepath.Join(t.dir, v.Path)
+	}
+	return v
 }
 
 func (c *Catalog) migrate(tx *bolt.Tx) error {
@@ -140,7 +270,7 @@ func (c *Catalog) migrate(tx *bolt.Tx) error {
 		return fmt.Errorf("catalog schema version %d is newer than this Anvil understands (%d)", version, SchemaVersion)
 	}
 	for ; version < SchemaVersion; version++ {
-		if err := migrations[version](tx); err != nil {
+		if err := migrations[version](c, tx); err != nil {
 			return fmt.Errorf("migrate catalog schema %d to %d: %w", version, version+1, err)
 		}
 	}
@@ -151,17 +281,20 @@ func (c *Catalog) migrate(tx *bolt.Tx) error {
 func (c *Catalog) Close() error { return c.db.Close() }
 
 // Tx is a read-write view of the catalog within one transaction.
-type Tx struct{ tx *bolt.Tx }
+type Tx struct {
+	tx  *bolt.Tx
+	dir string
+}
 
 // Update runs fn in one read-write transaction: all of its changes land or
 // none do.
 func (c *Catalog) Update(fn func(*Tx) error) error {
-	return c.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+	return c.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx, c.dir}) })
 }
 
 // View runs fn in a read-only transaction.
 func (c *Catalog) View(fn func(*Tx) error) error {
-	return c.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+	return c.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx, c.dir}) })
 }
 
 func get[T any](tx *bolt.Tx, bucket []byte, key string) (T, error) {
@@ -198,10 +331,19 @@ func put(tx *bolt.Tx, bucket []byte, key string, v any) error {
 }
 
 // Volume returns the volume named name.
-func (t *Tx) Volume(name string) (Volume, error) { return get[Volume](t.tx, bucketVolumes, name) }
+func (t *Tx) Volume(name string) (Volume, error) {
+	v, err := get[Volume](t.tx, bucketVolumes, name)
+	return t.loaded(v), err
+}
 
 // Volumes returns every volume, sorted by name.
-func (t *Tx) Volumes() ([]Volume, error) { return list[Volume](t.tx, bucketVolumes) }
+func (t *Tx) Volumes() ([]Volume, error) {
+	vols, err := list[Volume](t.tx, bucketVolumes)
+	for i := range vols {
+		vols[i] = t.loaded(vols[i])
+	}
+	return vols, err
+}
 
 // CreateVolume adds a new volume record; it fails with ErrExists if the name
 // is taken.
@@ -209,11 +351,11 @@ func (t *Tx) CreateVolume(v Volume) error {
 	if t.tx.Bucket(bucketVolumes).Get([]byte(v.Name)) != nil {
 		return fmt.Errorf("volume %q: %w", v.Name, ErrExists)
 	}
-	return put(t.tx, bucketVolumes, v.Name, v)
+	return put(t.tx, bucketVolumes, v.Name, t.stored(v))
 }
 
 // PutVolume stores v, replacing any record of the same name.
-func (t *Tx) PutVolume(v Volume) error { return put(t.tx, bucketVolumes, v.Name, v) }
+func (t *Tx) PutVolume(v Volume) error { return put(t.tx, bucketVolumes, v.Name, t.stored(v)) }
 
 // DeleteVolume removes the volume record and its reservation state.
 func (t *Tx) DeleteVolume(name string) error {

@@ -55,6 +55,7 @@ var Settings = []Setting{
 	{Key: "engine.flush_interval", Flag: "engine-flush-interval", Default: 5 * time.Second, Usage: "how often the flusher commits an open epoch of writes"},
 	{Key: "engine.undo_size", Flag: "engine-undo-size", Default: 256 << 20, Usage: "size of a new volume's undo FIFO in bytes; bounds an epoch and the atomic write size"},
 	{Key: "volume.default_backend", Flag: "volume-default-backend", Default: "file", Usage: "backend of new volumes that name none: file (pread/pwrite) or mmap"},
+	{Key: "volume.space_warn_percent", Flag: "volume-space-warn-percent", Default: 90, Usage: "percent of the data directory's file system in use at which initiators of thin volumes get THIN PROVISIONING SOFT THRESHOLD REACHED, once per crossing (0 disables)"},
 	{Key: "api.listen", Flag: "api-listen", Default: "0.0.0.0:8080", Usage: "REST API and web UI address (host:port)"},
 	{Key: "api.token", Flag: "api-token", Default: "", Usage: "bearer token the REST API requires (default: DATA_DIR/api.token, generated on first start)", Secret: true},
 	{Key: "api.tls_cert", Flag: "api-tls-cert", Default: "", Usage: "PEM certificate file; with api.tls_key the API and UI are served over HTTPS"},
@@ -95,7 +96,8 @@ type Engine struct {
 
 // Volume holds defaults for new volumes.
 type Volume struct {
-	DefaultBackend string `mapstructure:"default_backend"`
+	DefaultBackend   string `mapstructure:"default_backend"`
+	SpaceWarnPercent int    `mapstructure:"space_warn_percent"`
 }
 
 // ISCSI holds the iSCSI portal's settings.
@@ -229,6 +231,9 @@ func (c *Config) validate() error {
 	}
 	if c.Engine.UndoSize < 1<<20 {
 		return fmt.Errorf("config: engine.undo_size %d: must be at least 1 MiB", c.Engine.UndoSize)
+	}
+	if n := c.Volume.SpaceWarnPercent; n < 0 || n > 100 {
+		return fmt.Errorf("config: volume.space_warn_percent %d: must be 0..100", n)
 	}
 	switch c.Volume.DefaultBackend {
 	case "file", "mmap":

@@ -103,6 +103,7 @@ type CachedVolume struct {
 
 	wce      atomic.Bool
 	opRO     atomic.Bool
+	degraded string                // why recovery left the volume read-only; set at open
 	failed   atomic.Pointer[error] // commit failure that froze the volume
 	closed   atomic.Bool
 	noGroup  bool
@@ -281,11 +282,21 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 	fdata := NewFaultDevice(data)
 	fudev := NewFaultDevice(undoDev)
 	res, err := fifo.Recover(fdata)
-	if err != nil {
+	var degraded string
+	if errors.Is(err, undo.ErrUncertain) {
+		// Rolling back might destroy an acknowledged epoch, keeping it
+		// might keep a torn one: serve the data read-only as it is and
+		// let an operator decide.
+		degraded = err.Error()
+		log.Error("undo recovery is uncertain; volume is degraded and read-only", "reason", degraded)
+	} else if err != nil {
 		return nil, fmt.Errorf("engine: recover %s: %w", opts.Name, err)
 	}
 	if res.Records > 0 {
 		log.Warn("rolled back uncommitted epoch", "epoch", res.Epoch, "records", res.Records, "bytes", res.Bytes)
+	}
+	if res.Kept > 0 {
+		log.Warn("kept epochs whose data was complete in place but whose commit was not recorded", "epochs", res.Kept)
 	}
 
 	v := &CachedVolume{
@@ -297,6 +308,7 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		udev:     fudev,
 		fifo:     fifo,
 		noGroup:  opts.DisableGroupCommit,
+		degraded: degraded,
 		epoch:    fifo.Committed() + 1,
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
@@ -374,9 +386,17 @@ func (v *CachedVolume) SetWriteCache(on bool) error {
 	return nil
 }
 
-// ReadOnly implements Volume: true when an operator set it or a failed
-// commit froze the volume.
-func (v *CachedVolume) ReadOnly() bool { return v.opRO.Load() || v.failed.Load() != nil }
+// ReadOnly implements Volume: true when an operator set it, a failed
+// commit froze the volume or recovery left it degraded.
+func (v *CachedVolume) ReadOnly() bool {
+	return v.opRO.Load() || v.failed.Load() != nil || v.degraded != ""
+}
+
+// Degraded says why recovery at open left the volume read-only (it could
+// not tell whether the newest epoch was committed), or "" when it did not.
+// The data is served as the device holds it; nothing is written to the
+// data device or the undo FIFO until the volume is reopened.
+func (v *CachedVolume) Degraded() string { return v.degraded }
 
 // SetReadOnly sets the operator's read-only flag.
 func (v *CachedVolume) SetReadOnly(ro bool) { v.opRO.Store(ro) }
@@ -394,6 +414,13 @@ func (v *CachedVolume) Err() error {
 func (v *CachedVolume) SetFaultRate(n int, seed uint64) {
 	v.data.SetFaultRate(n, seed)
 	v.udev.SetFaultRate(n, seed^0x5bd1e995)
+}
+
+// SetFaultNoSpace makes the injected faults of SetFaultRate ENOSPC on
+// writes (a full file system) instead of EIO on every kind of I/O.
+func (v *CachedVolume) SetFaultNoSpace(on bool) {
+	v.data.SetFaultNoSpace(on)
+	v.udev.SetFaultNoSpace(on)
 }
 
 // Stats returns a snapshot of the volume's counters.
@@ -435,7 +462,13 @@ func (v *CachedVolume) writable() error {
 	if v.opRO.Load() {
 		return fmt.Errorf("engine: %s: %w", v.name, ErrReadOnly)
 	}
+	if v.degraded != "" {
+		return fmt.Errorf("engine: %s degraded (%s): %w", v.name, v.degraded, ErrReadOnly)
+	}
 	if p := v.failed.Load(); p != nil {
+		if IsNoSpace(*p) {
+			return fmt.Errorf("engine: %s frozen after a commit ran out of space (%v): %w", v.name, *p, ErrNoSpace)
+		}
 		return fmt.Errorf("engine: %s frozen after a failed commit (%v): %w", v.name, *p, ErrReadOnly)
 	}
 	return nil
@@ -1141,13 +1174,16 @@ func (v *CachedVolume) Flush(ctx context.Context) error {
 // the next commits write the failed epochs again, oldest first, before the
 // open one.
 func (v *CachedVolume) ClearError() error {
+	if v.degraded != "" {
+		return fmt.Errorf("engine: %s: %s: %w", v.name, v.degraded, ErrDegraded)
+	}
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
 	if v.failed.Load() == nil {
 		return nil
 	}
 	if _, err := v.fifo.Recover(v.data); err != nil {
-		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, ErrMedium)
+		return fmt.Errorf("engine: %s: roll back failed epoch: %v: %w", v.name, err, backingErr(err))
 	}
 	v.lock()
 	if v.epoch <= v.fifo.Committed() {

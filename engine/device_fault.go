@@ -9,13 +9,17 @@ import (
 
 // FaultDevice wraps a Device and fails a configurable share of its I/Os with
 // EIO. Whether the k-th I/O fails depends only on the seed and k, so a run
-// with the same seed and the same I/O sequence fails the same I/Os.
+// with the same seed and the same I/O sequence fails the same I/Os. In
+// no-space mode (SetFaultNoSpace) the chosen writes fail with ENOSPC
+// instead, as on a full file system, and reads, syncs and discards
+// (which free space) are left alone.
 type FaultDevice struct {
 	Device
-	rate atomic.Int64 // failures per 10,000 I/Os
-	seed atomic.Uint64
-	n    atomic.Uint64 // I/Os issued since SetFaultRate
-	hits atomic.Uint64 // I/Os failed
+	rate    atomic.Int64 // failures per 10,000 I/Os
+	seed    atomic.Uint64
+	noSpace atomic.Bool
+	n       atomic.Uint64 // I/Os issued since SetFaultRate
+	hits    atomic.Uint64 // I/Os failed
 }
 
 // NewFaultDevice wraps d with injection off.
@@ -29,6 +33,10 @@ func (f *FaultDevice) SetFaultRate(n int, seed uint64) {
 	f.rate.Store(int64(max(0, min(n, 10000))))
 }
 
+// SetFaultNoSpace switches between failing with EIO (false, the default)
+// and failing only writes, with ENOSPC (true).
+func (f *FaultDevice) SetFaultNoSpace(on bool) { f.noSpace.Store(on) }
+
 // Injected reports how many I/Os have been failed so far.
 func (f *FaultDevice) Injected() uint64 { return f.hits.Load() }
 
@@ -38,6 +46,13 @@ func (f *FaultDevice) fail(op string, off int64) error {
 	if r == 0 {
 		return nil
 	}
+	errno := unix.EIO
+	if f.noSpace.Load() {
+		if op != "write" {
+			return nil
+		}
+		errno = unix.ENOSPC
+	}
 	k := f.n.Add(1)
 	z := f.seed.Load() + k*0x9e3779b97f4a7c15
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
@@ -45,7 +60,7 @@ func (f *FaultDevice) fail(op string, off int64) error {
 	z ^= z >> 31
 	if int64(z%10000) < r {
 		f.hits.Add(1)
-		return fmt.Errorf("injected fault on %s at %d: %w", op, off, unix.EIO)
+		return fmt.Errorf("injected fault on %s at %d: %w", op, off, errno)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func (v *CachedVolume) syncTo(target uint64) error {
 // commit.
 func (v *CachedVolume) failedErr() error {
 	if p := v.failed.Load(); p != nil {
-		return fmt.Errorf("engine: %s: earlier commit failed (%v): %w", v.name, *p, ErrMedium)
+		return fmt.Errorf("engine: %s: earlier commit failed (%v): %w", v.name, *p, backingErr(*p))
 	}
 	return nil
 }
@@ -206,7 +206,7 @@ func (v *CachedVolume) commitLocked(target uint64) error {
 func (v *CachedVolume) commitFailed(err error, eps ...cutEpoch) error {
 	v.failCommit(err, eps)
 	v.wakeSyncWaiters()
-	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, eps[0].ep, err, ErrMedium)
+	return fmt.Errorf("engine: %s commit epoch %d: %v: %w", v.name, eps[0].ep, err, backingErr(err))
 }
 
 // cutEpoch is an epoch that was cut and waits in v.queue for its commit:

@@ -10,6 +10,8 @@ package engine
 import (
 	"context"
 	"errors"
+
+	"golang.org/x/sys/unix"
 )
 
 // Errors returned by Volume methods. Callers test them with errors.Is; the
@@ -26,6 +28,15 @@ var (
 	ErrMedium = errors.New("engine: medium error")
 	// ErrClosed: the volume has been closed.
 	ErrClosed = errors.New("engine: volume closed")
+	// ErrNoSpace: the file system (or quota) holding a thin volume's data
+	// or undo FIFO is full (ENOSPC, EDQUOT). Front ends report SPACE
+	// ALLOCATION FAILED WRITE PROTECT; the volume stays read-only until
+	// space is freed and the error is cleared.
+	ErrNoSpace = errors.New("engine: out of space")
+	// ErrDegraded: recovery could not tell whether the newest epoch was
+	// committed, so it left the data as it was and the volume read-only
+	// until an operator acts (CachedVolume.Degraded says why).
+	ErrDegraded = errors.New("engine: volume is degraded")
 )
 
 // Volume is one exported block volume. All methods are safe for concurrent
@@ -98,4 +109,37 @@ type Resizer interface {
 	// Resize grows or shrinks the volume to size bytes (a multiple of
 	// BlockSize).
 	Resize(ctx context.Context, size int64) error
+}
+
+// IsNoSpace reports whether a backing-store error means the file system or
+// quota is full.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, ErrNoSpace)
+}
+
+// backingErr is the sentinel a failed backing-store operation reports:
+// ErrNoSpace when the file system is full, ErrMedium otherwise.
+func backingErr(err error) error {
+	if IsNoSpace(err) {
+		return ErrNoSpace
+	}
+	return ErrMedium
+}
+
+// FrozenErr returns the error that froze v read-only (a commit that
+// failed), or nil, looking through wrappers that implement
+// Unwrap() Volume. Front ends use it to tell a volume that ran out of
+// space from one an operator made read-only.
+func FrozenErr(v Volume) error {
+	for v != nil {
+		if e, ok := v.(interface{ Err() error }); ok {
+			return e.Err()
+		}
+		u, ok := v.(interface{ Unwrap() Volume })
+		if !ok {
+			return nil
+		}
+		v = u.Unwrap()
+	}
+	return nil
 }

@@ -31,7 +31,7 @@ func (s *Service) CheckResize(name string, size int64) error {
 	defer s.mu.RUnlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return s.missingLocked(name)
 	}
 	return checkResize(lv, size)
 }
@@ -55,7 +55,7 @@ func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (ca
 	defer s.mu.Unlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return catalog.Volume{}, s.missingLocked(name)
 	}
 	if err := checkResize(lv, size); err != nil {
 		return catalog.Volume{}, err
@@ -94,7 +94,7 @@ func (s *Service) SetWriteCache(name string, on bool) (catalog.Volume, error) {
 	defer s.mu.Unlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return catalog.Volume{}, s.missingLocked(name)
 	}
 	if lv.rec.WriteCache == on {
 		return lv.rec, nil
@@ -126,7 +126,7 @@ func (s *Service) SetReadOnly(name string, ro bool) (catalog.Volume, error) {
 	defer s.mu.Unlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return catalog.Volume{}, s.missingLocked(name)
 	}
 	if lv.rec.ReadOnly == ro {
 		return lv.rec, nil

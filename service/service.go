@@ -74,6 +74,13 @@ type Options struct {
 	DefaultBackend string
 	// Logger receives the service's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// SpaceWarnPercent is the share of the data directory's file system
+	// in use at which thin volumes' initiators get the soft threshold
+	// unit attention; 0 turns the check off.
+	SpaceWarnPercent int
+	// SpaceCheckInterval is how often that is checked; 0 means
+	// DefaultSpaceCheckInterval.
+	SpaceCheckInterval time.Duration
 }
 
 // EngineOptions are the engine settings shared by every volume.
@@ -92,6 +99,8 @@ type EngineOptions struct {
 // Service is the daemon's live state.
 type Service struct {
 	dataDir        string
+	lock           *os.File // flock on LockFile, held until Close
+	space          space    // the data directory's file system; its own lock
 	cat            *catalog.Catalog
 	log            *slog.Logger
 	engine         EngineOptions
@@ -102,7 +111,8 @@ type Service struct {
 	// by another caller.
 	mu      sync.RWMutex
 	volumes map[string]*liveVolume
-	targets map[string]*liveTarget // key: lower-case IQN
+	offline map[string]*offlineVolume // catalogued volumes restore could not open
+	targets map[string]*liveTarget    // key: lower-case IQN
 	// discCHAP are the discovery sessions' CHAP credentials (nil: none).
 	discCHAP *catalog.CHAP
 
@@ -130,13 +140,19 @@ func Open(opts Options) (*Service, error) {
 	if err := os.MkdirAll(filepath.Join(opts.DataDir, "volumes"), 0o750); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
+	lock, err := lockDataDir(opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	cat, err := catalog.Open(filepath.Join(opts.DataDir, "catalog.db"))
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	backend, err := validateBackend(opts.DefaultBackend, string(engine.BackendFile))
 	if err != nil || backend == string(engine.BackendBlock) {
 		cat.Close()
+		lock.Close()
 		return nil, fmt.Errorf("default volume backend %q: must be file or mmap", opts.DefaultBackend)
 	}
 	if opts.Engine.Cache == nil {
@@ -144,12 +160,15 @@ func Open(opts Options) (*Service, error) {
 	}
 	s := &Service{
 		dataDir:        opts.DataDir,
+		lock:           lock,
 		cat:            cat,
 		log:            log,
 		engine:         opts.Engine,
 		defaultBackend: backend,
 		volumes:        map[string]*liveVolume{},
+		offline:        map[string]*offlineVolume{},
 		targets:        map[string]*liveTarget{},
+		space:          space{warnPercent: opts.SpaceWarnPercent, statfs: statfsFree},
 	}
 	if err := s.restore(); err != nil {
 		s.Close()
@@ -170,6 +189,7 @@ func Open(opts Options) (*Service, error) {
 			return nil, fmt.Errorf("create demo volume: %w", err)
 		}
 	}
+	s.startSpaceMonitor(opts.SpaceCheckInterval)
 	return s, nil
 }
 
@@ -207,9 +227,13 @@ func (s *Service) restore() error {
 		return fmt.Errorf("read catalog: %w", err)
 	}
 	for _, rec := range vols {
-		lv, err := s.openVolume(rec, false)
+		lv, err := s.openCatalogued(rec)
 		if err != nil {
-			return err
+			// One volume's damaged files must not keep the daemon, and
+			// every healthy volume, down; this one waits for an operator.
+			s.log.Error("volume is offline", "volume", rec.Name, "reason", err)
+			s.offline[rec.Name] = &offlineVolume{rec: rec, reason: err.Error()}
+			continue
 		}
 		s.volumes[rec.Name] = lv
 	}
@@ -220,13 +244,14 @@ func (s *Service) restore() error {
 		}
 		s.targets[strings.ToLower(rec.IQN)] = lt
 	}
-	s.log.Info("restored state from catalog", "volumes", len(vols), "targets", len(tgts))
+	s.log.Info("restored state from catalog", "volumes", len(vols), "offline", len(s.offline), "targets", len(tgts))
 	return nil
 }
 
 // Close flushes and closes every volume, then the catalog. It is the last
 // step of a graceful shutdown.
 func (s *Service) Close() error {
+	s.stopSpaceMonitor()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
@@ -236,12 +261,17 @@ func (s *Service) Close() error {
 		}
 	}
 	s.volumes = map[string]*liveVolume{}
+	s.offline = map[string]*offlineVolume{}
 	s.targets = map[string]*liveTarget{}
 	if s.cat != nil {
 		if err := s.cat.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close catalog: %w", err))
 		}
 		s.cat = nil
+	}
+	if s.lock != nil {
+		s.lock.Close() // releases the flock
+		s.lock = nil
 	}
 	return errors.Join(errs...)
 }
@@ -378,6 +408,9 @@ func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	if _, ok := s.volumes[rec.Name]; ok {
 		return fmt.Errorf("volume %q: %w", rec.Name, ErrExists)
 	}
+	if _, ok := s.offline[rec.Name]; ok {
+		return fmt.Errorf("volume %q (offline): %w", rec.Name, ErrExists)
+	}
 	paths := []string{s.undoPath(rec.Name)}
 	if rec.Backend != string(engine.BackendBlock) {
 		paths = append(paths, rec.Path)
@@ -390,6 +423,11 @@ func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	for _, lv := range s.volumes {
 		if lv.rec.Path == rec.Path {
 			return fmt.Errorf("volume %q: %s is already used by volume %q: %w", rec.Name, rec.Path, lv.rec.Name, ErrInUse)
+		}
+	}
+	for _, off := range s.offline {
+		if off.rec.Path == rec.Path {
+			return fmt.Errorf("volume %q: %s is already used by offline volume %q: %w", rec.Name, rec.Path, off.rec.Name, ErrInUse)
 		}
 	}
 	return nil
@@ -477,6 +515,9 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 	}
 	if rec.Backend == string(engine.BackendBlock) {
 		rec.SizeBytes = ev.Size()
+	} else if ev.Size() < rec.SizeBytes {
+		ev.Close()
+		return nil, fmt.Errorf("volume %q: data file %s is %d bytes, shorter than the volume's %d bytes in the catalog", rec.Name, rec.Path, ev.Size(), rec.SizeBytes)
 	} else if ev.Size() != rec.SizeBytes {
 		s.log.Warn("data file size differs from the catalog; using the file's", "volume", rec.Name, "catalog", rec.SizeBytes, "file", ev.Size())
 		rec.SizeBytes = ev.Size()
@@ -555,12 +596,15 @@ func (s *Service) saveWriteCache(volume string, on bool) error {
 	return nil
 }
 
-// Volume returns a volume's record.
+// Volume returns a volume's record, also for an offline volume.
 func (s *Service) Volume(name string) (catalog.Volume, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	lv, ok := s.volumes[name]
 	if !ok {
+		if off, ok := s.offline[name]; ok {
+			return off.rec, nil
+		}
 		return catalog.Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
 	return lv.rec, nil
@@ -572,18 +616,25 @@ func (s *Service) EngineVolume(name string) (engine.Volume, error) {
 	defer s.mu.RUnlock()
 	lv, ok := s.volumes[name]
 	if !ok {
+		if err := s.offlineErrLocked(name); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
 	return base(lv.vol), nil
 }
 
-// Volumes lists every volume's record, sorted by name.
+// Volumes lists every volume's record, offline ones included, sorted by
+// name.
 func (s *Service) Volumes() []catalog.Volume {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]catalog.Volume, 0, len(s.volumes))
+	out := make([]catalog.Volume, 0, len(s.volumes)+len(s.offline))
 	for _, lv := range s.volumes {
 		out = append(out, lv.rec)
+	}
+	for _, off := range s.offline {
+		out = append(out, off.rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -591,13 +642,18 @@ func (s *Service) Volumes() []catalog.Volume {
 
 // DeleteVolume closes and removes a volume and its data file. A volume
 // mapped by a target is refused with ErrInUse unless force is set, in which
-// case its mappings are removed first.
+// case its mappings are removed first. An offline volume is deleted the
+// same way (whatever is left of its files goes).
 func (s *Service) DeleteVolume(name string, force bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lv, ok := s.volumes[name]
 	if !ok {
-		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		off, ok := s.offline[name]
+		if !ok {
+			return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		}
+		lv = &liveVolume{rec: off.rec}
 	}
 	var mappedBy []string
 	err := s.cat.Update(func(tx *catalog.Tx) error {
@@ -626,15 +682,18 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 	for _, iqn := range mappedBy {
 		lt := s.targets[strings.ToLower(iqn)]
 		for _, l := range lt.rec.LUNs {
-			if l.Volume == name {
+			if l.Volume == name && lv.vol != nil {
 				lt.scsi.RemoveLUN(l.LUN)
 			}
 		}
 		lt.rec.LUNs = dropVolume(lt.rec.LUNs, name)
 	}
 	delete(s.volumes, name)
-	if err := lv.vol.Close(); err != nil {
-		s.log.Warn("closing deleted volume", "volume", name, "err", err)
+	delete(s.offline, name)
+	if lv.vol != nil {
+		if err := lv.vol.Close(); err != nil {
+			s.log.Warn("closing deleted volume", "volume", name, "err", err)
+		}
 	}
 	if err := s.removeFiles(lv.rec); err != nil {
 		return err

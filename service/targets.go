@@ -172,6 +172,12 @@ func (s *Service) buildTarget(rec catalog.Target) (*liveTarget, error) {
 	for _, l := range rec.LUNs {
 		lv, ok := s.volumes[l.Volume]
 		if !ok {
+			if _, off := s.offline[l.Volume]; off {
+				// Not served (the LUN is absent) until RecheckVolume
+				// brings the volume back.
+				s.log.Warn("LUN left out: its volume is offline", "target", rec.IQN, "lun", l.LUN, "volume", l.Volume)
+				continue
+			}
 			return nil, fmt.Errorf("target %q LUN %d: volume %q: %w", rec.IQN, l.LUN, l.Volume, ErrNotFound)
 		}
 		if err := st.AddLUN(l.LUN, lv.lu); err != nil {
@@ -242,7 +248,7 @@ func (s *Service) MapLUN(iqn string, lun uint64, volume string) error {
 	}
 	lv, ok := s.volumes[volume]
 	if !ok {
-		return fmt.Errorf("volume %q: %w", volume, ErrNotFound)
+		return s.missingLocked(volume)
 	}
 	for _, l := range lt.rec.LUNs {
 		if l.LUN == lun {
@@ -273,9 +279,12 @@ func (s *Service) UnmapLUN(iqn string, lun uint64) error {
 	}
 	rec := lt.rec
 	rec.LUNs = nil
+	var volume string
 	for _, l := range lt.rec.LUNs {
 		if l.LUN != lun {
 			rec.LUNs = append(rec.LUNs, l)
+		} else {
+			volume = l.Volume
 		}
 	}
 	if len(rec.LUNs) == len(lt.rec.LUNs) {
@@ -283,6 +292,12 @@ func (s *Service) UnmapLUN(iqn string, lun uint64) error {
 	}
 	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutTarget(rec) }); err != nil {
 		return err
+	}
+	// An offline volume's LUN was never added to the live target.
+	if _, off := s.offline[volume]; off {
+		lt.rec = rec
+		s.log.Info("unmapped LUN of an offline volume", "target", rec.IQN, "lun", lun, "volume", volume)
+		return nil
 	}
 	if err := lt.scsi.RemoveLUN(lun); err != nil {
 		return fmt.Errorf("target %q: %w", rec.IQN, err)

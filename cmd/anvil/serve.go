@@ -74,8 +74,9 @@ func serve(cfg *config.Config) error {
 			FlushInterval: cfg.Engine.FlushInterval,
 			UndoSize:      cfg.Engine.UndoSize,
 		},
-		DefaultBackend: cfg.Volume.DefaultBackend,
-		Logger:         log,
+		DefaultBackend:   cfg.Volume.DefaultBackend,
+		SpaceWarnPercent: cfg.Volume.SpaceWarnPercent,
+		Logger:           log,
 	})
 	if err != nil {
 		return err

@@ -25,7 +25,7 @@ func newVolumeCmd() *cobra.Command {
 	cmd.AddCommand(
 		volumeListCmd(&cf), volumeShowCmd(&cf), volumeCreateCmd(&cf), volumeResizeCmd(&cf),
 		volumeSetCmd(&cf), volumeDeleteCmd(&cf), volumeImportCmd(&cf),
-		volumeFaultsCmd(&cf), volumeClearErrorCmd(&cf),
+		volumeFaultsCmd(&cf), volumeClearErrorCmd(&cf), volumeRecheckCmd(&cf),
 	)
 	return cmd
 }
@@ -88,6 +88,12 @@ func volumeShowCmd(cf *clientFlags) *cobra.Command {
 			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintf(tw, "Name:\t%s\nSize:\t%s (%d bytes)\nBlock size:\t%d\nWrite cache:\t%s\nRead-only:\t%v\n", v.Name, humanSize(v.SizeBytes), v.SizeBytes, v.BlockSize, onOff(v.WriteCache), v.ReadOnly)
 			fmt.Fprintf(tw, "Backend:\t%s\nPath:\t%s\nSerial:\t%s\nNAA:\t%s\nCreated:\t%s\nMapped by:\t%s\n", v.Backend, v.Path, v.Serial, v.NAA, v.Created.Format(time.RFC3339), orDash(strings.Join(v.MappedBy, ", ")))
+			if v.State != "" && v.State != "online" {
+				fmt.Fprintf(tw, "State:\t%s (%s)\n", v.State, v.Reason)
+			}
+			if v.Error != "" {
+				fmt.Fprintf(tw, "Error:\t%s\n", v.Error)
+			}
 			if st := v.Stats; st != nil {
 				fmt.Fprintf(tw, "Reads:\t%d (%s)\nWrites:\t%d (%s)\nFlushes:\t%d\nUnmaps:\t%d\n", st.Read.Ops, humanSize(int64(st.Read.Bytes)), st.Write.Ops, humanSize(int64(st.Write.Bytes)), st.Flush.Ops, st.Unmap.Ops)
 				if st.DirtyBytes != nil {
@@ -147,16 +153,18 @@ func volumeCreateCmd(cf *clientFlags) *cobra.Command {
 // (and Anvil) against a failing disk.
 func volumeFaultsCmd(cf *clientFlags) *cobra.Command {
 	var rate int
+	var errName string
 	var seed uint64
 	cmd := &cobra.Command{
 		Use:   "faults NAME --rate N [--seed S]",
 		Short: "Fail N of every 10,000 backing I/Os with EIO (seeded, repeatable); --rate 0 stops",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return volumeRequest(cmd, cf, http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed})
+			return volumeRequest(cmd, cf, http.MethodPut, "/volumes/"+url.PathEscape(args[0])+"/faults", api.FaultRequest{Rate: rate, Seed: seed, Error: errName})
 		},
 	}
 	cmd.Flags().IntVar(&rate, "rate", 0, "failures per 10,000 backing I/Os (0..10000)")
+	cmd.Flags().StringVar(&errName, "error", "eio", "failure to inject: eio (any I/O) or enospc (writes, as on a full file system)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the failure pattern")
 	cmd.MarkFlagRequired("rate")
 	return cmd
@@ -170,6 +178,18 @@ func volumeClearErrorCmd(cf *clientFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return volumeRequest(cmd, cf, http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/clear-error", nil)
+		},
+	}
+}
+
+// volumeRecheckCmd brings an offline volume back once its files are restored.
+func volumeRecheckCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "recheck NAME",
+		Short: "Check an offline volume's files again and serve it if they match the catalog",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return volumeRequest(cmd, cf, http.MethodPost, "/volumes/"+url.PathEscape(args[0])+"/recheck", nil)
 		},
 	}
 }

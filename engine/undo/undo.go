@@ -76,6 +76,11 @@ var (
 	ErrNoHeader = errors.New("undo: no valid FIFO header")
 	// ErrFull: an epoch's records would overrun the ring.
 	ErrFull = errors.New("undo: epoch does not fit in the FIFO")
+	// ErrUncertain: one header slot is garbled and the other leaves one
+	// epoch's records live, so recovery cannot tell whether that epoch
+	// was committed (the garbled slot held the newer header) or not (it
+	// held the older one). Recover then changes nothing.
+	ErrUncertain = errors.New("undo: cannot tell whether the newest epoch was committed")
 )
 
 // Device is the storage the FIFO lives on.
@@ -103,6 +108,10 @@ type FIFO struct {
 	start     uint64 // logical position of the first live record
 	maxPay    int64
 	scratch   []byte // record buffer reused by successive batches
+	// suspect names the header slot that Open found garbled (neither a
+	// valid header nor blank); it may have held a newer generation than
+	// the header in use. Empty once a header has been rewritten over it.
+	suspect string
 }
 
 // Create formats dev as an empty FIFO whose last committed epoch is 0.
@@ -126,6 +135,7 @@ func Create(dev Device) (*FIFO, error) {
 // Open reads the FIFO header from dev. It does not recover; call Recover.
 func Open(dev Device) (*FIFO, error) {
 	var best *header
+	var suspect string
 	buf := make([]byte, SectorSize)
 	for slot := int64(0); slot < 2; slot++ {
 		if _, err := dev.ReadAt(buf, slot*slotSize); err != nil {
@@ -135,6 +145,9 @@ func Open(dev Device) (*FIFO, error) {
 		if ok && (best == nil || h.gen > best.gen) {
 			best = &h
 		}
+		if !ok && !allZero(buf) {
+			suspect = fmt.Sprintf("header slot %d is garbled", slot)
+		}
 	}
 	if best == nil {
 		return nil, ErrNoHeader
@@ -142,9 +155,18 @@ func Open(dev Device) (*FIFO, error) {
 	if best.ringSize <= 0 || RingOffset+best.ringSize > dev.Size() || best.ringSize%SectorSize != 0 {
 		return nil, fmt.Errorf("undo: header ring size %d does not fit a %d-byte file", best.ringSize, dev.Size())
 	}
-	f := &FIFO{dev: dev, ringSize: best.ringSize, gen: best.gen, committed: best.committed, start: best.start}
+	f := &FIFO{dev: dev, ringSize: best.ringSize, gen: best.gen, committed: best.committed, start: best.start, suspect: suspect}
 	f.setMaxPayload()
 	return f, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *FIFO) setMaxPayload() {
@@ -559,13 +581,25 @@ type RecoveryResult struct {
 	Bytes int64
 	// Epoch is the epoch that was rolled back (0 if none).
 	Epoch uint64
+	// Kept is the number of live epochs recovery found complete in place
+	// and kept instead of rolling them back.
+	Kept int
 }
 
 // Recover rolls back the uncommitted epoch, if any: it applies the live
-// records newest-first to target (data records are written back, hole
-// records punched), stopping the scan at the first torn or foreign record,
-// syncs target, and then durably resets the FIFO past them. Every step is
-// idempotent, so a crash during Recover is repaired by the next Recover.
+// records of the newest live epoch newest-first to target (data records are
+// written back, hole records punched), stopping the scan at the first torn
+// or foreign record, syncs target, and then durably resets the FIFO past
+// them. Every step is idempotent, so a crash during Recover is repaired by
+// the next Recover.
+//
+// Live records of an older epoch than the newest are kept, not applied: an
+// epoch's successor writes records only after the epoch's data is durable
+// in place and its header advance has been issued, so that epoch is whole
+// on the device, and it may have been acknowledged by a header that was
+// since lost. When a header slot is garbled and only one epoch is live,
+// recovery cannot tell which of the two happened and returns ErrUncertain
+// without touching target or the FIFO.
 func (f *FIFO) Recover(target Target) (RecoveryResult, error) {
 	var recs []record
 	var res RecoveryResult
@@ -584,8 +618,21 @@ func (f *FIFO) Recover(target Target) (RecoveryResult, error) {
 		}
 		res.Epoch = max(res.Epoch, r.epoch)
 	}
-	for i := len(recs) - 1; i >= 0; i-- {
-		r := recs[i]
+	var undo []record
+	var prev uint64
+	for _, r := range recs {
+		if r.epoch == res.Epoch {
+			undo = append(undo, r)
+		} else if r.epoch != prev {
+			res.Kept++
+			prev = r.epoch
+		}
+	}
+	if len(undo) > 0 && res.Kept == 0 && f.suspect != "" {
+		return RecoveryResult{}, fmt.Errorf("%w: %s and epoch %d (after committed epoch %d) has live undo records; it may have been committed and acknowledged or not, so the data was left as it is", ErrUncertain, f.suspect, res.Epoch, f.committed)
+	}
+	for i := len(undo) - 1; i >= 0; i-- {
+		r := undo[i]
 		switch r.kind {
 		case KindData:
 			if _, err := target.WriteAt(r.data, r.off); err != nil {
@@ -599,16 +646,22 @@ func (f *FIFO) Recover(target Target) (RecoveryResult, error) {
 		}
 		res.Records++
 	}
-	if len(recs) > 0 {
+	if len(undo) > 0 {
 		if err := target.Sync(); err != nil {
 			return res, fmt.Errorf("undo: sync restored data: %w", err)
 		}
 	}
 	// Burn the rolled-back epoch number (and any epoch whose records might
 	// linger past a torn one) so that no leftover record can ever be taken
-	// for a live one again.
+	// for a live one again. Kept epochs become committed. The new header
+	// goes to the slot the header in use does not occupy, over a garbled
+	// one.
 	if err := f.writeHeader(max(f.committed+1, res.Epoch), pos); err != nil {
 		return res, err
+	}
+	f.suspect = ""
+	if len(undo) == 0 {
+		res.Epoch = 0
 	}
 	return res, nil
 }

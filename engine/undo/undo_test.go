@@ -332,3 +332,108 @@ func TestLargeBatchStartsWriteback(t *testing.T) {
 		end = off + n
 	}
 }
+
+// garbleSlot overwrites a header slot with bytes that are neither a valid
+// header nor blank, as a bad sector or a stray write would.
+func garbleSlot(dev *memDev, slot uint64) {
+	copy(dev.b[int64(slot%2)*slotSize:], fill(SectorSize, 0x5a))
+}
+
+// TestGarbledNewerHeaderDoesNotRollBackCommittedEpoch: epoch 2 is
+// committed (its header is durable), then its header slot is garbled.
+// The older slot still says epoch 1 and epoch 2's records are still in the
+// ring; recovery must not take them for an uncommitted epoch and roll back
+// acknowledged data. It cannot tell whether the garbled slot was the newer
+// one, so it refuses with ErrUncertain and leaves the data alone.
+func TestGarbledNewerHeaderDoesNotRollBackCommittedEpoch(t *testing.T) {
+	fdev := newMem(MinSize * 4)
+	f, err := Create(fdev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := newMem(1 << 20)
+	if err := writeEpoch(t, f, data, 1, [][2]int64{{0, 4096}}, nil).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeEpoch(t, f, data, 2, [][2]int64{{0, 16384}, {131072, 8192}}, nil).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	committed := append([]byte(nil), data.b...)
+	garbleSlot(fdev, f.gen)
+	ringBefore := append([]byte(nil), fdev.b...)
+
+	f2, err := Open(fdev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f2.Committed() != 1 {
+		t.Fatalf("test setup: the surviving header says epoch %d, want 1", f2.Committed())
+	}
+	_, err = f2.Recover(data)
+	if !errors.Is(err, ErrUncertain) {
+		t.Fatalf("Recover = %v, want ErrUncertain", err)
+	}
+	if !bytes.Equal(data.b, committed) {
+		t.Fatal("recovery rolled back the committed epoch 2")
+	}
+	if !bytes.Equal(fdev.b, ringBefore) {
+		t.Fatal("an uncertain recovery changed the FIFO")
+	}
+}
+
+// TestGarbledHeaderWithChainedEpochKeepsCommittedOne: epoch 2's header
+// advance and epoch 3's records shared a sync and epoch 3 went in place;
+// then epoch 2's header slot is garbled. Epoch 3's records prove epoch 2
+// is whole in place, so recovery keeps epoch 2 and rolls back only 3.
+func TestGarbledHeaderWithChainedEpochKeepsCommittedOne(t *testing.T) {
+	for _, garble := range []bool{false, true} {
+		fdev := newMem(MinSize * 4)
+		f, err := Create(fdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := newMem(1 << 20)
+		copy(data.b, fill(len(data.b), 3))
+		b1 := writeEpoch(t, f, data, 2, [][2]int64{{0, 8192}, {65536, 4096}}, nil)
+		after2 := append([]byte(nil), data.b...)
+		oldHeader := append([]byte(nil), fdev.b[int64((f.gen+1)%2)*slotSize:][:SectorSize]...)
+		b2 := b1.Next(3)
+		p, err := b2.AppendData(4096, 8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(p, data.b[4096:4096+8192])
+		if err := b1.CommitWith(b2); err != nil {
+			t.Fatal(err)
+		}
+		copy(data.b[4096:], fill(8192, 77)) // epoch 3 in place, uncommitted
+		if garble {
+			garbleSlot(fdev, f.gen)
+		} else {
+			// The header write of the shared sync was lost, its records
+			// were not.
+			copy(fdev.b[int64(f.gen%2)*slotSize:], oldHeader)
+		}
+		f2, err := Open(fdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := f2.Recover(data)
+		if err != nil {
+			t.Fatalf("garble=%v: %v", garble, err)
+		}
+		if !bytes.Equal(data.b, after2) {
+			t.Fatalf("garble=%v: recovery did not restore the state after epoch 2", garble)
+		}
+		if res.Kept != 1 || res.Epoch != 3 {
+			t.Fatalf("garble=%v: kept %d epochs and rolled back %d, want 1 and 3", garble, res.Kept, res.Epoch)
+		}
+		f3, err := Open(fdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f3.Committed() != 3 || f3.suspect != "" {
+			t.Fatalf("garble=%v: after recovery committed=%d suspect=%q, want 3 and none", garble, f3.Committed(), f3.suspect)
+		}
+	}
+}

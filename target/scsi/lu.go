@@ -174,6 +174,14 @@ func (lu *LogicalUnit) CapacityChanged() {
 	lu.broadcastUA(nil, ascCapacityDataChanged)
 }
 
+// SoftThresholdReached establishes a THIN PROVISIONING SOFT THRESHOLD
+// REACHED unit attention for every I_T nexus that knows the logical unit
+// (SBC-4 4.7.3.7.3). Call it once each time the space backing a thin
+// volume crosses its warning threshold.
+func (lu *LogicalUnit) SoftThresholdReached() {
+	lu.broadcastUA(nil, ascSoftThresholdReached)
+}
+
 // broadcastUA queues asc for every known nexus except skip.
 func (lu *LogicalUnit) broadcastUA(skip *Nexus, asc uint16) {
 	lu.nexuses.Range(func(k, v any) bool {

@@ -38,7 +38,7 @@ func (x *task) checkRange(lba, n uint64) error {
 // checkWritable fails with DATA PROTECT when the volume refuses writes.
 func (x *task) checkWritable() error {
 	if x.lu.vol.ReadOnly() {
-		return errWriteProtect
+		return writeProtectErr(x.lu.vol)
 	}
 	if x.lu.swp.Load() {
 		return errSWP

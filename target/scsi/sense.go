@@ -35,6 +35,8 @@ const (
 	ascParameterNotSupported   uint16 = 0x2601
 	ascWriteProtected          uint16 = 0x2700
 	ascSoftwareWriteProtected  uint16 = 0x2702
+	ascSpaceAllocFailedWP      uint16 = 0x2707
+	ascSoftThresholdReached    uint16 = 0x3807
 	ascPowerOnReset            uint16 = 0x2900
 	ascPowerOnOccurred         uint16 = 0x2901
 	ascBusReset                uint16 = 0x2902
@@ -97,6 +99,7 @@ var (
 	errLUNotSupp     = newCC(SenseIllegalRequest, ascLUNotSupported)
 	errWriteProtect  = newCC(SenseDataProtect, ascWriteProtected)
 	errSWP           = newCC(SenseDataProtect, ascSoftwareWriteProtected)
+	errNoSpace       = newCC(SenseDataProtect, ascSpaceAllocFailedWP)
 	errReadMedium    = newCC(SenseMediumError, ascUnrecoveredReadError)
 	errWriteMedium   = newCC(SenseMediumError, ascWriteError)
 	errInternal      = newCC(SenseHardwareError, ascInternalTargetFailure)

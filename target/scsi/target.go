@@ -275,6 +275,10 @@ func (x *task) fail(err error) Result {
 	case errors.As(err, &cc):
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Result{Status: StatusTaskAborted, TransferLength: x.res.TransferLength}
+	case engine.IsNoSpace(err):
+		// A thin volume's file system is full (SBC-4 4.7.3.7): not a
+		// medium fault, and the initiator can tell the two apart.
+		cc = errNoSpace
 	case errors.Is(err, engine.ErrReadOnly):
 		cc = errWriteProtect
 	case errors.Is(err, engine.ErrOutOfRange):
@@ -297,6 +301,16 @@ func (x *task) fail(err error) Result {
 	}
 	desc := x.lu != nil && x.lu.dsense.Load()
 	return Result{Status: StatusCheckCondition, Sense: cc.sense(desc), TransferLength: x.res.TransferLength}
+}
+
+// writeProtectErr is the DATA PROTECT a read-only volume answers writes
+// with: SPACE ALLOCATION FAILED WRITE PROTECT when a commit that ran out of
+// space froze it, WRITE PROTECTED otherwise.
+func writeProtectErr(vol engine.Volume) *checkCondition {
+	if err := engine.FrozenErr(vol); err != nil && engine.IsNoSpace(err) {
+		return errNoSpace
+	}
+	return errWriteProtect
 }
 
 // isRead reports whether the command only reads the medium, so that a
