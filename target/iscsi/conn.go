@@ -176,6 +176,10 @@ func (c *conn) serve() {
 		c.bg.Add(1)
 		go c.keepAlive()
 	}
+	if !c.sess.discovery {
+		c.bg.Add(1)
+		go c.watchDataOut()
+	}
 	err := c.readLoop()
 	if err != nil && !c.isClosed() && !errors.Is(err, io.EOF) {
 		c.log.Info("iscsi: connection error", "tsih", c.sess.tsih, "err", err.Error())
