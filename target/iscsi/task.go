@@ -72,9 +72,9 @@ type task struct {
 	dseq  uint64
 	gated bool
 
-	reserved    atomic.Int64 // Data-Out bytes reserved against the session's and server's budgets
+	reserved    atomic.Int64  // Data-Out bytes reserved against the session's and server's budgets
 	progress    atomic.Uint32 // Data-Out PDUs placed, for the stall watchdog
-	holdsSlot   bool         // under session.mu
+	holdsSlot   bool          // under session.mu
 	slotOnce    sync.Once
 	finishOnce  sync.Once
 	ctx         context.Context
