@@ -14,6 +14,8 @@ import (
 type resources struct {
 	// dataOut is the Data-Out buffer memory reserved by all live tasks.
 	dataOut atomic.Int64
+	// holders counts the initiator addresses holding Data-Out buffers.
+	holders atomic.Int64
 
 	refusedTotal   atomic.Uint64
 	refusedPerAddr atomic.Uint64
@@ -84,7 +86,7 @@ func (s *Server) overLimit(addr string) string {
 	case len(s.conns) >= s.cfg.MaxConnections:
 		s.res.refusedTotal.Add(1)
 		return "max_connections"
-	case s.perAddr[addr] >= s.cfg.MaxConnectionsPerAddress:
+	case s.peers[addr] != nil && s.peers[addr].conns >= s.cfg.MaxConnectionsPerAddress:
 		s.res.refusedPerAddr.Add(1)
 		return "max_connections_per_address"
 	}
@@ -102,34 +104,57 @@ func (s *Server) refuse(addr, limit string) {
 	}
 }
 
-// reserveDataOut reserves n bytes of Data-Out buffer for a new write of
-// session ss against the session's and the server's bounds. It reports
-// false, reserving nothing, if either is exceeded.
-func (s *Server) reserveDataOut(ss *session, n int64) bool {
-	held := ss.dataOut.Add(n) - n
-	if held+n > s.cfg.MaxSessionDataOut {
+// peer is the accounting for one initiator IP address.
+type peer struct {
+	conns   int          // under Server.mu
+	dataOut atomic.Int64 // Data-Out buffer memory its tasks hold
+}
+
+// reserveDataOut reserves n bytes of Data-Out buffer for a new write on
+// connection c of session ss against the session's and the server's
+// bounds. It reports false, reserving nothing, if they are exceeded.
+//
+// Up to MaxDataOut every write that fits is admitted. Past it, and up to a
+// quarter more, only initiator addresses that would still hold less than
+// an equal share of MaxDataOut among the addresses holding buffers get
+// in: a host whose sessions never finish their writes fills the bound,
+// then gets TASK SET FULL, while the other hosts' writes go on.
+func (s *Server) reserveDataOut(c *conn, ss *session, n int64) bool {
+	if ss.dataOut.Add(n) > s.cfg.MaxSessionDataOut {
 		ss.dataOut.Add(-n)
 		s.res.dataOutFull.Add(1)
 		return false
 	}
 	limit := s.cfg.MaxDataOut
-	if held == 0 {
-		// A session holding nothing may use the reserve: sessions that
-		// keep the budget full with writes they never finish must not
-		// starve one that writes a command at a time.
-		limit += limit / 4
+	p := c.peer
+	if total := s.res.dataOut.Add(n); total > limit {
+		ok := false
+		if total <= limit+limit/4 {
+			held := p.dataOut.Load()
+			holders := s.res.holders.Load()
+			if held == 0 {
+				holders++
+			}
+			ok = held+n <= limit/max(holders, 1)
+		}
+		if !ok {
+			s.res.dataOut.Add(-n)
+			ss.dataOut.Add(-n)
+			s.res.dataOutFull.Add(1)
+			return false
+		}
 	}
-	if s.res.dataOut.Add(n) > limit {
-		s.res.dataOut.Add(-n)
-		ss.dataOut.Add(-n)
-		s.res.dataOutFull.Add(1)
-		return false
+	if p.dataOut.Add(n) == n {
+		s.res.holders.Add(1)
 	}
 	return true
 }
 
 // releaseDataOut returns a reservation made by reserveDataOut.
-func (s *Server) releaseDataOut(ss *session, n int64) {
+func (s *Server) releaseDataOut(c *conn, ss *session, n int64) {
+	if c.peer.dataOut.Add(-n) == 0 {
+		s.res.holders.Add(-1)
+	}
 	ss.dataOut.Add(-n)
 	s.res.dataOut.Add(-n)
 }

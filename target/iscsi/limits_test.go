@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -169,16 +170,16 @@ func withholdWrite(t *testing.T, c *client) uint32 {
 
 var withholdKeys = []string{"InitialR2T=Yes", "ImmediateData=No", "MaxBurstLength=65536", "MaxRecvDataSegmentLength=8192"}
 
-// TestDataOutGlobalBudget: sessions that never finish their writes fill
-// the server-wide Data-Out budget; past it their new writes get TASK SET
-// FULL although each is far below its own session bound, while a session
-// that holds nothing still gets its write through.
+// TestDataOutGlobalBudget: sessions from one host that never finish their
+// writes fill the server-wide Data-Out budget; past it their new writes
+// get TASK SET FULL although each is far below its own session bound,
+// while another host's session still writes and reads back.
 func TestDataOutGlobalBudget(t *testing.T) {
 	const budget = 256 << 10
 	ts := startServer(t, Config{NopInterval: -1, MaxTransferLength: 64 << 10, MaxSessionDataOut: 1 << 20, MaxDataOut: budget})
 	var hostile []*client
 	for i := 0; i < 4; i++ {
-		c := dial(t, ts.addr)
+		c := dialClientFrom(t, "127.0.0.1", ts.addr)
 		c.isid[5] = byte(10 + i)
 		c.login(testIQN, withholdKeys...)
 		withholdWrite(t, c)
@@ -188,29 +189,72 @@ func TestDataOutGlobalBudget(t *testing.T) {
 	for i, c := range hostile {
 		h := c.scsiCmd(cdb10(0x2a, 0, 128), false, true, true, 64<<10)
 		c.send(h, nil, nil)
-		if r := c.readResponse(h.itt()); r.status != byte(scsi.StatusTaskSetFull) || len(r.r2ts) != 0 {
+		if r := c.readResponseOrR2T(h.itt()); r.status != byte(scsi.StatusTaskSetFull) || len(r.r2ts) != 0 {
 			t.Fatalf("session %d: second write got status %#x and %d R2Ts, want TASK SET FULL past the server's budget", i, r.status, len(r.r2ts))
 		}
 	}
-	if st := ts.srv.ResourceStats(); st.DataOutBytes > budget || st.DataOutFull != 4 {
-		t.Errorf("stats %+v, want at most %d bytes reserved and 4 writes refused", st, budget)
+	// A new session from the same host holds nothing, but its host holds
+	// the whole budget: refused too.
+	same := dialClientFrom(t, "127.0.0.1", ts.addr)
+	same.isid[5] = 20
+	same.login(testIQN, withholdKeys...)
+	h := same.scsiCmd(cdb10(0x2a, 0, 128), false, true, true, 64<<10)
+	same.send(h, nil, nil)
+	if r := same.readResponseOrR2T(h.itt()); r.status != byte(scsi.StatusTaskSetFull) {
+		t.Fatalf("new session of the host holding the budget: status %#x, %d R2Ts, want TASK SET FULL", r.status, len(r.r2ts))
 	}
-	// A session with nothing outstanding writes and reads back.
-	c := dial(t, ts.addr)
+	if st := ts.srv.ResourceStats(); st.DataOutBytes > budget || st.DataOutFull != 5 {
+		t.Errorf("stats %+v, want at most %d bytes reserved and 5 writes refused", st, budget)
+	}
+	// Another host writes and reads back, twice in a row.
+	c := dialClientFrom(t, "127.0.0.2", ts.addr)
 	c.isid[5] = 99
 	c.login(testIQN, withholdKeys...)
-	data := pattern(64<<10, 3)
-	if r := c.write(64, data, 8192); r.status != 0 {
-		t.Fatalf("write from an idle session: status %#x", r.status)
+	for i := 0; i < 2; i++ {
+		data := pattern(64<<10, byte(3+i))
+		if r := c.write(64, data, 8192); r.status != 0 {
+			t.Fatalf("write %d from another host: status %#x", i, r.status)
+		}
+		if r := c.read(64, 128); r.status != 0 || string(r.data) != string(data) {
+			t.Fatalf("read back %d: status %#x, equal %v", i, r.status, string(r.data) == string(data))
+		}
 	}
-	if r := c.read(64, 128); r.status != 0 || string(r.data) != string(data) {
-		t.Fatalf("read back: status %#x, equal %v", r.status, string(r.data) == string(data))
+	if st := ts.srv.ResourceStats(); st.DataOutBytes != budget {
+		t.Errorf("after the other host's writes %d bytes reserved, want the hostile %d", st.DataOutBytes, budget)
 	}
 	// Dropping the hostile sessions returns their reservations.
 	for _, h := range hostile {
 		h.nc.Close()
 	}
 	waitFor(t, func() bool { return ts.srv.ResourceStats().DataOutBytes == 0 }, "reservations to be returned")
+}
+
+// dialClientFrom is dial with the connection coming from loopback address
+// src.
+func dialClientFrom(t *testing.T, src, addr string) *client {
+	t.Helper()
+	nc := dialFrom(t, src, addr)
+	return &client{t: t, nc: nc, r: bufio.NewReader(nc), isid: [6]byte{0x80, 0, 0, 0, 0, 1}, itt: 1, cmdSN: 1, maxRecv: 1 << 24}
+}
+
+// readResponseOrR2T reads PDUs for itt until its status or an R2T arrives,
+// so that a test expecting a refusal fails rather than hangs when the
+// target solicits data instead.
+func (c *client) readResponseOrR2T(itt uint32) *response {
+	c.t.Helper()
+	for {
+		p := c.recv()
+		switch p.hdr.opcode() {
+		case opR2T:
+			return &response{r2ts: []*pdu{p}}
+		case opSCSIResp:
+			return &response{status: p.hdr[3], flags: p.hdr[1]}
+		case opNOPIn:
+			c.answerNOP(p)
+		default:
+			c.t.Fatalf("unexpected opcode %#x waiting for ITT %#x", p.hdr.opcode(), itt)
+		}
+	}
 }
 
 // TestDataOutStallTimeout: a write whose Data-Out stops for DataOutTimeout

@@ -150,9 +150,10 @@ type Config struct {
 	// may hold at once (default 256 MiB, at least MaxTransferLength): the
 	// per-session bound alone lets a few sessions that never send their
 	// last Data-Out pin gigabytes. A write past it is answered with TASK
-	// SET FULL, which initiators retry. A session that holds no buffer at
-	// all may go a quarter over the bound, so that an initiator writing at
-	// queue depth 1 still gets through while other sessions sit on theirs.
+	// SET FULL, which initiators retry. Past the bound, up to a quarter
+	// more is kept for initiator addresses holding less than an equal
+	// share of it, so that hosts whose sessions sit on their buffers
+	// cannot starve the others.
 	MaxDataOut int64
 	// DataOutTimeout is how long a write may wait for Data-Out (or for the
 	// commands ahead of it in CmdSN order) without any progress before its
@@ -307,7 +308,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]string // value: the peer's IP address
-	perAddr   map[string]int   // live connections by peer IP address
+	peers     map[string]*peer // by IP address, while it has connections
 	sessions  map[uint16]*session
 	nextTSIH  uint16
 	closing   bool
@@ -325,7 +326,7 @@ func NewServer(cfg Config, reg Registry) *Server {
 		log:       cfg.Logger.With("component", "iscsi"),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]string{},
-		perAddr:   map[string]int{},
+		peers:     map[string]*peer{},
 		sessions:  map[uint16]*session{},
 		nextTSIH:  1,
 	}
@@ -382,8 +383,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		c := newConn(s, nc)
+		p := s.peers[addr]
+		if p == nil {
+			p = &peer{}
+			s.peers[addr] = p
+		}
+		p.conns++
+		c.peer = p
 		s.conns[c] = addr
-		s.perAddr[addr]++
 		s.connWG.Add(1)
 		s.mu.Unlock()
 		go c.serve()
@@ -542,8 +549,10 @@ func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	if addr, ok := s.conns[c]; ok {
 		delete(s.conns, c)
-		if s.perAddr[addr]--; s.perAddr[addr] <= 0 {
-			delete(s.perAddr, addr)
+		if p := s.peers[addr]; p != nil {
+			if p.conns--; p.conns <= 0 {
+				delete(s.peers, addr)
+			}
 		}
 	}
 	s.mu.Unlock()

@@ -99,7 +99,7 @@ func (t *task) releaseSlot() {
 // releaseMem returns the task's Data-Out reservation once.
 func (t *task) releaseMem() {
 	if n := t.reserved.Swap(0); n != 0 {
-		t.sess.srv.releaseDataOut(t.sess, n)
+		t.sess.srv.releaseDataOut(t.c, t.sess, n)
 	}
 }
 
@@ -230,7 +230,7 @@ func (c *conn) handleSCSICmd() error {
 		t.precheck = checkCondition(0x05, 0x24, 0x00)
 	}
 	if t.precheck == nil && t.write && t.edtl > 0 {
-		if !c.srv.reserveDataOut(s, int64(t.edtl)) {
+		if !c.srv.reserveDataOut(c, s, int64(t.edtl)) {
 			t.precheck = &scsi.Result{Status: scsi.StatusTaskSetFull}
 		} else {
 			t.reserved.Store(int64(t.edtl))
