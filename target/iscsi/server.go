@@ -11,8 +11,10 @@
 // CHAP and mutual CHAP, CRC32C header and data digests, NOP-In keep-alive,
 // task management and session reinstatement. A malformed PDU gets a Reject
 // or closes its connection (session recovery at ERL 0); a broken Data-Out
-// sequence fails only its task with CHECK CONDITION. Nothing a peer sends
-// affects other sessions.
+// sequence fails only its task with CHECK CONDITION, and a stalled one
+// (Config.DataOutTimeout) closes its connection. Nothing a peer sends
+// affects other sessions. Connections, and the memory held for write data
+// not yet received, are bounded per initiator and server-wide.
 //
 // Each connection has one reader goroutine (login, then PDU dispatch), one
 // writer goroutine for queued PDUs (StatSN is assigned in wire order and
