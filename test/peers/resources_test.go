@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -180,6 +181,15 @@ func TestFDFloodUnderLowLimit(t *testing.T) {
 	run(t, d, "iscsi-readcapacity16", url)
 	if err := inquiryOK(established); err != nil {
 		t.Fatalf("established session after the flood: %v", err)
+	}
+	// The API went through the same descriptor shortage.
+	resp, err := http.Get("http://" + d.API + "/api/v1/health")
+	if err != nil {
+		t.Fatalf("API after the flood: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("API health after the flood: %s", resp.Status)
 	}
 	stopClean(t, d)
 }
