@@ -282,20 +282,20 @@ func TestDataOutStallTimeout(t *testing.T) {
 	withholdWrite(t, stall)
 	start := time.Now()
 
-	// The slow writer sends one PDU every timeout/2: 8 PDUs take twice
-	// the timeout.
+	// The slow writer sends one 4 KiB PDU every timeout/4: its 16 PDUs
+	// take four times the timeout.
 	slowDone := make(chan *response, 1)
 	go func() {
-		for i := uint32(0); i < 8; i++ {
-			time.Sleep(timeout / 2)
-			slow.dataOut(h.itt(), r2t.hdr.u32(20), i, i*8192, i == 7, data[i*8192:(i+1)*8192])
+		for i := uint32(0); i < 16; i++ {
+			time.Sleep(timeout / 4)
+			slow.dataOut(h.itt(), r2t.hdr.u32(20), i, i*4096, i == 15, data[i*4096:(i+1)*4096])
 		}
 		slowDone <- slow.readResponse(h.itt())
 	}()
 
 	stall.expectClosed()
-	if d := time.Since(start); d < timeout || d > 3*timeout {
-		t.Errorf("stalled connection dropped after %s, want between %s and %s", d, timeout, 3*timeout)
+	if d := time.Since(start); d < timeout || d > 5*timeout {
+		t.Errorf("stalled connection dropped after %s, want between %s and %s", d, timeout, 5*timeout)
 	}
 	// Only the slow writer's 64 KiB stays reserved.
 	waitFor(t, func() bool { return ts.srv.ResourceStats().DataOutBytes <= 64<<10 }, "the stalled write's buffer to be released")
@@ -307,7 +307,7 @@ func TestDataOutStallTimeout(t *testing.T) {
 		if r.status != 0 {
 			t.Fatalf("slow but steady write: status %#x", r.status)
 		}
-	case <-time.After(10 * timeout):
+	case <-time.After(20 * timeout):
 		t.Fatal("slow write never completed")
 	}
 	if got := ts.tgt.disk[8*512 : 8*512+64<<10]; string(got) != string(data) {
