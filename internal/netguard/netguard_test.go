@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -111,5 +112,53 @@ func TestLimiter(t *testing.T) {
 	ok, n := l.Allow()
 	if !ok || n != 5 {
 		t.Fatalf("Allow after the interval = %v, %d; want true, 5", ok, n)
+	}
+}
+
+// failFirst fails the first n accepts of a real listener with errno.
+type failFirst struct {
+	net.Listener
+	mu    sync.Mutex
+	n     int
+	errno syscall.Errno
+}
+
+func (f *failFirst) Accept() (net.Conn, error) {
+	f.mu.Lock()
+	fail := f.n > 0
+	f.n--
+	f.mu.Unlock()
+	if fail {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", f.errno)}
+	}
+	return f.Listener.Accept()
+}
+
+// TestHTTPServerKeepsServing: net/http gives up on accept errors it does
+// not consider temporary, such as ENOBUFS; behind a Listener it serves on.
+// This is why anvil serve wraps the API listener.
+func TestHTTPServerKeepsServing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(NewListener(&failFirst{Listener: ln, n: 3, errno: syscall.ENOBUFS}, quiet())) }()
+	defer srv.Close()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		select {
+		case serr := <-done:
+			t.Fatalf("GET: %v; Serve returned %v", err, serr)
+		default:
+			t.Fatalf("GET: %v", err)
+		}
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "ok" {
+		t.Fatalf("body %q", body)
 	}
 }
