@@ -144,7 +144,9 @@ func TestHTTPServerKeepsServing(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(NewListener(&failFirst{Listener: ln, n: 3, errno: syscall.ENOBUFS}, quiet())) }()
+	go func() {
+		done <- srv.Serve(NewListener(&failFirst{Listener: ln, n: 3, errno: syscall.ENOBUFS}, quiet()))
+	}()
 	defer srv.Close()
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + ln.Addr().String() + "/")
