@@ -105,7 +105,8 @@ func inquiryOK(r *rawConn) error {
 	return nil
 }
 
-// TestFDFloodUnderLowLimit runs the daemon with 256 file descriptors and
+// TestFDFloodUnderLowLimit runs the daemon with 256 file descriptors (hard
+// limit; the soft one starts at 128) and
 // floods it with 300 idle TCP connections, twice. From one address, the
 // per-address cap refuses most of them on accept, and libiscsi still logs
 // in during the flood. From five addresses, under the total cap, the
@@ -115,10 +116,11 @@ func inquiryOK(r *rawConn) error {
 // the flood is gone.
 func TestFDFloodUnderLowLimit(t *testing.T) {
 	harness.NeedTool(t, "iscsi-inq", "iscsi-readcapacity16", "prlimit")
-	d := harness.Start(t, harness.Options{Prefix: []string{"prlimit", "--nofile=256:256"}})
+	// Soft limit 128, hard 256: the daemon raises its soft limit to 256.
+	d := harness.Start(t, harness.Options{Prefix: []string{"prlimit", "--nofile=128:256"}})
 	url := lunURL(d)
 	if !strings.Contains(d.Log(), `msg="open file limit" soft=256 hard=256`) {
-		t.Fatalf("daemon did not log its 256 descriptor limit:\n%s", tail(d.Log(), 20))
+		t.Fatalf("daemon did not raise its descriptor limit to the hard limit 256:\n%s", tail(d.Log(), 20))
 	}
 
 	established, err := dialRaw(d.ISCSI)
