@@ -11,10 +11,10 @@ const fdReserve = 128
 
 // raiseFileLimit raises the soft RLIMIT_NOFILE to the hard limit, so that
 // connection floods meet the connection caps rather than EMFILE, and logs
-// the result. The Go runtime already does the same at start-up on Linux;
-// doing it here again keeps the daemon independent of that and puts the
-// limit in the log, next to a warning when the iSCSI connection cap does
-// not fit in it.
+// the result, with a warning when the iSCSI connection cap does not fit in
+// it. The syscall package already raises the soft limit at start-up, but
+// only to one below the hard limit (it uses that value to notice changes
+// made from outside), and only as an implementation detail.
 func raiseFileLimit(log *slog.Logger, maxConns int) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
