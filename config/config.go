@@ -50,6 +50,10 @@ var Settings = []Setting{
 	{Key: "iscsi.max_outstanding_r2t", Flag: "iscsi-max-outstanding-r2t", Default: 16, Usage: "R2Ts a task may have outstanding at once"},
 	{Key: "iscsi.nop_interval", Flag: "iscsi-nop-interval", Default: 30 * time.Second, Usage: "idle time before the target pings an initiator with NOP-In (0 disables)"},
 	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
+	{Key: "iscsi.max_connections", Flag: "iscsi-max-connections", Default: 1024, Usage: "TCP connections the portal keeps at once, counting those still logging in; more are closed on accept"},
+	{Key: "iscsi.max_connections_per_address", Flag: "iscsi-max-connections-per-address", Default: 64, Usage: "connections the portal keeps at once from one initiator IP address"},
+	{Key: "iscsi.data_out_budget", Flag: "iscsi-data-out-budget", Default: 0, Usage: "memory all sessions together may hold for write data not yet received, in bytes; past it writes get TASK SET FULL (0: a quarter of cache.size; at least 32 MiB)"},
+	{Key: "iscsi.data_out_timeout", Flag: "iscsi-data-out-timeout", Default: 30 * time.Second, Usage: "how long a write may wait for its Data-Out without progress before the connection is dropped"},
 	{Key: "cache.size", Flag: "cache-size", Default: 0, Usage: "buffer cache memory budget shared by all volumes, in bytes (0: the smaller of 1 GiB and a quarter of RAM)"},
 	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: half of cache.size)"},
 	{Key: "engine.flush_interval", Flag: "engine-flush-interval", Default: 5 * time.Second, Usage: "how often the flusher commits an open epoch of writes"},
@@ -110,6 +114,10 @@ type ISCSI struct {
 	MaxOutstandingR2T        int           `mapstructure:"max_outstanding_r2t"`
 	NopInterval              time.Duration `mapstructure:"nop_interval"`
 	NopTimeout               time.Duration `mapstructure:"nop_timeout"`
+	MaxConnections           int           `mapstructure:"max_connections"`
+	MaxConnectionsPerAddress int           `mapstructure:"max_connections_per_address"`
+	DataOutBudget            int64         `mapstructure:"data_out_budget"`
+	DataOutTimeout           time.Duration `mapstructure:"data_out_timeout"`
 }
 
 // API holds the REST API's settings.
@@ -216,6 +224,18 @@ func (c *Config) validate() error {
 	}
 	if n := c.ISCSI.MaxOutstandingR2T; n < 1 || n > 65535 {
 		return fmt.Errorf("config: iscsi.max_outstanding_r2t %d: must be 1..65535", n)
+	}
+	if n := c.ISCSI.MaxConnections; n < 1 {
+		return fmt.Errorf("config: iscsi.max_connections %d: must be at least 1", n)
+	}
+	if n := c.ISCSI.MaxConnectionsPerAddress; n < 1 || n > c.ISCSI.MaxConnections {
+		return fmt.Errorf("config: iscsi.max_connections_per_address %d: must be 1..max_connections", n)
+	}
+	if n := c.ISCSI.DataOutBudget; n != 0 && n < 32<<20 {
+		return fmt.Errorf("config: iscsi.data_out_budget %d: must be 0 (automatic) or at least 32 MiB (the largest write)", n)
+	}
+	if d := c.ISCSI.DataOutTimeout; d < 100*time.Millisecond {
+		return fmt.Errorf("config: iscsi.data_out_timeout %s: must be at least 100ms", d)
 	}
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
 		return errors.New("config: api.tls_cert and api.tls_key must be set together")

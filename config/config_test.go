@@ -107,3 +107,32 @@ func TestExplicitMissingConfigFileFails(t *testing.T) {
 		t.Fatal("missing --config file accepted")
 	}
 }
+
+func TestISCSIResourceLimits(t *testing.T) {
+	t.Chdir(t.TempDir())
+	c, _, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := c.ISCSI; i.MaxConnections != 1024 || i.MaxConnectionsPerAddress != 64 || i.DataOutBudget != 0 || i.DataOutTimeout != 30*time.Second {
+		t.Fatalf("iSCSI resource defaults = %+v", i)
+	}
+	t.Setenv("ANVIL_ISCSI_DATA_OUT_BUDGET", "67108864")
+	c, _, err = load(t, "--iscsi-max-connections", "10", "--iscsi-max-connections-per-address", "3", "--iscsi-data-out-timeout", "2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := c.ISCSI; i.MaxConnections != 10 || i.MaxConnectionsPerAddress != 3 || i.DataOutBudget != 64<<20 || i.DataOutTimeout != 2*time.Second {
+		t.Fatalf("iSCSI resource settings = %+v", i)
+	}
+	for _, args := range [][]string{
+		{"--iscsi-max-connections", "0"},
+		{"--iscsi-max-connections", "10", "--iscsi-max-connections-per-address", "11"},
+		{"--iscsi-data-out-budget", "1048576"},
+		{"--iscsi-data-out-timeout", "0s"},
+	} {
+		if _, _, err := load(t, args...); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}

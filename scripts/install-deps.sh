@@ -5,8 +5,9 @@ set -euo pipefail
 
 packages=(
   libiscsi-bin      # iscsi-test-cu, iscsi-ls, iscsi-inq, iscsi-readcapacity16
-  qemu-utils        # qemu-img: qemu's iSCSI client
+  qemu-utils        # qemu-img, qemu-io: qemu's iSCSI client
   qemu-block-extra  # the iscsi:// block driver qemu-img and qemu-io load (libiscsi)
+  util-linux        # prlimit: the fd-flood test runs the daemon with 256 descriptors
   qemu-system-x86   # boots the Linux guest whose open-iscsi initiator tests Anvil
   tgt               # Debian's userspace target, the peer bench/ compares against
   cpio              # packs the guest's initramfs

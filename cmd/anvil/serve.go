@@ -18,6 +18,7 @@ import (
 	"github.com/anvilproject/anvil/api"
 	"github.com/anvilproject/anvil/config"
 	"github.com/anvilproject/anvil/engine"
+	"github.com/anvilproject/anvil/internal/netguard"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
 )
@@ -58,12 +59,23 @@ func newLogger(c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
+// dataOutBudget is the iSCSI Data-Out budget: configured, or a quarter of
+// the cache's memory budget, so that write data in transit stays in
+// proportion to the memory the operator gave the daemon.
+func dataOutBudget(configured, cacheSize int64) int64 {
+	if configured > 0 {
+		return configured
+	}
+	return cacheSize / 4
+}
+
 // serve runs the daemon until SIGTERM or SIGINT, then shuts down in order:
 // stop accepting, let in-flight commands finish (aborting them at the
 // deadline), flush every volume, close the catalog.
 func serve(cfg *config.Config) error {
 	log := newLogger(cfg.Log)
 	slog.SetDefault(log)
+	raiseFileLimit(log, cfg.ISCSI.MaxConnections)
 
 	cache := engine.NewCache(engine.CacheOptions{Size: cfg.Cache.Size, DirtyLimit: cfg.Cache.DirtyLimit})
 	svc, err := service.Open(service.Options{
@@ -99,6 +111,10 @@ func serve(cfg *config.Config) error {
 		MaxOutstandingR2T:        uint32(cfg.ISCSI.MaxOutstandingR2T),
 		NopInterval:              cfg.ISCSI.NopInterval,
 		NopTimeout:               cfg.ISCSI.NopTimeout,
+		MaxConnections:           cfg.ISCSI.MaxConnections,
+		MaxConnectionsPerAddress: cfg.ISCSI.MaxConnectionsPerAddress,
+		MaxDataOut:               dataOutBudget(cfg.ISCSI.DataOutBudget, cache.Size()),
+		DataOutTimeout:           cfg.ISCSI.DataOutTimeout,
 		Logger:                   log.With("frontend", "iscsi"),
 	}, svc.ISCSIRegistry())
 	// An ACL, CHAP or target change drops the sessions it revokes.
@@ -123,6 +139,10 @@ func serve(cfg *config.Config) error {
 		iscsiLn.Close()
 		return fmt.Errorf("API listener: %w", err)
 	}
+	// net/http retries only the accept errors it deems temporary (EMFILE,
+	// ENFILE) and logs each retry; any other (ENOBUFS, ENOMEM) would stop
+	// the API and so the daemon.
+	apiLn = netguard.NewListener(apiLn, log.With("frontend", "api"))
 	httpSrv := &http.Server{
 		Handler:           api.New(api.Options{Service: svc, Sessions: portal, Token: token, Logger: log.With("frontend", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,

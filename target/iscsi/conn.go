@@ -60,9 +60,10 @@ func newOut(op uint8, flags uint8) *outPDU {
 // and coalesces flushes, or a task writing its own response while the
 // queue is empty (sendTask). StatSN is assigned under wmu, in wire order.
 type conn struct {
-	srv *Server
-	nc  net.Conn
-	log *slog.Logger
+	srv  *Server
+	nc   net.Conn
+	log  *slog.Logger
+	peer *peer // the initiator address's accounting, set by Serve
 
 	rd pduReader
 	pw pduWriter
@@ -175,6 +176,10 @@ func (c *conn) serve() {
 	if c.srv.cfg.NopInterval > 0 {
 		c.bg.Add(1)
 		go c.keepAlive()
+	}
+	if !c.sess.discovery {
+		c.bg.Add(1)
+		go c.watchDataOut()
 	}
 	err := c.readLoop()
 	if err != nil && !c.isClosed() && !errors.Is(err, io.EOF) {

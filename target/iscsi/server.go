@@ -11,8 +11,10 @@
 // CHAP and mutual CHAP, CRC32C header and data digests, NOP-In keep-alive,
 // task management and session reinstatement. A malformed PDU gets a Reject
 // or closes its connection (session recovery at ERL 0); a broken Data-Out
-// sequence fails only its task with CHECK CONDITION. Nothing a peer sends
-// affects other sessions.
+// sequence fails only its task with CHECK CONDITION, and a stalled one
+// (Config.DataOutTimeout) closes its connection. Nothing a peer sends
+// affects other sessions. Connections, and the memory held for write data
+// not yet received, are bounded per initiator and server-wide.
 //
 // Each connection has one reader goroutine (login, then PDU dispatch), one
 // writer goroutine for queued PDUs (StatSN is assigned in wire order and
@@ -35,6 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/anvilproject/anvil/internal/netguard"
 	"github.com/anvilproject/anvil/target/scsi"
 )
 
@@ -154,6 +157,30 @@ type Config struct {
 	// that would exceed it is answered with TASK SET FULL, so that one
 	// initiator cannot make the target allocate without limit.
 	MaxSessionDataOut int64
+	// MaxDataOut bounds the Data-Out buffer memory all sessions together
+	// may hold at once (default 256 MiB, at least MaxTransferLength): the
+	// per-session bound alone lets a few sessions that never send their
+	// last Data-Out pin gigabytes. A write past it is answered with TASK
+	// SET FULL, which initiators retry. Past the bound, up to a quarter
+	// more is kept for initiator addresses holding less than an equal
+	// share of it, so that hosts whose sessions sit on their buffers
+	// cannot starve the others.
+	MaxDataOut int64
+	// DataOutTimeout is how long a write may wait for Data-Out (or for the
+	// commands ahead of it in CmdSN order) without any progress before its
+	// connection is dropped, which frees its buffers (default 30 s). At
+	// ErrorRecoveryLevel 0 the target cannot ask for the data again
+	// (recovery R2Ts need ERL 1), so the RFC 7143 recovery left is
+	// session recovery: the initiator logs in again and retries.
+	DataOutTimeout time.Duration
+	// MaxConnections caps the TCP connections the server keeps at once,
+	// including those still logging in (default 1024). Connections past
+	// it are closed as soon as they are accepted.
+	MaxConnections int
+	// MaxConnectionsPerAddress caps the connections from one initiator IP
+	// address (default 64), so that one host cannot use up MaxConnections
+	// or the file descriptors.
+	MaxConnectionsPerAddress int
 	// NopInterval is how long a connection may stay silent before we ping
 	// the initiator with a NOP-In. Zero or negative disables keep-alive
 	// (anvil serve's configuration defaults it to 30 s).
@@ -208,6 +235,19 @@ func (c *Config) setDefaults() {
 		c.MaxSessionDataOut = 1 << 30
 	}
 	c.MaxSessionDataOut = max(c.MaxSessionDataOut, int64(c.MaxTransferLength))
+	if c.MaxDataOut <= 0 {
+		c.MaxDataOut = 256 << 20
+	}
+	c.MaxDataOut = max(c.MaxDataOut, int64(c.MaxTransferLength))
+	if c.DataOutTimeout <= 0 {
+		c.DataOutTimeout = 30 * time.Second
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 1024
+	}
+	if c.MaxConnectionsPerAddress <= 0 {
+		c.MaxConnectionsPerAddress = 64
+	}
 	if c.NopTimeout <= 0 {
 		c.NopTimeout = 30 * time.Second
 	}
@@ -285,44 +325,56 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
+	conns     map[*conn]string // value: the peer's IP address
+	peers     map[string]*peer // by IP address, while it has connections
 	sessions  map[uint16]*session
 	nextTSIH  uint16
 	closing   bool
 	connWG    sync.WaitGroup
+
+	res resources
 }
 
 // NewServer returns a Server for the targets in reg.
 func NewServer(cfg Config, reg Registry) *Server {
 	cfg.setDefaults()
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		reg:       reg,
 		log:       cfg.Logger.With("component", "iscsi"),
 		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+		conns:     map[*conn]string{},
+		peers:     map[string]*peer{},
 		sessions:  map[uint16]*session{},
 		nextTSIH:  1,
 	}
+	s.res.refuseLog.Interval = netguard.LogInterval
+	return s
 }
 
 // Serve accepts connections on ln until ln is closed or Shutdown is called.
+// Accept errors other than a closed listener (running out of file
+// descriptors, say) are logged and retried with backoff, never returned:
+// a client opening connections must not be able to stop the portal.
+// Connections over MaxConnections or MaxConnectionsPerAddress are closed
+// at once, before login.
 func (s *Server) Serve(ln net.Listener) error {
+	gl := netguard.NewListener(ln, s.log)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	s.listeners[gl] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.listeners, ln)
+		delete(s.listeners, gl)
 		s.mu.Unlock()
+		s.res.acceptErrors.Add(gl.Errors())
 	}()
-	var backoff time.Duration
 	for {
-		nc, err := ln.Accept()
+		nc, err := gl.Accept()
 		if err != nil {
 			s.mu.Lock()
 			closing := s.closing
@@ -330,26 +382,33 @@ func (s *Server) Serve(ln net.Listener) error {
 			if closing {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("iscsi: accept: %w", err)
 		}
-		backoff = 0
-		c := newConn(s, nc)
+		addr := peerIP(nc)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			nc.Close()
 			continue
 		}
-		s.conns[c] = struct{}{}
+		if why := s.overLimit(addr); why != "" {
+			s.mu.Unlock()
+			nc.Close()
+			s.refuse(addr, why)
+			continue
+		}
+		c := newConn(s, nc)
+		p := s.peers[addr]
+		if p == nil {
+			p = &peer{}
+			s.peers[addr] = p
+		}
+		p.conns++
+		c.peer = p
+		s.conns[c] = addr
 		s.connWG.Add(1)
 		s.mu.Unlock()
 		go c.serve()
@@ -535,7 +594,14 @@ func (s *Server) removeSession(ss *session) {
 
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
-	delete(s.conns, c)
+	if addr, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		if p := s.peers[addr]; p != nil {
+			if p.conns--; p.conns <= 0 {
+				delete(s.peers, addr)
+			}
+		}
+	}
 	s.mu.Unlock()
 	s.connWG.Done()
 }

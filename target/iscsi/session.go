@@ -50,7 +50,8 @@ type session struct {
 
 	// active counts registered tasks that have not finished.
 	active atomic.Int32
-	// dataOut is the Data-Out buffer memory reserved by live tasks.
+	// dataOut is the Data-Out buffer memory reserved by live tasks
+	// (Server.reserveDataOut).
 	dataOut atomic.Int64
 
 	mu    sync.Mutex

@@ -72,8 +72,9 @@ type task struct {
 	dseq  uint64
 	gated bool
 
-	reserved    atomic.Int64 // Data-Out bytes reserved against the session's budget
-	holdsSlot   bool         // under session.mu
+	reserved    atomic.Int64  // Data-Out bytes reserved against the session's and server's budgets
+	progress    atomic.Uint32 // Data-Out PDUs placed, for the stall watchdog
+	holdsSlot   bool          // under session.mu
 	slotOnce    sync.Once
 	finishOnce  sync.Once
 	ctx         context.Context
@@ -98,7 +99,7 @@ func (t *task) releaseSlot() {
 // releaseMem returns the task's Data-Out reservation once.
 func (t *task) releaseMem() {
 	if n := t.reserved.Swap(0); n != 0 {
-		t.sess.dataOut.Add(-n)
+		t.sess.srv.releaseDataOut(t.c, t.sess, n)
 	}
 }
 
@@ -229,8 +230,7 @@ func (c *conn) handleSCSICmd() error {
 		t.precheck = checkCondition(0x05, 0x24, 0x00)
 	}
 	if t.precheck == nil && t.write && t.edtl > 0 {
-		if s.dataOut.Add(int64(t.edtl)) > c.srv.cfg.MaxSessionDataOut {
-			s.dataOut.Add(-int64(t.edtl))
+		if !c.srv.reserveDataOut(c, s, int64(t.edtl)) {
 			t.precheck = &scsi.Result{Status: scsi.StatusTaskSetFull}
 		} else {
 			t.reserved.Store(int64(t.edtl))
@@ -388,6 +388,7 @@ func (c *conn) handleDataOut() error {
 			return err
 		}
 		t.received += n
+		t.progress.Add(1)
 		t.unsolDataSN++
 		if final || t.received == t.unsolLimit {
 			t.unsolActive = false
@@ -419,6 +420,7 @@ func (c *conn) handleDataOut() error {
 	r.got += n
 	r.dataSN++
 	t.received += n
+	t.progress.Add(1)
 	if r.got == r.length {
 		t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
 		c.issueR2Ts(t)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -79,6 +80,7 @@ type Daemon struct {
 	API     string // host:port of the REST API
 	Args    []string
 	Env     []string
+	Prefix  []string
 	cmd     *exec.Cmd
 	log     *os.File
 	LogPath string
@@ -94,13 +96,16 @@ type Options struct {
 	Env     []string // extra environment
 	ISCSI   string   // fixed iSCSI address (restart on the same port); empty means free port
 	API     string
+	// Prefix is a command the daemon runs under, e.g. {"prlimit",
+	// "--nofile=256:256"}; it must exec the daemon (same process).
+	Prefix []string
 }
 
 // Start runs the daemon and waits until its iSCSI portal accepts
 // connections. The daemon is killed when the test ends.
 func Start(t testing.TB, o Options) *Daemon {
 	t.Helper()
-	d := &Daemon{t: t, DataDir: o.DataDir, ISCSI: o.ISCSI, API: o.API, Args: o.Args, Env: o.Env}
+	d := &Daemon{t: t, DataDir: o.DataDir, ISCSI: o.ISCSI, API: o.API, Args: o.Args, Env: o.Env, Prefix: o.Prefix}
 	if d.DataDir == "" {
 		d.DataDir = t.TempDir()
 	}
@@ -126,6 +131,9 @@ func (d *Daemon) start() {
 	}
 	d.log, d.LogPath = logf, logf.Name()
 	cmd := exec.Command(bin, args...)
+	if len(d.Prefix) > 0 {
+		cmd = exec.Command(d.Prefix[0], append(append(slices.Clone(d.Prefix[1:]), bin), args...)...)
+	}
 	cmd.Env = append(os.Environ(), d.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -154,6 +162,14 @@ func (d *Daemon) start() {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("anvil did not listen on %s within 60s:\n%s", d.ISCSI, d.Log())
+}
+
+// PID returns the daemon's process ID, or 0 when it is not running.
+func (d *Daemon) PID() int {
+	if !d.Running() {
+		return 0
+	}
+	return d.cmd.Process.Pid
 }
 
 // Log returns what the daemon has written so far.
