@@ -23,6 +23,8 @@ echo "== crash simulator, long form"
 ANVIL_CRASH_ITERS=10000 go test -count=1 -run 'TestCrashConsistency' -timeout 30m ./engine/
 
 echo "== end-to-end tests against real peers"
+# test/peers' soak mixes hostile clients, API churn and verified I/O.
+export ANVIL_SOAK_DURATION="${ANVIL_SOAK_DURATION:-2m}"
 # One package at a time: each boots daemons, qemu guests or iscsi-test-cu,
 # and the machine has two cores.
 go test -count=1 -p 1 -timeout 60m ./test/...
