@@ -41,9 +41,14 @@ func statusOf(err error) (status int, field string) {
 	var ae *apiError
 	var fe *service.FieldError
 	var he *echo.HTTPError
+	var hp *service.HostPathError
 	switch {
 	case errors.As(err, &ae):
 		return ae.status, ae.field
+	case errors.As(err, &hp) && errors.Is(err, service.ErrInUse):
+		return http.StatusConflict, hp.Field
+	case errors.As(err, &hp):
+		return http.StatusForbidden, hp.Field
 	case errors.As(err, &fe):
 		return http.StatusBadRequest, fe.Field
 	case errors.Is(err, service.ErrNotFound), errors.Is(err, iscsi.ErrNoSession):

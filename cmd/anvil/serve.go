@@ -75,6 +75,8 @@ func serve(cfg *config.Config) error {
 			UndoSize:      cfg.Engine.UndoSize,
 		},
 		DefaultBackend: cfg.Volume.DefaultBackend,
+		ImportDirs:     cfg.Volume.ImportDirs,
+		BlockDevices:   cfg.Volume.BlockDevices,
 		Logger:         log,
 	})
 	if err != nil {
