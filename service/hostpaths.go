@@ -114,8 +114,10 @@ func (s *Service) resolveHostPath(field, p string, allowedLexically bool) (strin
 }
 
 // CheckBlockDevice resolves the device of a block volume and checks it
-// against volume.block_devices; it returns the resolved path, which is
-// what the volume records and opens.
+// against volume.block_devices. It returns the path the volume records
+// and opens: the path as given when an entry names it directly (so a
+// /dev/disk/by-id link stays stable across reboots), otherwise the
+// resolved device, so that a symlink elsewhere cannot be re-pointed later.
 func (s *Service) CheckBlockDevice(dev string) (string, error) {
 	if len(s.blockDevices) == 0 {
 		return "", notAllowed("device", "block volumes are disabled: volume.block_devices lists no devices")
@@ -130,6 +132,12 @@ func (s *Service) CheckBlockDevice(dev string) (string, error) {
 	st, err := os.Stat(r)
 	if err != nil || st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
 		return "", invalid("device", "%q: a block volume needs an existing block device", dev)
+	}
+	clean := filepath.Clean(dev)
+	for _, pat := range s.blockDevices {
+		if ok, _ := filepath.Match(pat, clean); ok {
+			return clean, nil
+		}
 	}
 	return r, nil
 }

@@ -106,8 +106,14 @@ func TestHTTPSDefault(t *testing.T) {
 	}
 	// The container's HEALTHCHECK form: the data directory from the
 	// environment, the address on loopback.
-	if out, errOut, err := c.run([]string{"ANVIL_DATA_DIR=" + d.DataDir}, "", "health", "--api", addr); err != nil || !strings.HasPrefix(out, "ok:") {
+	if out, errOut, err := c.run(nil, "", "health", "--api", addr, "--data-dir", d.DataDir); err != nil || !strings.HasPrefix(out, "ok:") {
 		t.Errorf("health over HTTPS: %v %s %s", err, out, errOut)
+	}
+	if out, errOut, err := c.run([]string{"ANVIL_DATA_DIR=" + d.DataDir}, "", "health", "--api", addr); err != nil || !strings.HasPrefix(out, "ok:") {
+		t.Errorf("health over HTTPS, data dir from the environment: %v %s %s", err, out, errOut)
+	}
+	if _, _, err := c.run(nil, "", "health", "--api", addr, "--data-dir", t.TempDir()); err == nil {
+		t.Errorf("health trusted an unknown certificate")
 	}
 	// A data directory without the certificate: verification fails.
 	token, _ := os.ReadFile(filepath.Join(d.DataDir, "api.token"))
