@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -89,7 +90,7 @@ func TestImportPathRefused(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	for _, c := range []struct {
+	for i, c := range []struct {
 		path   string
 		status int
 	}{
@@ -99,7 +100,7 @@ func TestImportPathRefused(t *testing.T) {
 		{filepath.Join(allowed, "../../../etc/shadow"), 403},
 		{fifo, 400},
 	} {
-		e.wantErr("POST", "/api/v1/volumes/import", map[string]any{"name": "x", "path": c.path}, c.status, "path")
+		e.wantErr("POST", "/api/v1/volumes/import", map[string]any{"name": fmt.Sprintf("x%d", i), "path": c.path}, c.status, "path")
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("refusals took %s", d)
