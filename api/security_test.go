@@ -121,7 +121,9 @@ func TestImportPathRefused(t *testing.T) {
 	// A fresh daemon allows no path import and no block device at all.
 	fresh := newEnv(t)
 	fresh.wantErr("POST", "/api/v1/volumes/import", map[string]any{"name": "x", "path": filepath.Join(allowed, "ok.raw")}, 403, "path")
-	fresh.wantErr("POST", "/api/v1/volumes", map[string]any{"name": "b", "backend": "block", "device": "/dev/loop0"}, 403, "device")
+	// (A device that does not exist: should the check regress, the test
+	// must not open a real one. Refused before its existence is told.)
+	fresh.wantErr("POST", "/api/v1/volumes", map[string]any{"name": "b", "backend": "block", "device": "/dev/anvil-test-no-such-disk"}, 403, "device")
 }
 
 // TestSizeBeyondFileSystemAPI checks that a size the file system cannot
