@@ -57,6 +57,10 @@ func statusOf(err error) (status int, field string) {
 		return http.StatusConflict, ""
 	case errors.Is(err, service.ErrNotSupported):
 		return http.StatusUnprocessableEntity, ""
+	case errors.Is(err, engine.ErrReadOnly):
+		// A read-only or frozen volume refuses the change until the
+		// operator turns read_only off or clears the error.
+		return http.StatusConflict, ""
 	case errors.Is(err, engine.ErrMedium):
 		// The backing store still fails: retrying later may work.
 		return http.StatusServiceUnavailable, ""

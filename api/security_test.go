@@ -244,3 +244,14 @@ func TestSecurityHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineRefusalsAreClientErrors checks that a change the engine refuses
+// because of the volume's state (resizing a read-only volume) answers a
+// 4xx, not a 500.
+func TestEngineRefusalsAreClientErrors(t *testing.T) {
+	e := newEnv(t)
+	e.must("POST", "/api/v1/volumes", map[string]any{"name": "ro", "size_bytes": 1 << 20, "read_only": true}, 201, nil)
+	e.wantErr("PATCH", "/api/v1/volumes/ro", map[string]any{"size_bytes": 2 << 20}, 409, "")
+	e.must("PATCH", "/api/v1/volumes/ro", map[string]any{"read_only": false}, 200, nil)
+	e.must("PATCH", "/api/v1/volumes/ro", map[string]any{"size_bytes": 2 << 20}, 200, nil)
+}
