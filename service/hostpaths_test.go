@@ -292,3 +292,49 @@ func fsMaxBelow(t *testing.T, dir string, size int64) bool {
 	defer f.Close()
 	return f.Truncate(size) != nil
 }
+
+// TestMountedDeviceRefused mounts a file system on a listed loop device and
+// checks that neither a block volume nor an import can take it, and that
+// the file system is left as it was.
+func TestMountedDeviceRefused(t *testing.T) {
+	harness.NeedTool(t, "mkfs.ext4", "mount", "umount")
+	dev := attachLoop(t, 16<<20)
+	if out, err := exec.Command("mkfs.ext4", "-q", dev).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", dev, mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mount: %v: %s", err, out)
+		}
+		t.Skipf("SKIPPED LOUDLY: cannot mount here: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	if err := os.WriteFile(filepath.Join(mnt, "precious"), []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := make([]byte, 64<<10)
+	if f, err := os.Open(dev); err == nil {
+		f.ReadAt(before, 0)
+		f.Close()
+	}
+
+	s := openWith(t, Options{BlockDevices: []string{"/dev/loop*"}})
+	_, err := s.CreateVolume(context.Background(), VolumeSpec{Name: "b", Backend: "block", Device: dev})
+	wantHostErr(t, "block volume on a mounted device", err, "device", ErrInUse)
+	wantHostErr(t, "import from a mounted device", importWithin(t, s, "imp", dev), "path", ErrInUse)
+	if n := len(s.Volumes()); n != 0 {
+		t.Errorf("%d volumes made from a mounted device", n)
+	}
+	after := make([]byte, len(before))
+	if f, err := os.Open(dev); err == nil {
+		f.ReadAt(after, 0)
+		f.Close()
+	}
+	if !bytes.Equal(before, after) {
+		t.Errorf("the mounted device's first 64 KiB changed")
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "precious")); err != nil || string(b) != "keep me" {
+		t.Errorf("file on the mounted device: %q %v", b, err)
+	}
+}
