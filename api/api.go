@@ -47,6 +47,10 @@ type Options struct {
 	Token string
 	// Logger receives request errors; nil means slog.Default().
 	Logger *slog.Logger
+	// AuthFailuresPerMinute is how many failed authentications one client
+	// address may make per minute before it gets 429 for a while; 0 means
+	// DefaultAuthFailuresPerMinute.
+	AuthFailuresPerMinute int
 }
 
 // maxJSONBody bounds a JSON request body; no legitimate request comes near.
@@ -61,6 +65,7 @@ type server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	started  time.Time
+	authLim  *authLimiter
 }
 
 // New returns the API's HTTP handler: the REST API under /api/v1, the
@@ -83,6 +88,7 @@ func newEcho(o Options) *echo.Echo {
 		tokenSum: sha256.Sum256([]byte(o.Token)),
 		log:      o.Logger,
 		started:  time.Now(),
+		authLim:  newAuthLimiter(o.AuthFailuresPerMinute),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -97,7 +103,7 @@ func newEcho(o Options) *echo.Echo {
 	e.HTTPErrorHandler = s.handleError
 	// A handler panic is a bug: answer 500 JSON for that request only and
 	// log it with its stack, rather than dropping the connection.
-	e.Use(s.recover, s.instrument, s.auth, checkQuery)
+	e.Use(s.recover, securityHeaders, s.instrument, s.auth, checkQuery)
 
 	v1 := e.Group("/api/v1")
 	v1.GET("/health", s.health)
@@ -162,16 +168,32 @@ func (s *server) recover(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // auth enforces the bearer token on every non-public path. The comparison
-// is constant-time so the token cannot be guessed byte by byte.
+// is constant-time so the token cannot be guessed byte by byte; failures
+// are logged and limited per client address (authLimiter).
 func (s *server) auth(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if isPublic(c.Request().URL.Path) {
+		r := c.Request()
+		if isPublic(r.URL.Path) {
 			return next(c)
 		}
-		h := c.Request().Header.Get(echo.HeaderAuthorization)
+		addr, now := clientAddr(r), time.Now()
+		if wait := s.authLim.blocked(addr, now); wait > 0 {
+			return tooManyFailures(c, wait)
+		}
+		h := r.Header.Get(echo.HeaderAuthorization)
 		tok, ok := strings.CutPrefix(h, "Bearer ")
 		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+			reason := "invalid token"
+			if h == "" {
+				reason = "no Authorization header"
+			} else if !ok {
+				reason = "not a bearer token"
+			}
+			s.log.Warn("API authentication failed", "client", addr, "method", r.Method, "path", r.URL.Path, "reason", reason)
+			if s.authLim.fail(addr, now) {
+				s.log.Warn("too many failed API authentications; refusing the client for a while", "client", addr, "for", authBlock)
+			}
 			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="anvil"`)
 			return &apiError{status: http.StatusUnauthorized, msg: "missing or invalid bearer token"}
 		}

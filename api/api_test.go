@@ -65,7 +65,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, dir: dir, svc: svc, sess: &fakeSessions{}}
-	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, Token: testToken}))
+	// TestAuth makes more failed requests than the default budget allows.
+	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, Token: testToken, AuthFailuresPerMinute: 1000}))
 	t.Cleanup(func() {
 		e.srv.Close()
 		if e.svc != nil {
@@ -395,7 +396,8 @@ func TestErrors(t *testing.T) {
 }
 
 func TestImport(t *testing.T) {
-	e := newEnv(t)
+	importDir := t.TempDir()
+	e := newEnvWith(t, service.Options{ImportDirs: []string{importDir}}, Options{})
 	// 1 MiB + 100 bytes: a data block, a hole, a tail that is not a whole block.
 	img := make([]byte, 1<<20+100)
 	for i := range 4096 {
@@ -431,7 +433,7 @@ func TestImport(t *testing.T) {
 	}
 
 	// From a path on the daemon's machine.
-	src := filepath.Join(t.TempDir(), "src.raw")
+	src := filepath.Join(importDir, "src.raw")
 	if err := os.WriteFile(src, img[:8192], 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -449,8 +451,9 @@ func TestImport(t *testing.T) {
 		field string
 	}{
 		{map[string]any{"name": "img3", "path": "relative.raw"}, 400, "path"},
-		{map[string]any{"name": "img3", "path": "/nonexistent/x.raw"}, 400, "path"},
-		{map[string]any{"name": "img3", "path": t.TempDir()}, 400, "path"},
+		{map[string]any{"name": "img3", "path": "/nonexistent/x.raw"}, 403, "path"},
+		{map[string]any{"name": "img3", "path": filepath.Join(importDir, "nonexistent.raw")}, 400, "path"},
+		{map[string]any{"name": "img3", "path": t.TempDir()}, 403, "path"},
 		{map[string]any{"name": "img", "path": src}, 409, ""},
 		{map[string]any{"name": "bad/name", "path": src}, 400, "name"},
 		{map[string]any{"name": "img3", "path": src, "block_size": 7}, 400, "block_size"},

@@ -41,9 +41,14 @@ func statusOf(err error) (status int, field string) {
 	var ae *apiError
 	var fe *service.FieldError
 	var he *echo.HTTPError
+	var hp *service.HostPathError
 	switch {
 	case errors.As(err, &ae):
 		return ae.status, ae.field
+	case errors.As(err, &hp) && errors.Is(err, service.ErrInUse):
+		return http.StatusConflict, hp.Field
+	case errors.As(err, &hp):
+		return http.StatusForbidden, hp.Field
 	case errors.As(err, &fe):
 		return http.StatusBadRequest, fe.Field
 	case errors.Is(err, service.ErrNotFound), errors.Is(err, iscsi.ErrNoSession):
@@ -54,6 +59,10 @@ func statusOf(err error) (status int, field string) {
 		return http.StatusConflict, ""
 	case errors.Is(err, service.ErrNotSupported):
 		return http.StatusUnprocessableEntity, ""
+	case errors.Is(err, engine.ErrReadOnly):
+		// A read-only or frozen volume refuses the change until the
+		// operator turns read_only off or clears the error.
+		return http.StatusConflict, ""
 	case errors.Is(err, engine.ErrMedium):
 		// The backing store still fails: retrying later may work.
 		return http.StatusServiceUnavailable, ""

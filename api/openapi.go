@@ -40,6 +40,7 @@ var (
 	common = obj{
 		"400": errResp("invalid request; field names the offending field"),
 		"401": errResp("missing or invalid bearer token"),
+		"429": errResp("too many failed authentications from this client address; retry after Retry-After seconds"),
 	}
 )
 
@@ -76,7 +77,7 @@ var openAPIDoc = obj{
 			"get": obj{"summary": "List volumes with live statistics",
 				"responses": responses(obj{"200": jsonResp("volumes sorted by name", obj{"type": "array", "items": ref("Volume")})})},
 			"post": obj{"summary": "Create a thin volume", "requestBody": jsonBody(ref("CreateVolume")),
-				"responses": responses(obj{"201": jsonResp("created", ref("Volume")), "409": errResp("a volume with that name exists")})},
+				"responses": responses(obj{"201": jsonResp("created", ref("Volume")), "403": errResp("device not in volume.block_devices"), "409": errResp("a volume with that name exists, or the device is mounted or in use")})},
 		},
 		"/api/v1/volumes/import": obj{
 			"post": obj{"summary": "Create a volume from a raw image: the request body (application/octet-stream, parameters in the query) or a file on the daemon's machine (application/json)",
@@ -90,7 +91,7 @@ var openAPIDoc = obj{
 					"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 					"application/json":         obj{"schema": ref("ImportPath")},
 				}},
-				"responses": responses(obj{"201": jsonResp("imported", ref("Volume")), "409": errResp("a volume with that name exists"), "415": errResp("unsupported content type")})},
+				"responses": responses(obj{"201": jsonResp("imported", ref("Volume")), "403": errResp("path not in volume.import_dirs (files) or volume.block_devices (devices)"), "409": errResp("a volume with that name exists, or the device is mounted or in use"), "415": errResp("unsupported content type")})},
 		},
 		"/api/v1/volumes/{name}": obj{
 			"parameters": []any{volumeName},

@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 
@@ -194,21 +193,9 @@ func (s *server) importVolume(c echo.Context) error {
 		if err := decodeJSON(c, &req); err != nil {
 			return err
 		}
-		if req.Path == "" || !strings.HasPrefix(req.Path, "/") {
-			return badRequest("path", "an absolute path on the daemon's machine is required")
-		}
-		f, err := openImage(req.Path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			return badRequest("path", "%v", err)
-		}
-		rec, err := s.svc.ImportVolume(r.Context(), service.VolumeSpec{
+		rec, err := s.svc.ImportPath(r.Context(), service.VolumeSpec{
 			Name: req.Name, BlockSize: req.BlockSize, WriteCache: req.WriteCache, ReadOnly: req.ReadOnly,
-		}, f, imageSize(st))
+		}, req.Path)
 		if err != nil {
 			return err
 		}
@@ -256,32 +243,4 @@ func boolQuery(c echo.Context, name string) (bool, error) {
 		return false, badRequest(name, "%q is not a boolean", v)
 	}
 	return b, nil
-}
-
-// openImage opens a server-side raw image for import; it must be a regular
-// file or a block device.
-func openImage(path string) (*os.File, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, badRequest("path", "%v", err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, badRequest("path", "%v", err)
-	}
-	if !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
-		f.Close()
-		return nil, badRequest("path", "%s is not a regular file or block device", path)
-	}
-	return f, nil
-}
-
-// imageSize is the length of a regular file, or -1 (read to EOF) for a
-// block device, whose Stat size is zero.
-func imageSize(st os.FileInfo) int64 {
-	if st.Mode().IsRegular() {
-		return st.Size()
-	}
-	return -1
 }

@@ -60,9 +60,12 @@ var Settings = []Setting{
 	{Key: "engine.undo_size", Flag: "engine-undo-size", Default: 256 << 20, Usage: "size of a new volume's undo FIFO in bytes; bounds an epoch and the atomic write size"},
 	{Key: "volume.default_backend", Flag: "volume-default-backend", Default: "file", Usage: "backend of new volumes that name none: file (pread/pwrite) or mmap"},
 	{Key: "volume.space_warn_percent", Flag: "volume-space-warn-percent", Default: 90, Usage: "percent of the data directory's file system in use at which initiators of thin volumes get THIN PROVISIONING SOFT THRESHOLD REACHED, once per crossing (0 disables)"},
+	{Key: "volume.import_dirs", Flag: "volume-import-dirs", Default: []string{}, Usage: "directories whose files POST /volumes/import may read by path, comma-separated (empty: none)"},
+	{Key: "volume.block_devices", Flag: "volume-block-devices", Default: []string{}, Usage: "block devices (paths or globs, comma-separated) that block volumes and path imports may use (empty: none)"},
 	{Key: "api.listen", Flag: "api-listen", Default: "0.0.0.0:8080", Usage: "REST API and web UI address (host:port)"},
 	{Key: "api.token", Flag: "api-token", Default: "", Usage: "bearer token the REST API requires (default: DATA_DIR/api.token, generated on first start)", Secret: true},
-	{Key: "api.tls_cert", Flag: "api-tls-cert", Default: "", Usage: "PEM certificate file; with api.tls_key the API and UI are served over HTTPS"},
+	{Key: "api.tls", Flag: "api-tls", Default: "auto", Usage: "serve the API over HTTPS: auto (HTTPS unless api.listen is a loopback address), on, or off (plain HTTP); without api.tls_cert a self-signed DATA_DIR/api.crt is generated"},
+	{Key: "api.tls_cert", Flag: "api-tls-cert", Default: "", Usage: "PEM certificate file; with api.tls_key the API and UI are served over HTTPS with it"},
 	{Key: "api.tls_key", Flag: "api-tls-key", Default: "", Usage: "PEM private key file for api.tls_cert"},
 	{Key: "log.level", Flag: "log-level", Default: "info", Usage: "log level: debug, info, warn or error"},
 	{Key: "log.format", Flag: "log-format", Default: "text", Usage: "log format: text or json"},
@@ -100,8 +103,10 @@ type Engine struct {
 
 // Volume holds defaults for new volumes.
 type Volume struct {
-	DefaultBackend   string `mapstructure:"default_backend"`
-	SpaceWarnPercent int    `mapstructure:"space_warn_percent"`
+	DefaultBackend   string   `mapstructure:"default_backend"`
+	SpaceWarnPercent int      `mapstructure:"space_warn_percent"`
+	ImportDirs       []string `mapstructure:"import_dirs"`
+	BlockDevices     []string `mapstructure:"block_devices"`
 }
 
 // ISCSI holds the iSCSI portal's settings.
@@ -124,6 +129,7 @@ type ISCSI struct {
 type API struct {
 	Listen  string `mapstructure:"listen"`
 	Token   string `mapstructure:"token"`
+	TLS     string `mapstructure:"tls"`
 	TLSCert string `mapstructure:"tls_cert"`
 	TLSKey  string `mapstructure:"tls_key"`
 }
@@ -149,6 +155,8 @@ func AddFlags(fs *pflag.FlagSet) {
 			fs.Int(s.Flag, d, usage)
 		case time.Duration:
 			fs.Duration(s.Flag, d, usage)
+		case []string:
+			fs.StringSlice(s.Flag, d, usage)
 		default:
 			panic(fmt.Sprintf("config: setting %s has unsupported default type %T", s.Key, d))
 		}
@@ -240,6 +248,20 @@ func (c *Config) validate() error {
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
 		return errors.New("config: api.tls_cert and api.tls_key must be set together")
 	}
+	switch c.API.TLS {
+	case "auto", "on", "off":
+	// A YAML boolean (tls: false) reaches here as "0" or "1", decoded
+	// weakly into the string.
+	case "true", "1":
+		c.API.TLS = "on"
+	case "false", "0":
+		c.API.TLS = "off"
+	default:
+		return fmt.Errorf("config: api.tls %q: must be auto, on or off", c.API.TLS)
+	}
+	if c.API.TLS == "off" && c.API.TLSCert != "" {
+		return errors.New("config: api.tls is off but api.tls_cert is set")
+	}
 	if c.Cache.Size != 0 && c.Cache.Size < 16<<20 {
 		return fmt.Errorf("config: cache.size %d: must be 0 (automatic) or at least 16 MiB", c.Cache.Size)
 	}
@@ -259,6 +281,16 @@ func (c *Config) validate() error {
 	case "file", "mmap":
 	default:
 		return fmt.Errorf("config: volume.default_backend %q: must be file or mmap", c.Volume.DefaultBackend)
+	}
+	for _, d := range c.Volume.ImportDirs {
+		if !strings.HasPrefix(d, "/") {
+			return fmt.Errorf("config: volume.import_dirs entry %q: must be an absolute directory", d)
+		}
+	}
+	for _, d := range c.Volume.BlockDevices {
+		if !strings.HasPrefix(d, "/") {
+			return fmt.Errorf("config: volume.block_devices entry %q: must be an absolute path or glob", d)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -42,9 +42,12 @@ type blockCaps struct {
 	zeroes  bool // zeroing is offloaded, writes no data (queue/write_zeroes_max_bytes > 0)
 }
 
-// OpenBlockDevice opens the block device at path.
+// OpenBlockDevice opens the block device at path. It is opened with
+// O_EXCL, which Linux refuses (EBUSY) while the device is mounted, part of
+// a RAID or device-mapper stack, or held exclusively by another opener, so
+// a volume can never overwrite a file system in use.
 func OpenBlockDevice(path string) (*BlockDevice, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_EXCL, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open %s: %w", path, err)
 	}

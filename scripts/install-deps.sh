@@ -17,6 +17,7 @@ packages=(
   podman            # builds deploy/docker/Dockerfile.prebuilt (FROM scratch, no pull)
   systemd           # systemd-analyze verifies deploy/anvil.service
   file              # checks the container's binary is statically linked
+  e2fsprogs         # mkfs.ext4: a mounted loop device the block-volume test must not touch
 )
 
 missing=()

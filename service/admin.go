@@ -71,6 +71,9 @@ func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (ca
 	// Grow the volume before recording it: a catalog that claims more than
 	// the file holds would fail the next start-up.
 	if err := rz.Resize(ctx, size); err != nil {
+		if cerr := clientFault(err); cerr != err {
+			return catalog.Volume{}, cerr
+		}
 		return catalog.Volume{}, fmt.Errorf("resize volume %q: %w", name, err)
 	}
 	rec := lv.rec
@@ -222,6 +225,9 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 		return catalog.Volume{}, invalid("size_bytes", "image of %d bytes is larger than the maximum volume size %d", n, int64(MaxVolumeSize))
 	}
 	if err := tmp.Truncate(total); err != nil {
+		if cerr := clientFault(err); cerr != err {
+			return catalog.Volume{}, cerr
+		}
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
 	}
 	if err := tmp.Sync(); err != nil {
@@ -250,6 +256,20 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 	}
 	s.log.Info("imported volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "image_bytes", n, "block_size", rec.BlockSize)
 	return rec, nil
+}
+
+// ImportPath creates a volume from a raw image on the daemon's machine: a
+// regular file in volume.import_dirs or a block device matching
+// volume.block_devices (read up to its size, and only if nobody has it
+// mounted or open exclusively). Everything else is refused with a
+// HostPathError or FieldError naming "path".
+func (s *Service) ImportPath(ctx context.Context, spec VolumeSpec, path string) (catalog.Volume, error) {
+	f, size, err := s.openImportSource(path)
+	if err != nil {
+		return catalog.Volume{}, err
+	}
+	defer f.Close()
+	return s.ImportVolume(ctx, spec, io.LimitReader(f, size), size)
 }
 
 // sparseCopy copies r to the start of f block by block, seeking over

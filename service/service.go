@@ -72,6 +72,12 @@ type Options struct {
 	// DefaultBackend is the backend of new volumes that name none: "file"
 	// (default) or "mmap".
 	DefaultBackend string
+	// ImportDirs are the directories whose files ImportPath may read;
+	// empty allows none.
+	ImportDirs []string
+	// BlockDevices are the device paths or globs that block volumes and
+	// ImportPath may use; empty allows none.
+	BlockDevices []string
 	// Logger receives the service's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// SpaceWarnPercent is the share of the data directory's file system
@@ -105,6 +111,8 @@ type Service struct {
 	log            *slog.Logger
 	engine         EngineOptions
 	defaultBackend string
+	importDirs     []string
+	blockDevices   []string
 
 	// mu guards the maps. Changes hold it exclusively across the catalog
 	// transaction and the live update, so the two never disagree as seen
@@ -155,10 +163,16 @@ func Open(opts Options) (*Service, error) {
 		lock.Close()
 		return nil, fmt.Errorf("default volume backend %q: must be file or mmap", opts.DefaultBackend)
 	}
+	if err := checkAllowLists(opts.ImportDirs, opts.BlockDevices); err != nil {
+		cat.Close()
+		return nil, err
+	}
 	if opts.Engine.Cache == nil {
 		opts.Engine.Cache = engine.DefaultCache()
 	}
 	s := &Service{
+		importDirs:     opts.ImportDirs,
+		blockDevices:   opts.BlockDevices,
 		dataDir:        opts.DataDir,
 		lock:           lock,
 		cat:            cat,
@@ -470,6 +484,13 @@ func (s *Service) removeFiles(rec catalog.Volume) error {
 // CreateVolume creates a volume's data file (thin) and catalog record and
 // opens it.
 func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Volume, error) {
+	if spec.Backend == string(engine.BackendBlock) && spec.Device != "" {
+		dev, err := s.CheckBlockDevice(spec.Device)
+		if err != nil {
+			return catalog.Volume{}, err
+		}
+		spec.Device = dev
+	}
 	if err := spec.validate(s.defaultBackend); err != nil {
 		return catalog.Volume{}, err
 	}
@@ -483,7 +504,7 @@ func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Vo
 		return catalog.Volume{}, err
 	}
 	if rec, err = s.registerLocked(rec, true); err != nil {
-		return catalog.Volume{}, err
+		return catalog.Volume{}, clientFault(err)
 	}
 	s.log.Info("created volume", "volume", rec.Name, "size_bytes", rec.SizeBytes, "block_size", rec.BlockSize, "backend", rec.Backend)
 	return rec, nil

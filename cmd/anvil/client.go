@@ -40,9 +40,9 @@ func addClientFlags(cmd *cobra.Command, f *clientFlags) {
 	fs := cmd.PersistentFlags()
 	fs.StringVar(&f.addr, "api", "", "API address, host:port or URL (env ANVIL_API, else ANVIL_API_LISTEN, else 127.0.0.1:8080)")
 	fs.StringVar(&f.token, "token", "", "API bearer token (env ANVIL_API_TOKEN, else read from DATA_DIR/api.token)")
-	fs.StringVar(&f.dataDir, "data-dir", "", "daemon data directory holding api.token (env ANVIL_DATA_DIR, else ./anvil-data, then /var/lib/anvil)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "daemon data directory holding api.token and api.crt (env ANVIL_DATA_DIR, else ./anvil-data, then /var/lib/anvil)")
 	fs.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
-	fs.StringVar(&f.caCert, "ca-cert", "", "PEM CA certificate to verify an https API with")
+	fs.StringVar(&f.caCert, "ca-cert", "", "PEM CA certificate to verify an https API with (default: the system roots and DATA_DIR/api.crt)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do not verify the https API's certificate")
 }
 
@@ -54,25 +54,125 @@ type client struct {
 	output string
 }
 
+// apiAddr is where a client reaches the API: base is its URL; probe says
+// the scheme was not given and the address is on loopback, where a daemon
+// may serve plain HTTP (api.tls auto), so https is tried first and http
+// used if the daemon answers in plain HTTP.
+type apiAddr struct {
+	base  string
+	probe bool
+}
+
 // baseURL turns an address setting into the API's base URL. A listen
 // address on all interfaces (0.0.0.0, [::] or an empty host) is reached
-// over loopback.
-func baseURL(addr string) (string, error) {
+// over loopback. Without a scheme the daemon's own default is assumed:
+// https, except that a loopback address may turn out to be plain http.
+func baseURL(addr string) (apiAddr, error) {
 	if strings.Contains(addr, "://") {
 		u, err := url.Parse(addr)
 		if err != nil {
-			return "", fmt.Errorf("API address %q: %w", addr, err)
+			return apiAddr{}, fmt.Errorf("API address %q: %w", addr, err)
 		}
-		return strings.TrimSuffix(u.String(), "/"), nil
+		return apiAddr{base: strings.TrimSuffix(u.String(), "/")}, nil
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("API address %q: %w", addr, err)
+		return apiAddr{}, fmt.Errorf("API address %q: %w", addr, err)
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, port), nil
+	hp := net.JoinHostPort(host, port)
+	return apiAddr{base: "https://" + hp, probe: api.IsLoopback(hp)}, nil
+}
+
+// resolve settles a probed address's scheme with one health request: a
+// daemon that answers TLS with plain HTTP is reached over http. Other
+// failures leave https, so the real request reports them.
+func (a apiAddr) resolve(hc *http.Client) string {
+	if !a.probe {
+		return a.base
+	}
+	probe := *hc
+	probe.Timeout = 5 * time.Second
+	resp, err := probe.Get(a.base + "/api/v1/health")
+	if err == nil {
+		resp.Body.Close()
+		return a.base
+	}
+	if errors.Is(err, http.ErrSchemeMismatch) {
+		return "http://" + strings.TrimPrefix(a.base, "https://")
+	}
+	return a.base
+}
+
+// dataDirs are the directories searched for api.token and api.crt: the
+// one given, else ANVIL_DATA_DIR, ./anvil-data and /var/lib/anvil.
+func dataDirs(given string) []string {
+	if given != "" {
+		return []string{given}
+	}
+	return []string{os.Getenv("ANVIL_DATA_DIR"), "./anvil-data", "/var/lib/anvil"}
+}
+
+// apiTransport is an HTTP transport that verifies an https API against
+// caCert when given, else against the system roots plus the daemon's
+// self-signed DATA_DIR/api.crt from the first data directory that has one.
+func apiTransport(caCert string, insecure bool, dirs []string) (*http.Transport, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	cfg := &tls.Config{InsecureSkipVerify: insecure}
+	tr.TLSClientConfig = cfg
+	if insecure {
+		return tr, nil
+	}
+	if caCert != "" {
+		pem, err := os.ReadFile(caCert)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-cert: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-cert %s: no PEM certificates", caCert)
+		}
+		return tr, nil
+	}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		pem, err := os.ReadFile(filepath.Join(d, api.CertFile))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the API certificate: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates", filepath.Join(d, api.CertFile))
+		}
+		cfg.RootCAs = pool
+		break
+	}
+	return tr, nil
+}
+
+// explain adds what to do to the transport errors a user can fix.
+func explain(err error, base string) error {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%w (trust the daemon's certificate with --data-dir pointing at its data directory, which holds %s, or with --ca-cert)", err, api.CertFile)
+	case errors.As(err, &host):
+		return fmt.Errorf("%w (the certificate does not name this address; connect by a name it covers)", err)
+	case errors.Is(err, http.ErrSchemeMismatch):
+		return fmt.Errorf("%w (the daemon serves plain HTTP; give --api %s to use it)", err, "http://"+strings.TrimPrefix(base, "https://"))
+	}
+	return err
 }
 
 func (f *clientFlags) client() (*client, error) {
@@ -88,7 +188,7 @@ func (f *clientFlags) client() (*client, error) {
 	if addr == "" {
 		addr = "127.0.0.1:8080"
 	}
-	base, err := baseURL(addr)
+	a, err := baseURL(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -101,30 +201,16 @@ func (f *clientFlags) client() (*client, error) {
 			return nil, err
 		}
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if f.caCert != "" || f.insecure {
-		cfg := &tls.Config{InsecureSkipVerify: f.insecure}
-		if f.caCert != "" {
-			pem, err := os.ReadFile(f.caCert)
-			if err != nil {
-				return nil, fmt.Errorf("--ca-cert: %w", err)
-			}
-			cfg.RootCAs = x509.NewCertPool()
-			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--ca-cert %s: no PEM certificates", f.caCert)
-			}
-		}
-		tr.TLSClientConfig = cfg
+	tr, err := apiTransport(f.caCert, f.insecure, dataDirs(f.dataDir))
+	if err != nil {
+		return nil, err
 	}
-	return &client{base: base + "/api/v1", token: token, http: &http.Client{Transport: tr}, output: f.output}, nil
+	hc := &http.Client{Transport: tr}
+	return &client{base: a.resolve(hc) + "/api/v1", token: token, http: hc, output: f.output}, nil
 }
 
 func (f *clientFlags) tokenFromDataDir() (string, error) {
-	dirs := []string{f.dataDir}
-	if f.dataDir == "" {
-		dirs = []string{os.Getenv("ANVIL_DATA_DIR"), "./anvil-data", "/var/lib/anvil"}
-	}
-	for _, d := range dirs {
+	for _, d := range dataDirs(f.dataDir) {
 		if d == "" {
 			continue
 		}
@@ -178,7 +264,7 @@ func (c *client) send(req *http.Request, out any) ([]byte, error) {
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, explain(err, strings.TrimSuffix(c.base, "/api/v1")))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,6 +17,7 @@ func newHealthCmd() *cobra.Command {
 	var addr string
 	var timeout time.Duration
 	var insecure bool
+	var caCert, dataDir string
 	cmd := &cobra.Command{
 		Use:   "health",
 		Short: "Check that a daemon answers GET /api/v1/health (exit status 0 if healthy)",
@@ -32,18 +32,19 @@ func newHealthCmd() *cobra.Command {
 			if addr == "" {
 				addr = "127.0.0.1:8080"
 			}
-			base, err := baseURL(addr)
+			a, err := baseURL(addr)
 			if err != nil {
 				return err
 			}
-			tr := http.DefaultTransport.(*http.Transport).Clone()
-			if insecure {
-				tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+			tr, err := apiTransport(caCert, insecure, dataDirs(dataDir))
+			if err != nil {
+				return err
 			}
 			hc := &http.Client{Timeout: timeout, Transport: tr}
+			base := a.resolve(hc)
 			resp, err := hc.Get(base + "/api/v1/health")
 			if err != nil {
-				return fmt.Errorf("health: %w", err)
+				return fmt.Errorf("health: %w", explain(err, base))
 			}
 			defer resp.Body.Close()
 			var body map[string]any
@@ -59,6 +60,8 @@ func newHealthCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&addr, "api", "", "API address, host:port or URL (env ANVIL_API, else ANVIL_API_LISTEN, else 127.0.0.1:8080)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
-	cmd.Flags().BoolVar(&insecure, "insecure-skip-verify", false, "do not verify an https API's certificate (self-signed in a container)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "daemon data directory whose api.crt verifies an https API (env ANVIL_DATA_DIR, else ./anvil-data, then /var/lib/anvil)")
+	cmd.Flags().StringVar(&caCert, "ca-cert", "", "PEM CA certificate to verify an https API with (default: the system roots and DATA_DIR/api.crt)")
+	cmd.Flags().BoolVar(&insecure, "insecure-skip-verify", false, "do not verify an https API's certificate")
 	return cmd
 }

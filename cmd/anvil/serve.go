@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,6 +89,8 @@ func serve(cfg *config.Config) error {
 		},
 		DefaultBackend:   cfg.Volume.DefaultBackend,
 		SpaceWarnPercent: cfg.Volume.SpaceWarnPercent,
+		ImportDirs:       cfg.Volume.ImportDirs,
+		BlockDevices:     cfg.Volume.BlockDevices,
 		Logger:           log,
 	})
 	if err != nil {
@@ -134,6 +137,11 @@ func serve(cfg *config.Config) error {
 	} else if rotated {
 		log.Warn("the API token differs from the one in use at the last start; clients with the old token get 401")
 	}
+	certFile, keyFile, err := apiCertificate(cfg, log)
+	if err != nil {
+		iscsiLn.Close()
+		return err
+	}
 	apiLn, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		iscsiLn.Close()
@@ -146,14 +154,15 @@ func serve(cfg *config.Config) error {
 	httpSrv := &http.Server{
 		Handler:           api.New(api.Options{Service: svc, Sessions: portal, Token: token, Logger: log.With("frontend", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12},
 	}
 
 	errc := make(chan error, 2)
 	go func() { errc <- portal.Serve(iscsiLn) }()
 	go func() {
 		var err error
-		if cfg.API.TLSCert != "" {
-			err = httpSrv.ServeTLS(apiLn, cfg.API.TLSCert, cfg.API.TLSKey)
+		if certFile != "" {
+			err = httpSrv.ServeTLS(apiLn, certFile, keyFile)
 		} else {
 			err = httpSrv.Serve(apiLn)
 		}
@@ -163,7 +172,7 @@ func serve(cfg *config.Config) error {
 		}
 		errc <- nil
 	}()
-	log.Info("anvil serving", "iscsi", iscsiLn.Addr().String(), "api", apiLn.Addr().String(), "api_tls", cfg.API.TLSCert != "", "data_dir", cfg.DataDir)
+	log.Info("anvil serving", "iscsi", iscsiLn.Addr().String(), "api", apiLn.Addr().String(), "api_tls", certFile != "", "data_dir", cfg.DataDir)
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
@@ -190,4 +199,39 @@ func serve(cfg *config.Config) error {
 	}
 	log.Info("anvil stopped")
 	return runErr
+}
+
+// apiCertificate decides how the API is served and returns the certificate
+// and key files for HTTPS, or empty names for plain HTTP. HTTPS is the
+// default: with api.tls_cert the configured pair, otherwise a self-signed
+// certificate generated once in the data directory. Plain HTTP is served
+// only with api.tls off, or with auto on a loopback address, where no
+// other machine can listen in.
+func apiCertificate(cfg *config.Config, log *slog.Logger) (certFile, keyFile string, err error) {
+	switch {
+	case cfg.API.TLS == "off":
+		return "", "", nil
+	case cfg.API.TLSCert != "":
+		fp, err := api.CertFileFingerprint(cfg.API.TLSCert)
+		if err != nil {
+			return "", "", fmt.Errorf("api.tls_cert: %w", err)
+		}
+		log.Info("API serves HTTPS with the configured certificate", "file", cfg.API.TLSCert, "sha256_fingerprint", fp)
+		return cfg.API.TLSCert, cfg.API.TLSKey, nil
+	case cfg.API.TLS == "auto" && api.IsLoopback(cfg.API.Listen):
+		return "", "", nil
+	}
+	c, err := api.EnsureCertificate(cfg.DataDir, api.CertHosts(cfg.API.Listen))
+	if err != nil {
+		return "", "", err
+	}
+	msg := "API serves HTTPS with the data directory's self-signed certificate"
+	if c.Created {
+		msg = "generated a self-signed API certificate"
+	}
+	log.Info(msg, "file", c.CertFile, "sha256_fingerprint", c.Fingerprint)
+	if len(c.Missing) > 0 {
+		log.Warn("the API certificate does not cover these names; remove it and restart to have a new one generated", "file", c.CertFile, "missing", c.Missing)
+	}
+	return c.CertFile, c.KeyFile, nil
 }

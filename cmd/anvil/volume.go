@@ -366,7 +366,7 @@ func volumeImportCmd(cf *clientFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&blockSize, "block-size", 0, "logical block size, 512 (default) or 4096")
-	cmd.Flags().BoolVar(&serverSide, "server-side", false, "FILE is a path on the daemon's machine; the daemon reads it directly")
+	cmd.Flags().BoolVar(&serverSide, "server-side", false, "FILE is a path on the daemon's machine, in its volume.import_dirs (or a device in volume.block_devices); the daemon reads it directly")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "make the new volume read-only")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress bar")
 	return cmd

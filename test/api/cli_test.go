@@ -83,7 +83,8 @@ func contains(t *testing.T, what, s string, subs ...string) {
 }
 
 func TestCLI(t *testing.T) {
-	d := start(t, harness.Options{})
+	importDir := t.TempDir()
+	d := start(t, harness.Options{Args: []string{"--volume-import-dirs", importDir}})
 	c := cli{t: t, bin: harness.Binary(t), d: d}
 
 	type vol struct {
@@ -150,7 +151,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	// import with a progress bar, and server-side
-	img := filepath.Join(t.TempDir(), "disk.img")
+	img := filepath.Join(importDir, "disk.img")
 	data := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 3<<20/8)
 	if err := os.WriteFile(img, data, 0o644); err != nil {
 		t.Fatal(err)
