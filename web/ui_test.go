@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anvilproject/anvil/catalog"
 	"github.com/anvilproject/anvil/test/harness"
 )
 
@@ -109,10 +108,21 @@ func TestUIInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var tg catalog.Target
+	var tg targetView
 	if err := json.NewDecoder(resp.Body).Decode(&tg); err != nil || resp.StatusCode != 200 || !tg.ACL.Open || len(tg.LUNs) != 0 {
 		t.Errorf("target after the UI run: %d %+v %v", resp.StatusCode, tg, err)
 	}
+}
+
+// targetView is the part of the REST API's target JSON the test reads.
+type targetView struct {
+	ACL struct {
+		Open bool `json:"open"`
+	} `json:"acl"`
+	LUNs []struct {
+		LUN    uint64 `json:"lun"`
+		Volume string `json:"volume"`
+	} `json:"luns"`
 }
 
 // driveIO waits until the UI's target maps LUN 0, then runs iscsi-perf
@@ -123,7 +133,7 @@ func driveIO(ctx context.Context, t *testing.T, base, token, lunURL string) {
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
-			var tg catalog.Target
+			var tg targetView
 			json.NewDecoder(resp.Body).Decode(&tg)
 			resp.Body.Close()
 			if len(tg.LUNs) > 0 {
