@@ -121,8 +121,15 @@ type Result struct {
 // TaskSet names the tasks of one I_T nexus addressed to one LUN of the
 // nexus's target.
 type TaskSet struct {
+	// Nexus is the I_T nexus whose tasks are meant.
 	Nexus *Nexus
-	LUN   uint64
+	// LUN is the LUN of the unit in the nexus's target.
+	LUN uint64
+
+	// tm is the task manager of the nexus's target, when the unit found
+	// it (a unit may be mapped by several targets); nil means the one
+	// executing the command.
+	tm *TaskManager
 }
 
 // TMF is a task management function (SAM-5).
