@@ -25,12 +25,12 @@ type session struct {
 	target         Target // nil for discovery sessions
 	// tm is the target's SCSI task manager (nil for discovery sessions):
 	// the session's tasks live in its task sets.
-	tm *scsi.TaskManager
-	discovery      bool
-	nexus          *scsi.Nexus
-	params         Params
-	established    time.Time
-	conn           *conn
+	tm          *scsi.TaskManager
+	discovery   bool
+	nexus       *scsi.Nexus
+	params      Params
+	established time.Time
+	conn        *conn
 	// creds are the CHAP credentials in force when the session logged
 	// in; a session whose credentials change is dropped (Revalidate).
 	creds      CHAPCredentials
