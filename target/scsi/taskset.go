@@ -344,25 +344,31 @@ func (a Aborts) Wait(stop <-chan struct{}) bool {
 // Abort aborts every task of every task set that match selects: each is
 // cancelled, leaves its task set (letting tasks held behind it go) and
 // gets no response. Tasks whose status is already on its way are left
-// alone.
+// alone. The tasks of one set are all marked aborted before any of them
+// leaves it, so that a held-back task about to be aborted too is never
+// started on the way.
 func (m *TaskManager) Abort(match func(*Task) bool) Aborts {
 	var hit []*Task
+	var running []bool
 	m.sets.Range(func(_, v any) bool {
 		s := v.(*taskSet)
 		s.mu.Lock()
+		first := len(hit)
 		for t := range s.tasks {
-			if match(t) {
-				hit = append(hit, t)
+			if match(t) && (t.state == taskWaiting || t.state == taskRunning) {
+				hit, running = append(hit, t), append(running, t.state == taskRunning)
+				t.state = taskAborted
 			}
+		}
+		for _, t := range hit[first:] {
+			s.leave(t)
 		}
 		s.mu.Unlock()
 		return true
 	})
-	var waits Aborts
-	for _, t := range hit {
-		if w := m.abort(t); w != nil {
-			waits = append(waits, w)
-		}
+	waits := make(Aborts, 0, len(hit))
+	for i, t := range hit {
+		waits = append(waits, t.stop(running[i]))
 	}
 	return waits
 }
@@ -379,6 +385,12 @@ func (m *TaskManager) abort(t *Task) <-chan struct{} {
 	t.state = taskAborted
 	s.leave(t)
 	s.mu.Unlock()
+	return t.stop(running)
+}
+
+// stop cancels a task just marked aborted and tells its transport, outside
+// the task set's lock; the returned channel closes on Release.
+func (t *Task) stop(running bool) <-chan struct{} {
 	t.cancel()
 	if t.Aborted != nil {
 		t.Aborted(running)
