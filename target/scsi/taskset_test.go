@@ -9,13 +9,20 @@ import (
 )
 
 // recDevice is a DeviceServer that runs every command with GOOD status
-// and records the resets it is asked to apply. LUNs 0 and 1 are mapped.
+// (or exec's result, when set) and records the resets it is asked to
+// apply. LUNs 0 and 1 are mapped.
 type recDevice struct {
 	mu     sync.Mutex
 	resets []TMF
+	exec   func(*Command) Result
 }
 
-func (d *recDevice) Execute(context.Context, *Command) Result { return Result{} }
+func (d *recDevice) Execute(_ context.Context, cmd *Command) Result {
+	if d.exec != nil {
+		return d.exec(cmd)
+	}
+	return Result{}
+}
 func (d *recDevice) HasLUN(lun uint64) bool                   { return lun < 2 }
 func (d *recDevice) NexusLoss(*Nexus)                         {}
 func (d *recDevice) DescriptorSense(uint64) bool              { return false }
@@ -349,6 +356,56 @@ func TestRefusalSenseFollowsDSense(t *testing.T) {
 	if p := expectSense(t, tm.Refuse(5, RefuseDataOffset), SenseAbortedCommand, 0x4b05); p.format != 0x70 {
 		t.Errorf("refusal on an unmapped LUN: format %#x, want fixed", p.format)
 	}
+}
+
+// A command whose result asks for task sets to be aborted (PERSISTENT
+// RESERVE OUT PREEMPT AND ABORT) aborts them through the task manager,
+// sparing itself, and returns only once the aborted tasks have stopped:
+// only then may its status say the preempted initiator can no longer
+// touch the medium.
+func TestPreemptAndAbortWaitsForTaskSets(t *testing.T) {
+	dev := &recDevice{exec: func(*Command) Result {
+		return Result{AbortTaskSets: []TaskSet{{Nexus: nexusB, LUN: 0}, {Nexus: nexusA, LUN: 0}}}
+	}}
+	tm := NewTaskManager(dev)
+	victim := submit(t, tm, "nexus B LUN 0", nexusB, 0, TaskSimple)
+	ownOther := submit(t, tm, "nexus A LUN 0, not the preempting one", nexusA, 0, TaskSimple)
+	bystander := submit(t, tm, "nexus B LUN 1", nexusB, 1, TaskSimple)
+	self := submit(t, tm, "PREEMPT AND ABORT", nexusA, 0, TaskSimple)
+	for _, tt := range []*testTask{victim, ownOther, bystander, self} {
+		if !tm.Ready(&tt.Task) {
+			t.Fatalf("%s may not run", tt.name)
+		}
+	}
+	done := make(chan Result, 1)
+	go func() { done <- tm.Execute(&self.Task, &Command{CDB: []byte{0x5f}}) }()
+	deadline := time.After(5 * time.Second)
+	for _, tt := range []*testTask{victim, ownOther} {
+		select {
+		case running := <-tt.aborted:
+			if !running {
+				t.Fatalf("%s aborted as not running", tt.name)
+			}
+		case <-deadline:
+			t.Fatalf("%s was not aborted", tt.name)
+		}
+	}
+	expectNotAborted(t, bystander)
+	expectNotAborted(t, self)
+	select {
+	case <-done:
+		t.Fatal("PREEMPT AND ABORT returned before the aborted tasks stopped")
+	case <-time.After(50 * time.Millisecond):
+	}
+	tm.Release(&victim.Task)
+	tm.Release(&ownOther.Task)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("PREEMPT AND ABORT never returned")
+	}
+	finish(t, tm, self)
+	finish(t, tm, bystander)
 }
 
 func TestDecodeLUN(t *testing.T) {
