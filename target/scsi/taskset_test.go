@@ -23,9 +23,9 @@ func (d *recDevice) Execute(_ context.Context, cmd *Command) Result {
 	}
 	return Result{}
 }
-func (d *recDevice) HasLUN(lun uint64) bool                   { return lun < 2 }
-func (d *recDevice) NexusLoss(*Nexus)                         {}
-func (d *recDevice) DescriptorSense(uint64) bool              { return false }
+func (d *recDevice) HasLUN(lun uint64) bool      { return lun < 2 }
+func (d *recDevice) NexusLoss(*Nexus)            {}
+func (d *recDevice) DescriptorSense(uint64) bool { return false }
 func (d *recDevice) Reset(_ *Nexus, fn TMF, _ uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
