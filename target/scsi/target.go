@@ -184,7 +184,7 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 		// A handler bug must fail one command, never the daemon.
 		if r := recover(); r != nil {
 			slogFor(t.lookup(cmd.LUN)).Error("scsi: panic executing command", "target", t.name, "lun", cmd.LUN, "cdb", fmt.Sprintf("% x", cmd.CDB), "panic", r)
-			res = Result{Status: StatusCheckCondition, Sense: errInternal.sense(false)}
+			res = Result{Status: StatusCheckCondition, Sense: errInternal.sense(t.DescriptorSense(cmd.LUN))}
 		}
 	}()
 	n := cmd.Nexus

@@ -408,6 +408,23 @@ func TestPreemptAndAbortWaitsForTaskSets(t *testing.T) {
 	finish(t, tm, bystander)
 }
 
+// A command that fails by a panic below the core answers in the sense
+// format D_SENSE selects, like every other CHECK CONDITION.
+func TestPanicSenseFollowsDSense(t *testing.T) {
+	tgt := NewTarget("t")
+	lu := NewLogicalUnit(&panicVolume{newMemVolume(16, 512)}, LUConfig{})
+	if err := tgt.AddLUN(0, lu); err != nil {
+		t.Fatal(err)
+	}
+	lu.dsense.Store(true)
+	// The power-on unit attention first.
+	tgt.Execute(context.Background(), &Command{CDB: cdb(opTestUnitReady, 6)})
+	r := tgt.Execute(context.Background(), &Command{CDB: rw(opRead10, 10, 0, 1), ExpectedDataIn: 512})
+	if p := expectSense(t, r, SenseHardwareError, ascInternalTargetFailure); p.format != 0x72 {
+		t.Fatalf("panic with D_SENSE=1: sense format %#x, want descriptor (0x72)", p.format)
+	}
+}
+
 func TestDecodeLUN(t *testing.T) {
 	cases := []struct {
 		raw uint64
