@@ -698,7 +698,7 @@ func TestConcurrentChanges(t *testing.T) {
 				if !names[l.Volume] {
 					t.Errorf("%s: target %s LUN %d maps missing volume %s", when, tg.IQN, l.LUN, l.Volume)
 				}
-				if !lt.HasLUN(l.LUN) {
+				if !lt.Tasks().HasLUN(l.LUN) {
 					t.Errorf("%s: target %s LUN %d is in the record but not live", when, tg.IQN, l.LUN)
 				}
 			}

@@ -14,12 +14,12 @@ func execute(t *testing.T, tg *liveTarget, n *scsi.Nexus, cdb, out []byte, in in
 	t.Helper()
 	ctx := context.Background()
 	for i := 0; i < 10; i++ {
-		r := tg.Execute(ctx, &scsi.Command{Nexus: n, CDB: []byte{0, 0, 0, 0, 0, 0}})
+		r := tg.scsi.Execute(ctx, &scsi.Command{Nexus: n, CDB: []byte{0, 0, 0, 0, 0, 0}})
 		if r.Status == scsi.StatusGood {
 			break
 		}
 	}
-	return tg.Execute(ctx, &scsi.Command{Nexus: n, CDB: cdb, DataOut: out, ExpectedDataIn: in})
+	return tg.scsi.Execute(ctx, &scsi.Command{Nexus: n, CDB: cdb, DataOut: out, ExpectedDataIn: in})
 }
 
 func TestFrontEndSettingsSurviveRestart(t *testing.T) {

@@ -29,7 +29,7 @@ func TestDemoCreatedOnceAndRestored(t *testing.T) {
 		t.Fatalf("demo volume = %+v", v)
 	}
 	tg, ok := s.Target("IQN.2026-11.io.anvil:DEMO")
-	if !ok || !tg.HasLUN(0) || !tg.Allow("iqn.1993-08.org.debian:01:x") {
+	if !ok || !tg.scsi.HasLUN(0) || !tg.Allow("iqn.1993-08.org.debian:01:x") {
 		t.Fatal("demo target missing, without LUN 0, or not open")
 	}
 	if err := s.DeleteVolume(DemoVolume, true); err != nil {
@@ -45,7 +45,7 @@ func TestDemoCreatedOnceAndRestored(t *testing.T) {
 	if _, err := s.Volume(DemoVolume); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("deleted demo volume came back: %v", err)
 	}
-	if tg, ok := s.Target(DemoIQN); !ok || tg.HasLUN(0) {
+	if tg, ok := s.Target(DemoIQN); !ok || tg.scsi.HasLUN(0) {
 		t.Fatal("demo target should survive with its LUN unmapped by the forced delete")
 	}
 }
@@ -90,7 +90,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Fatalf("identity changed across restart: %+v vs %+v", got, rec)
 	}
 	tg, ok := s.Target("iqn.2026-11.io.anvil:db")
-	if !ok || !tg.HasLUN(7) {
+	if !ok || !tg.scsi.HasLUN(7) {
 		t.Fatal("target or LUN 7 lost across restart")
 	}
 	if !tg.Allow("IQN.2026-11.io.host:A") || tg.Allow("iqn.2026-11.io.host:b") {

@@ -98,7 +98,7 @@ func TestSoftThresholdUnitAttentionOncePerCrossing(t *testing.T) {
 	// Consume the power-on unit attention.
 	execute(t, tg, n, tur, nil, 0)
 	softUA := func() bool {
-		r := tg.Execute(ctx, &scsi.Command{Nexus: n, CDB: tur})
+		r := tg.scsi.Execute(ctx, &scsi.Command{Nexus: n, CDB: tur})
 		return r.Status == scsi.StatusCheckCondition && len(r.Sense) > 13 && r.Sense[2]&0x0f == 6 && r.Sense[12] == 0x38 && r.Sense[13] == 0x07
 	}
 	const size = 1000 << 20

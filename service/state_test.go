@@ -166,7 +166,7 @@ func TestVolumeWithDamagedFilesStaysOffline(t *testing.T) {
 	}
 	tg, _ := s.Target(iqn)
 	for lun, want := range []bool{false, false, false, true} {
-		if tg.HasLUN(uint64(lun)) != want {
+		if tg.scsi.HasLUN(uint64(lun)) != want {
 			t.Errorf("LUN %d served = %v, want %v", lun, !want, want)
 		}
 	}
@@ -193,7 +193,7 @@ func TestVolumeWithDamagedFilesStaysOffline(t *testing.T) {
 		t.Errorf("rechecked volume is %s", state)
 	}
 	tg, _ = s.Target(iqn)
-	if !tg.HasLUN(0) {
+	if !tg.scsi.HasLUN(0) {
 		t.Error("rechecked volume is not served on its LUN")
 	}
 	if err := s.DeleteVolume("nodata", true); err != nil {

@@ -1,7 +1,6 @@
 package service
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"sort"
@@ -50,25 +49,9 @@ func allowed(acl catalog.ACL, initiator string) bool {
 	return false
 }
 
-// Execute runs one SCSI command.
-func (t *liveTarget) Execute(ctx context.Context, cmd *scsi.Command) scsi.Result {
-	return t.scsi.Execute(ctx, cmd)
-}
-
-// ReleaseDataIn hands a sent read buffer back to the SCSI core's pool
-// (iscsi.DataInReleaser).
-func (t *liveTarget) ReleaseDataIn(b []byte) { t.scsi.ReleaseDataIn(b) }
-
-// Reset applies a reset task management function's side effects.
-func (t *liveTarget) Reset(n *scsi.Nexus, fn scsi.TMF, lun uint64) error {
-	return t.scsi.Reset(n, fn, lun)
-}
-
-// HasLUN reports whether lun is mapped.
-func (t *liveTarget) HasLUN(lun uint64) bool { return t.scsi.HasLUN(lun) }
-
-// NexusLoss forgets a finished session's per-nexus state.
-func (t *liveTarget) NexusLoss(n *scsi.Nexus) { t.scsi.NexusLoss(n) }
+// Tasks hands the iSCSI front end the SCSI target itself, as its task
+// manager: commands and task management go straight to the SCSI core.
+func (t *liveTarget) Tasks() *scsi.TaskManager { return t.scsi.Tasks() }
 
 // CHAP returns the target's CHAP credentials, or nil when login needs none.
 func (t *liveTarget) CHAP() *catalog.CHAP {

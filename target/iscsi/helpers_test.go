@@ -40,10 +40,41 @@ type fakeTarget struct {
 	// started is signalled when a blocked command starts.
 	started chan struct{}
 	panicOn byte
+
+	// dev, when set, is the device server the task manager runs
+	// commands on: a wrapper that overrides Execute sets it to itself.
+	dev    scsi.DeviceServer
+	tmOnce sync.Once
+	tm     *scsi.TaskManager
 }
 
 func newFakeTarget(name string) *fakeTarget {
 	return &fakeTarget{name: name, disk: make([]byte, 1<<20)}
+}
+
+// Tasks returns the fake's task manager, made on first use.
+func (f *fakeTarget) Tasks() *scsi.TaskManager {
+	f.tmOnce.Do(func() {
+		var ds scsi.DeviceServer = f
+		if f.dev != nil {
+			ds = f.dev
+		}
+		f.tm = scsi.NewTaskManager(ds)
+	})
+	return f.tm
+}
+
+func (f *fakeTarget) DescriptorSense(uint64) bool { return false }
+
+// senseFixed builds fixed-format sense data (SPC-4 §4.5.3).
+func senseFixed(key, asc, ascq byte) []byte {
+	s := make([]byte, 18)
+	s[0] = 0x70
+	s[2] = key
+	s[7] = 10
+	s[12] = asc
+	s[13] = ascq
+	return s
 }
 
 func (f *fakeTarget) Name() string           { return f.name }

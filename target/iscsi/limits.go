@@ -190,7 +190,7 @@ func (c *conn) watchDataOut() {
 				}
 			}
 			for _, t := range s.tasks {
-				if t.state != taskCollecting || t.gated || t.reserved.Load() == 0 {
+				if t.reserved.Load() == 0 || !t.st.Waiting() || t.st.Gated() {
 					delete(seen, t)
 					continue
 				}

@@ -597,6 +597,7 @@ func (c *conn) startSession(ls *loginState) error {
 	}
 	if !ls.discovery {
 		s.target = ls.target
+		s.tm = ls.target.Tasks()
 		s.targetName = ls.target.Name()
 		s.nexus = srv.nexusFor(ls.initiatorName, ls.isid, s.targetName)
 	}

@@ -127,25 +127,6 @@ func TestSerialArithmetic(t *testing.T) {
 	}
 }
 
-func TestDecodeLUN(t *testing.T) {
-	cases := []struct {
-		raw uint64
-		lun uint64
-	}{
-		{0, 0},
-		{0x0005000000000000, 5},
-		{0x4123000000000000, 0x123},
-		{0x0105000000000000, ^uint64(0)}, // bus 1
-		{0x0000000000000001, ^uint64(0)}, // second level
-		{0xc000000000000000, ^uint64(0)}, // extended addressing
-	}
-	for _, tc := range cases {
-		if got := decodeLUN(tc.raw); got != tc.lun {
-			t.Errorf("decodeLUN(%#x) = %#x, want %#x", tc.raw, got, tc.lun)
-		}
-	}
-}
-
 func TestBufPool(t *testing.T) {
 	for _, n := range []int{1, 512, 4096, 4097, 65536, 1 << 20, 3<<20 + 1} {
 		b := getBuf(n)

@@ -42,6 +42,7 @@ func (p *preemptFake) Execute(ctx context.Context, cmd *scsi.Command) scsi.Resul
 // working.
 func TestPreemptAndAbortAbortsTasks(t *testing.T) {
 	pf := &preemptFake{fakeTarget: newFakeTarget(testIQN)}
+	pf.dev = pf
 	pf.block = make(chan struct{})
 	pf.started = make(chan struct{}, 4)
 	ts := startServer(t, Config{NopInterval: -1}, pf)

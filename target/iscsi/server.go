@@ -2,9 +2,13 @@
 //
 // It accepts TCP connections, runs the login phase (security and operational
 // negotiation), serves discovery sessions (SendTargets) and carries SCSI
-// commands of normal sessions to a Target, moving their data with immediate
-// data, unsolicited Data-Out, R2T/Data-Out and Data-In PDUs. It knows nothing
-// about SCSI semantics: CDBs go to Target.Execute and the Result comes back.
+// commands of normal sessions to a Target's SCSI task manager
+// (scsi.TaskManager), moving their data with immediate data, unsolicited
+// Data-Out, R2T/Data-Out and Data-In PDUs. It keeps what is iSCSI's: the
+// CmdSN window and command ordering, ITTs, R2T and Data-In/Out sequencing,
+// PDUs. What SAM gives the device server (task sets and task attributes,
+// task management across sessions, LUN addressing, sense data) is the SCSI
+// core's: a command becomes a scsi.Task, and a TMF PDU one Manage call.
 //
 // The implementation supports ErrorRecoveryLevel 0 with one connection per
 // session, which is what every mainstream initiator uses by default, plus
@@ -51,7 +55,8 @@ type Registry interface {
 	Targets(initiator string) []string
 }
 
-// Target is one iSCSI target as the transport needs it.
+// Target is one iSCSI target as the transport needs it: access control
+// (name, alias, ACL) next to the SCSI target device itself.
 type Target interface {
 	// Name is the target's iSCSI name (iqn./eui./naa.).
 	Name() string
@@ -60,30 +65,10 @@ type Target interface {
 	// Allow is the ACL check at login; false fails the login with
 	// "authorization failure" (0x0202).
 	Allow(initiatorName string) bool
-	// Execute runs one SCSI command. ctx is cancelled when the task is
-	// aborted or its session ends. Execute must not keep cmd.DataOut after
-	// it returns: the transport reuses the buffer. The transport does not
-	// modify Result.DataIn.
-	Execute(ctx context.Context, cmd *scsi.Command) scsi.Result
-	// Reset applies the SCSI-level side effects of a task management
-	// function (unit attentions, reservation release) for LOGICAL UNIT
-	// RESET, TARGET WARM/COLD RESET and CLEAR TASK SET. The transport has
-	// already aborted the affected tasks.
-	Reset(n *scsi.Nexus, fn scsi.TMF, lun uint64) error
-	// HasLUN reports whether lun exists (for "LUN does not exist" in TMF
-	// responses).
-	HasLUN(lun uint64) bool
-	// NexusLoss tells the SCSI core that the I_T nexus n ended (logout,
-	// connection loss, or session reinstatement).
-	NexusLoss(n *scsi.Nexus)
-}
-
-// DataInReleaser is implemented by Targets that recycle Result.DataIn
-// buffers. The transport calls ReleaseDataIn exactly once for every
-// non-empty Result.DataIn it received, after the data has been written to
-// the socket or dropped; after the call it no longer references b.
-type DataInReleaser interface {
-	ReleaseDataIn(b []byte)
+	// Tasks is the SCSI target device behind the name, as its task
+	// manager: the transport adds every command to it, runs commands
+	// through it and hands it task management functions.
+	Tasks() *scsi.TaskManager
 }
 
 // CHAPCredentials are a target's CHAP secrets (RFC 7143 §12.1.3). A target

@@ -1208,6 +1208,7 @@ func TestDataInRelease(t *testing.T) {
 	ft := newFakeTarget(testIQN)
 	copy(ft.disk, pattern(len(ft.disk), 11))
 	sc := &scribbler{fakeTarget: ft}
+	ft.dev = sc
 	ts := startServer(t, Config{NopInterval: -1}, sc)
 	c := dial(t, ts.addr)
 	c.login(testIQN, "MaxRecvDataSegmentLength=65536")
@@ -1262,7 +1263,9 @@ func (j *jitter) Execute(ctx context.Context, cmd *scsi.Command) scsi.Result {
 func TestPipelinedResponsesIntact(t *testing.T) {
 	ft := newFakeTarget(testIQN)
 	copy(ft.disk, pattern(len(ft.disk), 5))
-	ts := startServer(t, Config{NopInterval: -1}, &jitter{fakeTarget: ft})
+	j := &jitter{fakeTarget: ft}
+	ft.dev = j
+	ts := startServer(t, Config{NopInterval: -1}, j)
 	c := dial(t, ts.addr)
 	c.login(testIQN, "MaxRecvDataSegmentLength=4096")
 	type want struct {

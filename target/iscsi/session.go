@@ -13,7 +13,8 @@ import (
 )
 
 // session is one iSCSI session: one I_T nexus with its command window and
-// task table. Sessions have exactly one connection (MaxConnections=1).
+// its tasks by ITT (the SCSI task sets they belong to are the task
+// manager's). Sessions have exactly one connection (MaxConnections=1).
 type session struct {
 	srv            *Server
 	tsih           uint16
@@ -22,11 +23,14 @@ type session struct {
 	initiatorAlias string
 	targetName     string
 	target         Target // nil for discovery sessions
-	discovery      bool
-	nexus          *scsi.Nexus
-	params         Params
-	established    time.Time
-	conn           *conn
+	// tm is the target's SCSI task manager (nil for discovery sessions):
+	// the session's tasks live in its task sets.
+	tm          *scsi.TaskManager
+	discovery   bool
+	nexus       *scsi.Nexus
+	params      Params
+	established time.Time
+	conn        *conn
 	// creds are the CHAP credentials in force when the session logged
 	// in; a session whose credentials change is dropped (Revalidate).
 	creds      CHAPCredentials
@@ -61,16 +65,6 @@ type session struct {
 	abortedSN map[uint32]struct{}
 	ended     bool
 	endOnce   sync.Once
-
-	// Task attribute ordering (SAM-5 §8.6), under mu: deliverSeq numbers
-	// tasks in CmdSN order, orderedLive counts delivered ORDERED tasks not
-	// yet finished, gated holds tasks ready to run but held back.
-	deliverSeq  uint64
-	orderedLive int
-	gated       []*task
-	// live holds delivered tasks until their status is queued (or they
-	// are aborted): the task set the attribute rules look at.
-	live map[*task]struct{}
 }
 
 func newSession(srv *Server, c *conn, cmdSN uint32) *session {
@@ -84,7 +78,6 @@ func newSession(srv *Server, c *conn, cmdSN uint32) *session {
 		pending:     map[uint32]func() error{},
 		tasks:       map[uint32]*task{},
 		abortedSN:   map[uint32]struct{}{},
-		live:        map[*task]struct{}{},
 		established: time.Now(),
 	}
 	s.sn.Store(uint64(cmdSN)<<32 | uint64(cmdSN+s.window-1))
@@ -257,69 +250,20 @@ func (s *session) lookup(itt uint32) *task {
 	return t
 }
 
-// abortWhere aborts every task matching pred and returns channels that
-// close when each aborted task has stopped running.
-func (s *session) abortWhere(pred func(*task) bool) []<-chan struct{} {
-	s.mu.Lock()
-	var victims []*task
-	for _, t := range s.tasks {
-		if pred(t) {
-			victims = append(victims, t)
-		}
-	}
-	s.mu.Unlock()
-	var waits []<-chan struct{}
-	for _, t := range victims {
-		if ch := s.abortTask(t); ch != nil {
-			waits = append(waits, ch)
-		}
-	}
-	return waits
-}
-
-// abortTask aborts t: it will send no response, its context is cancelled,
-// and the returned channel closes once it no longer runs. It returns nil if
-// the task already completed (its response is on its way).
-func (s *session) abortTask(t *task) <-chan struct{} {
-	s.mu.Lock()
-	if s.tasks[t.itt] != t || t.state == taskDone {
-		s.mu.Unlock()
-		return nil
-	}
-	delete(s.tasks, t.itt)
-	s.left(t)
-	t.aborted = true
-	running := t.state == taskRunning
-	if !running {
-		t.state = taskDone
-	}
-	s.mu.Unlock()
-	t.cancel()
-	if !running {
-		// The task never reached Execute; its buffer may still be in use
-		// by the reader, so it is left to the garbage collector.
-		t.finish()
-	}
-	return t.done
-}
-
-// end tears the session down once: abort all tasks, wait for running ones,
-// report nexus loss and forget the session. Safe to call from any
-// goroutine except a task's own.
+// end tears the session down once: the task manager aborts the nexus's
+// tasks, waits for running ones and reports the nexus loss; then the
+// session is forgotten. Safe to call from any goroutine except a task's
+// own.
 func (s *session) end(reason string) {
 	s.endOnce.Do(func() {
 		s.mu.Lock()
 		s.ended = true
 		s.mu.Unlock()
-		waits := s.abortWhere(func(*task) bool { return true })
+		if s.tm != nil && s.nexus != nil {
+			s.tm.EndNexus(s.nexus)
+		}
 		s.cancel()
-		for _, w := range waits {
-			<-w
-		}
 		s.srv.removeSession(s)
-		if s.target != nil && s.nexus != nil {
-			s.target.NexusLoss(s.nexus)
-		}
 		s.srv.log.Info("iscsi: session ended", "tsih", s.tsih, "initiator", s.initiatorName,
 			"isid", hex.EncodeToString(s.isid[:]), "target", s.targetName, "reason", reason)
 	})
@@ -337,60 +281,4 @@ func (s *session) requestLogout(grace time.Duration) {
 	time.AfterFunc(grace, func() {
 		c.close(errors.New("initiator did not log out when asked"))
 	})
-}
-
-// mayStart applies the task attribute rules to a task whose data is
-// complete: HEAD OF QUEUE runs at once, ORDERED waits for every task
-// delivered before it, and SIMPLE (and ACA, untagged) waits only for
-// earlier ORDERED tasks. Called with s.mu held.
-func (s *session) mayStart(t *task) bool {
-	switch t.attr {
-	case scsi.TaskHeadOfQueue:
-		return true
-	case scsi.TaskOrdered:
-		for o := range s.live {
-			if o.dseq < t.dseq {
-				return false
-			}
-		}
-		return true
-	default:
-		if s.orderedLive == 0 {
-			return true
-		}
-		for o := range s.live {
-			if o.attr == scsi.TaskOrdered && o.dseq < t.dseq {
-				return false
-			}
-		}
-		return true
-	}
-}
-
-// left notes that t is no longer in the task set and starts gated tasks
-// that may now run. Called with s.mu held.
-func (s *session) left(t *task) {
-	if _, ok := s.live[t]; !ok {
-		return
-	}
-	delete(s.live, t)
-	if t.attr == scsi.TaskOrdered {
-		s.orderedLive--
-	}
-	if len(s.gated) == 0 {
-		return
-	}
-	kept := s.gated[:0]
-	for _, g := range s.gated {
-		switch {
-		case g.aborted || g.state != taskCollecting:
-		case s.mayStart(g):
-			g.state = taskRunning
-			go g.c.runTask(g)
-		default:
-			kept = append(kept, g)
-		}
-	}
-	clear(s.gated[len(kept):])
-	s.gated = kept
 }

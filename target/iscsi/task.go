@@ -1,7 +1,6 @@
 package iscsi
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -10,15 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/anvilproject/anvil/target/scsi"
-)
-
-// taskState is a task's life cycle; transitions happen under session.mu.
-type taskState uint8
-
-const (
-	taskCollecting taskState = iota // waiting for CmdSN order and/or Data-Out
-	taskRunning                     // in Target.Execute
-	taskDone                        // response sent or task aborted
 )
 
 // r2tState is one outstanding R2T.
@@ -30,8 +20,11 @@ type r2tState struct {
 	dataSN uint32
 }
 
-// task is one SCSI command from arrival to response.
+// task is one SCSI command from arrival to response: the transport's side
+// (ITT, CmdSN, R2T and Data-Out state, buffers) of the scsi.Task the task
+// manager orders, runs and aborts.
 type task struct {
+	st   scsi.Task
 	sess *session
 	c    *conn
 
@@ -39,10 +32,8 @@ type task struct {
 	cmdSN     uint32
 	immediate bool
 	lunRaw    uint64
-	lun       uint64
 	cdb       []byte
 	cdbBuf    [16]byte
-	attr      scsi.TaskAttr
 	read      bool
 	write     bool
 	edtl      uint32 // expected data transfer length (write side for bidirectional)
@@ -64,36 +55,22 @@ type task struct {
 	// command (transport-level refusals such as bidirectional commands).
 	precheck *scsi.Result
 
-	// Under session.mu.
-	state   taskState
-	aborted bool
-	// dseq is the task's place in CmdSN delivery order (0 until
-	// delivered); gated marks a task held back by task attribute rules.
-	dseq  uint64
-	gated bool
-
 	reserved    atomic.Int64  // Data-Out bytes reserved against the session's and server's budgets
 	progress    atomic.Uint32 // Data-Out PDUs placed, for the stall watchdog
 	holdsSlot   bool          // under session.mu
-	slotOnce    sync.Once
 	finishOnce  sync.Once
-	ctx         context.Context
-	cancel      context.CancelFunc
-	done        chan struct{}
 	dataInCount uint32
 }
 
-// releaseSlot gives the task's CmdSN window slot back once.
+// releaseSlot gives the task's CmdSN window slot back, if it holds one.
 func (t *task) releaseSlot() {
-	t.slotOnce.Do(func() {
-		t.sess.mu.Lock()
-		holds := t.holdsSlot
-		t.holdsSlot = false
-		t.sess.mu.Unlock()
-		if holds {
-			t.sess.release()
-		}
-	})
+	t.sess.mu.Lock()
+	holds := t.holdsSlot
+	t.holdsSlot = false
+	t.sess.mu.Unlock()
+	if holds {
+		t.sess.release()
+	}
 }
 
 // releaseMem returns the task's Data-Out reservation once.
@@ -103,50 +80,41 @@ func (t *task) releaseMem() {
 	}
 }
 
-// finish marks the task as no longer running.
+// finish returns what the task holds (window slot, Data-Out budget) and
+// tells the task manager it no longer runs, which lets a task management
+// function waiting for it answer.
 func (t *task) finish() {
 	t.finishOnce.Do(func() {
 		t.releaseSlot()
 		t.releaseMem()
-		t.cancel()
 		t.sess.active.Add(-1)
-		close(t.done)
+		t.sess.tm.Release(&t.st)
 	})
 }
 
-// decodeLUN turns an 8-byte SAM LUN into the flat LUN number. Peripheral
-// (bus 0) and flat space single-level addressing are supported; anything
-// else maps to a LUN that does not exist.
-func decodeLUN(raw uint64) uint64 {
-	if raw&0x0000ffffffffffff != 0 {
-		return ^uint64(0)
+// aborted is the task manager's word that a task management function (or
+// the end of the session) aborted t: it is forgotten by ITT so that no
+// more Data-Out is taken for it, and it sends no response. A task that had
+// not started is finished here; its buffer may still be in use by the
+// reader, so it is left to the garbage collector. A running one finishes
+// when Execute returns.
+func (t *task) aborted(running bool) {
+	s := t.sess
+	s.mu.Lock()
+	if s.tasks[t.itt] == t {
+		delete(s.tasks, t.itt)
 	}
-	hi := uint16(raw >> 48)
-	switch hi >> 14 {
-	case 0:
-		if hi>>8 != 0 {
-			return ^uint64(0)
-		}
-		return uint64(hi & 0xff)
-	case 1:
-		return uint64(hi & 0x3fff)
+	s.mu.Unlock()
+	if !running {
+		t.finish()
 	}
-	return ^uint64(0)
 }
 
-// senseFixed builds fixed-format sense data (SPC-4 §4.5.3).
-func senseFixed(key, asc, ascq byte) []byte {
-	s := make([]byte, 18)
-	s[0] = 0x70
-	s[2] = key
-	s[7] = 10
-	s[12] = asc
-	s[13] = ascq
-	return s
-}
-
-func checkCondition(key, asc, ascq byte) *scsi.Result {
-	return &scsi.Result{Status: scsi.StatusCheckCondition, Sense: senseFixed(key, asc, ascq)}
+// refuse makes the task complete with the core's answer to why, without
+// executing it.
+func (t *task) refuse(why scsi.Refusal) {
+	r := t.sess.tm.Refuse(t.st.LUN, why)
+	t.precheck = &r
 }
 
 // handleSCSICmd processes a SCSI Command PDU (RFC 7143 §11.3).
@@ -174,13 +142,17 @@ func (c *conn) handleSCSICmd() error {
 		cmdSN:     cmdSN,
 		immediate: immediate,
 		lunRaw:    h.lunBytes(),
-		attr:      scsi.TaskAttr(flags & 7),
 		read:      flags&flagRead != 0,
 		write:     flags&flagWrite != 0,
 		edtl:      h.u32(20),
-		done:      make(chan struct{}),
 	}
-	t.lun = decodeLUN(t.lunRaw)
+	t.st = scsi.Task{
+		Nexus:   s.nexus,
+		LUN:     scsi.DecodeLUN(t.lunRaw),
+		Attr:    scsi.TaskAttr(flags & 7),
+		Start:   func() { c.runTask(t) },
+		Aborted: t.aborted,
+	}
 	t.readLen = t.edtl
 	if t.read && t.write {
 		t.readLen = bidiRead
@@ -225,13 +197,13 @@ func (c *conn) handleSCSICmd() error {
 	switch {
 	case t.read && t.write:
 		// Bidirectional commands are not supported by the SCSI core.
-		t.precheck = checkCondition(0x05, 0x24, 0x00)
+		t.refuse(scsi.RefuseInvalidField)
 	case t.write && t.edtl > c.srv.cfg.MaxTransferLength:
-		t.precheck = checkCondition(0x05, 0x24, 0x00)
+		t.refuse(scsi.RefuseInvalidField)
 	}
 	if t.precheck == nil && t.write && t.edtl > 0 {
 		if !c.srv.reserveDataOut(c, s, int64(t.edtl)) {
-			t.precheck = &scsi.Result{Status: scsi.StatusTaskSetFull}
+			t.refuse(scsi.RefuseTaskSetFull)
 		} else {
 			t.reserved.Store(int64(t.edtl))
 			t.bufp = getBuf(int(t.edtl))
@@ -259,44 +231,34 @@ func (c *conn) handleSCSICmd() error {
 		t.unsolActive = !final && t.received < t.unsolLimit
 		t.nextOffset = t.received
 	}
-	t.ctx, t.cancel = context.WithCancel(s.ctx)
-
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		t.cancel()
 		t.releaseMem()
 		return nil
 	}
 	s.tasks[t.itt] = t
 	s.active.Add(1)
+	// Under s.mu, with the ended check: a session ending now aborts it.
+	s.tm.Add(s.ctx, &t.st)
 	s.mu.Unlock()
 
 	if t.write && !t.unsolActive && t.precheck == nil {
 		c.issueR2Ts(t)
 	}
 	return s.sequence(cmdSN, immediate, func() error {
-		// Taking the window slot and checking for an abort happen under
-		// one lock so that an abort racing with delivery releases exactly
-		// the slots that were taken.
-		s.mu.Lock()
-		aborted := t.aborted
+		// The task takes its window slot before it enters the task
+		// manager's order; if it was aborted (before or meanwhile) the
+		// slot goes back at once, and releaseSlot makes sure it goes
+		// back exactly once.
 		if !immediate {
-			if !aborted {
-				t.holdsSlot = true
-			}
-			s.advance(!aborted)
+			s.mu.Lock()
+			t.holdsSlot = true
+			s.advance(true)
+			s.mu.Unlock()
 		}
-		if !aborted {
-			s.deliverSeq++
-			t.dseq = s.deliverSeq
-			s.live[t] = struct{}{}
-			if t.attr == scsi.TaskOrdered {
-				s.orderedLive++
-			}
-		}
-		s.mu.Unlock()
-		if aborted {
+		if !s.tm.Deliver(&t.st) {
+			t.releaseSlot()
 			return nil
 		}
 		t.ordered = true
@@ -343,17 +305,6 @@ func (c *conn) issueR2Ts(t *task) {
 	}
 }
 
-// Sense codes for Data-Out sequence errors (RFC 7143 §11.4.7.2, SPC-4).
-// Every violation is an ABORTED COMMAND: at ERL 0 we cannot ask for the
-// data again, but we can end the one task and keep the session.
-var (
-	senseDataSN        = [3]byte{0x0b, 0x47, 0x05} // implied digest error: PROTOCOL SERVICE CRC ERROR
-	senseDataOffset    = [3]byte{0x0b, 0x4b, 0x05} // DATA OFFSET ERROR
-	senseBadTTT        = [3]byte{0x0b, 0x4b, 0x01} // INVALID TARGET PORT TRANSFER TAG RECEIVED
-	senseUnexpectedDat = [3]byte{0x0b, 0x0c, 0x0c} // unexpected unsolicited data
-	senseDataAmount    = [3]byte{0x0b, 0x0c, 0x0d} // incorrect amount of data
-)
-
 // handleDataOut places a Data-Out PDU's payload into its task's buffer,
 // checking TTT, DataSN and BufferOffset (RFC 7143 §11.7).
 func (c *conn) handleDataOut() error {
@@ -362,27 +313,27 @@ func (c *conn) handleDataOut() error {
 	n := uint32(h.dataLen())
 	s.mu.Lock()
 	t := s.tasks[h.itt()]
-	live := t != nil && t.state == taskCollecting
 	s.mu.Unlock()
+	live := t != nil && t.st.Waiting()
 	if !live || t.precheck != nil {
 		// Data for a task that was aborted, failed or already answered.
 		return c.rd.discardData()
 	}
 	if !t.write {
-		return c.failData(t, senseUnexpectedDat, "Data-Out for a command without W bit")
+		return c.failData(t, scsi.RefuseUnexpectedData, "Data-Out for a command without W bit")
 	}
 	ttt, dataSN, off := h.u32(20), h.u32(36), h.u32(40)
 	final := h.final()
 	if ttt == tagNone {
 		switch {
 		case !t.unsolActive:
-			return c.failData(t, senseUnexpectedDat, "unexpected unsolicited Data-Out")
+			return c.failData(t, scsi.RefuseUnexpectedData, "unexpected unsolicited Data-Out")
 		case dataSN != t.unsolDataSN:
-			return c.failData(t, senseDataSN, fmt.Sprintf("unsolicited DataSN %d, expected %d", dataSN, t.unsolDataSN))
+			return c.failData(t, scsi.RefuseDataSequence, fmt.Sprintf("unsolicited DataSN %d, expected %d", dataSN, t.unsolDataSN))
 		case off != t.received:
-			return c.failData(t, senseDataOffset, fmt.Sprintf("unsolicited offset %d, expected %d", off, t.received))
+			return c.failData(t, scsi.RefuseDataOffset, fmt.Sprintf("unsolicited offset %d, expected %d", off, t.received))
 		case uint64(off)+uint64(n) > uint64(t.unsolLimit):
-			return c.failData(t, senseDataAmount, fmt.Sprintf("unsolicited data past %d", t.unsolLimit))
+			return c.failData(t, scsi.RefuseDataAmount, fmt.Sprintf("unsolicited data past %d", t.unsolLimit))
 		}
 		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
 			return err
@@ -403,16 +354,16 @@ func (c *conn) handleDataOut() error {
 		i++
 	}
 	if i == len(t.r2ts) {
-		return c.failData(t, senseBadTTT, fmt.Sprintf("unknown TTT %#x", ttt))
+		return c.failData(t, scsi.RefuseBadTransferTag, fmt.Sprintf("unknown TTT %#x", ttt))
 	}
 	r := &t.r2ts[i]
 	switch {
 	case dataSN != r.dataSN:
-		return c.failData(t, senseDataSN, fmt.Sprintf("DataSN %d, expected %d", dataSN, r.dataSN))
+		return c.failData(t, scsi.RefuseDataSequence, fmt.Sprintf("DataSN %d, expected %d", dataSN, r.dataSN))
 	case off != r.offset+r.got:
-		return c.failData(t, senseDataOffset, fmt.Sprintf("offset %d, expected %d", off, r.offset+r.got))
+		return c.failData(t, scsi.RefuseDataOffset, fmt.Sprintf("offset %d, expected %d", off, r.offset+r.got))
 	case r.got+n > r.length, final && r.got+n != r.length:
-		return c.failData(t, senseDataAmount, fmt.Sprintf("%d+%d bytes for an R2T of %d", r.got, n, r.length))
+		return c.failData(t, scsi.RefuseDataAmount, fmt.Sprintf("%d+%d bytes for an R2T of %d", r.got, n, r.length))
 	}
 	if err := c.rd.readData(t.buf[off : off+n]); err != nil {
 		return err
@@ -429,15 +380,17 @@ func (c *conn) handleDataOut() error {
 	return nil
 }
 
-// failData ends a task whose Data-Out sequence is broken: the offending
-// PDU is discarded and the task completes with CHECK CONDITION (ABORTED
-// COMMAND) once it is in CmdSN order. Further Data-Out for it is ignored.
-func (c *conn) failData(t *task, sense [3]byte, why string) error {
-	c.log.Info("iscsi: Data-Out sequence error", "tsih", c.sess.tsih, "itt", t.itt, "reason", why)
+// failData ends a task whose Data-Out sequence is broken (RFC 7143
+// §11.4.7.2): the offending PDU is discarded and the task completes with
+// the core's CHECK CONDITION (ABORTED COMMAND) once it is in CmdSN order:
+// at ERL 0 we cannot ask for the data again, but we can end the one task
+// and keep the session. Further Data-Out for it is ignored.
+func (c *conn) failData(t *task, why scsi.Refusal, detail string) error {
+	c.log.Info("iscsi: Data-Out sequence error", "tsih", c.sess.tsih, "itt", t.itt, "reason", detail)
 	if err := c.rd.discardData(); err != nil {
 		return err
 	}
-	t.precheck = checkCondition(sense[0], sense[1], sense[2])
+	t.refuse(why)
 	t.unsolActive = false
 	t.r2ts = t.r2ts[:0]
 	t.nextOffset = t.edtl
@@ -452,22 +405,12 @@ func (c *conn) maybeStart(t *task) {
 		return
 	}
 	s := t.sess
-	s.mu.Lock()
-	if t.aborted || t.state != taskCollecting {
-		s.mu.Unlock()
+	if !s.tm.Ready(&t.st) {
+		// Not delivered yet, aborted, or held back by the task
+		// attribute rules (then st.Start runs it later).
 		return
 	}
-	if !s.mayStart(t) {
-		if !t.gated {
-			t.gated = true
-			s.gated = append(s.gated, t)
-		}
-		s.mu.Unlock()
-		return
-	}
-	t.state = taskRunning
-	inline := t.read && !t.write && len(s.live) == 1 && c.rd.r.Buffered() == 0
-	s.mu.Unlock()
+	inline := t.read && !t.write && s.active.Load() == 1 && c.rd.r.Buffered() == 0
 	if inline {
 		// The only task, and nothing more has arrived: the initiator is
 		// waiting for this one (queue depth 1). The reader runs it and
@@ -496,9 +439,8 @@ func (c *conn) runTask(t *task) {
 			if s.tasks[t.itt] == t {
 				delete(s.tasks, t.itt)
 			}
-			s.left(t)
-			t.state = taskDone
 			s.mu.Unlock()
+			s.tm.Complete(&t.st, nil)
 			t.finish()
 			c.close(errors.New("panic executing SCSI command"))
 		}
@@ -507,21 +449,11 @@ func (c *conn) runTask(t *task) {
 	if t.precheck != nil {
 		res = *t.precheck
 	} else {
-		cmd := scsi.Command{
-			Nexus:          s.nexus,
-			LUN:            t.lun,
-			CDB:            t.cdb,
-			Attr:           t.attr,
-			DataOut:        t.buf,
-			ExpectedDataIn: 0,
-		}
+		cmd := scsi.Command{CDB: t.cdb, DataOut: t.buf}
 		if t.read {
 			cmd.ExpectedDataIn = int(t.readLen)
 		}
-		res = s.target.Execute(t.ctx, &cmd)
-		if len(res.AbortTaskSets) > 0 {
-			c.abortTaskSets(t, res.AbortTaskSets)
-		}
+		res = s.tm.Execute(&t.st, &cmd)
 	}
 	if t.bufp != nil {
 		putBuf(t.bufp)
@@ -529,31 +461,23 @@ func (c *conn) runTask(t *task) {
 	}
 	t.releaseMem()
 	var release func()
-	if rel, ok := s.target.(DataInReleaser); ok && len(res.DataIn) > 0 {
+	if len(res.DataIn) > 0 {
 		b := res.DataIn
-		release = func() { rel.ReleaseDataIn(b) }
+		release = func() { s.tm.ReleaseDataIn(b) }
 	}
-	s.mu.Lock()
-	aborted := t.aborted
-	if !aborted {
-		delete(s.tasks, t.itt)
-		t.state = taskDone
-	}
-	s.mu.Unlock()
-	if aborted {
-		if release != nil {
-			release()
-		}
-		t.finish()
-		return
-	}
-	t.releaseSlot()
-	c.sendResult(t, &res, release)
-	// The task leaves the task set once its status is queued, so an
+	// Complete sends the status unless the task was aborted meanwhile;
+	// the task leaves the task set only once its status is queued, so an
 	// ORDERED task behind it answers after it.
-	s.mu.Lock()
-	s.left(t)
-	s.mu.Unlock()
+	sent := s.tm.Complete(&t.st, func() {
+		s.mu.Lock()
+		delete(s.tasks, t.itt)
+		s.mu.Unlock()
+		t.releaseSlot()
+		c.sendResult(t, &res, release)
+	})
+	if !sent && release != nil {
+		release()
+	}
 	t.finish()
 }
 

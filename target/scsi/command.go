@@ -1,10 +1,19 @@
-// Package scsi is Anvil's SCSI command core (SPC-4/SBC-3): it turns CDBs
-// into engine.Volume calls and answers with status, sense and data.
+// Package scsi is Anvil's SCSI target device (SAM-5, SPC-4, SBC-3): the
+// device server that turns CDBs into engine.Volume calls and answers with
+// status, sense and data, and the task manager in front of it.
 //
-// It knows nothing of TCP or iSCSI PDUs. A transport (target/iscsi) gathers a
-// command's data-out, hands a Command to Target.Execute, and moves the
-// Result's data-in and status back to the initiator, computing residuals
-// from Result.TransferLength against its own expected length.
+// It knows nothing of TCP or iSCSI PDUs. What SAM gives a target device
+// lives here so that every transport shares it: the task set of each LUN
+// with its SIMPLE / ORDERED / HEAD OF QUEUE rules and the task management
+// functions across I_T nexuses (TaskManager, taskset.go), LUN addressing
+// (DecodeLUN, EncodeLUN), and all sense data, built in one place (sense.go)
+// in the format the control mode page's D_SENSE selects, including for
+// commands a transport refuses (TaskManager.Refuse). A transport
+// (target/iscsi) adds each command to Target.Tasks as a Task, gathers its
+// data-out, runs it with TaskManager.Execute, and moves the Result's
+// data-in and status back to the initiator, computing residuals from
+// Result.TransferLength against its own expected length; a task management
+// request becomes one TaskManager.Manage call.
 //
 // Commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (VPD 0x00, 0x80, 0x83,
 // 0x8F, 0xB0, 0xB1, 0xB2), REPORT LUNS, REPORT SUPPORTED OPERATION CODES,
@@ -121,8 +130,15 @@ type Result struct {
 // TaskSet names the tasks of one I_T nexus addressed to one LUN of the
 // nexus's target.
 type TaskSet struct {
+	// Nexus is the I_T nexus whose tasks are meant.
 	Nexus *Nexus
-	LUN   uint64
+	// LUN is the LUN of the unit in the nexus's target.
+	LUN uint64
+
+	// tm is the task manager of the nexus's target, when the unit found
+	// it (a unit may be mapped by several targets); nil means the one
+	// executing the command.
+	tm *TaskManager
 }
 
 // TMF is a task management function (SAM-5).

@@ -529,7 +529,7 @@ func (lu *LogicalUnit) taskSets(regs []PRRegistration, withSelf bool, self *Nexu
 		}
 		for lun, m := range *st.tgt.luns.Load() {
 			if m == lu {
-				out = append(out, TaskSet{Nexus: n, LUN: lun})
+				out = append(out, TaskSet{Nexus: n, LUN: lun, tm: st.tgt.tasks})
 			}
 		}
 		return true

@@ -315,12 +315,7 @@ func (x *task) reportLUNs() error {
 	b := make([]byte, 8+8*len(luns))
 	binary.BigEndian.PutUint32(b, uint32(8*len(luns)))
 	for i, l := range luns {
-		p := b[8+8*i:]
-		if l < 256 {
-			p[1] = byte(l) // peripheral device addressing
-		} else {
-			binary.BigEndian.PutUint16(p, 0x4000|uint16(l)) // flat space addressing
-		}
+		binary.BigEndian.PutUint64(b[8+8*i:], EncodeLUN(l))
 	}
 	if x.st != nil {
 		x.st.remove(ascReportedLUNsChanged)

@@ -29,6 +29,10 @@ type Target struct {
 
 	// anon is the nexus used for commands that arrive without one.
 	anon Nexus
+
+	// tasks is the target's task manager: its task sets and task
+	// management functions.
+	tasks *TaskManager
 }
 
 // NewTarget returns an empty target named name (for iSCSI, the target IQN).
@@ -36,7 +40,19 @@ func NewTarget(name string) *Target {
 	t := &Target{name: name}
 	m := map[uint64]*LogicalUnit{}
 	t.luns.Store(&m)
+	t.tasks = NewTaskManager(t)
 	return t
+}
+
+// Tasks returns the target's task manager, through which transports
+// submit commands and carry out task management functions.
+func (t *Target) Tasks() *TaskManager { return t.tasks }
+
+// DescriptorSense reports whether the unit at lun asks for descriptor
+// format sense data (control mode page D_SENSE); false for an unmapped LUN.
+func (t *Target) DescriptorSense(lun uint64) bool {
+	lu := t.lookup(lun)
+	return lu != nil && lu.dsense.Load()
 }
 
 // Name returns the target's name.
@@ -100,14 +116,15 @@ func (t *Target) lookup(lun uint64) *LogicalUnit {
 }
 
 // Reset applies the side effects of a task management function that resets
-// state (SAM-5 7.x): LOGICAL UNIT RESET resets the unit at lun, TARGET WARM
+// state (SAM-5 7.x); TaskManager.Manage calls it once the affected tasks
+// have stopped: LOGICAL UNIT RESET resets the unit at lun, TARGET WARM
 // RESET and TARGET COLD RESET reset every unit. Resets release RESERVE
 // reservations and establish a unit attention for every nexus (BUS
 // DEVICE RESET FUNCTION OCCURRED for a unit reset, SCSI BUS RESET OCCURRED
 // for a warm reset, POWER ON OCCURRED for a cold reset); target resets also
 // return mode parameters to their defaults, as a hard reset does. CLEAR TASK
 // SET and the abort functions change no state here: aborting the commands
-// themselves is the transport's job (it cancels their contexts).
+// themselves is the task manager's job (it cancels their contexts).
 //
 // n is the nexus the function arrived on; SAM-5 gives it no special
 // treatment for these functions, so it does not change the outcome.
@@ -167,7 +184,7 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 		// A handler bug must fail one command, never the daemon.
 		if r := recover(); r != nil {
 			slogFor(t.lookup(cmd.LUN)).Error("scsi: panic executing command", "target", t.name, "lun", cmd.LUN, "cdb", fmt.Sprintf("% x", cmd.CDB), "panic", r)
-			res = Result{Status: StatusCheckCondition, Sense: errInternal.sense(false)}
+			res = Result{Status: StatusCheckCondition, Sense: errInternal.sense(t.DescriptorSense(cmd.LUN))}
 		}
 	}()
 	n := cmd.Nexus
