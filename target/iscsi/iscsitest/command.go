@@ -61,17 +61,22 @@ type Response struct {
 }
 
 // ReadResponse reads PDUs for the command itt until its status arrives,
-// answering the target's NOP-In pings on the way. Data-In must come for
-// itt, in order and without gaps; any other PDU is an error.
-func (c *Conn) ReadResponse(itt uint32) (*Response, error) {
+// answering the target's NOP-In pings on the way and collecting R2Ts
+// without answering them. Data-In must come for itt, in order and without
+// gaps; any other PDU is an error.
+func (c *Conn) ReadResponse(itt uint32) (*Response, error) { return c.await(itt, nil) }
+
+// await is ReadResponse; with r2t set, it is for a write: each R2T goes to
+// r2t and a Data-In is an error.
+func (c *Conn) await(itt uint32, r2t func(*PDU) error) (*Response, error) {
 	r := &Response{}
 	for {
 		p, err := c.recv()
 		if err != nil {
 			return nil, fmt.Errorf("waiting for ITT %#x: %w", itt, err)
 		}
-		switch p.Opcode() {
-		case OpDataIn:
+		switch op := p.Opcode(); {
+		case op == OpDataIn && r2t == nil:
 			if p.BHS.ITT() != itt {
 				return nil, fmt.Errorf("Data-In for ITT %#x, want %#x", p.BHS.ITT(), itt)
 			}
@@ -85,7 +90,7 @@ func (c *Conn) ReadResponse(itt uint32) (*Response, error) {
 				r.Status, r.Flags, r.Residual = p.BHS[3], p.BHS.Flags(), p.BHS.U32(44)
 				return r, nil
 			}
-		case OpSCSIResp:
+		case op == OpSCSIResp:
 			if p.BHS.ITT() != itt {
 				return nil, fmt.Errorf("SCSI Response for ITT %#x, want %#x", p.BHS.ITT(), itt)
 			}
@@ -94,14 +99,19 @@ func (c *Conn) ReadResponse(itt uint32) (*Response, error) {
 				return nil, err
 			}
 			return r, nil
-		case OpR2T:
+		case op == OpR2T:
 			r.R2Ts = append(r.R2Ts, p)
-		case OpNOPIn:
+			if r2t != nil {
+				if err := r2t(p); err != nil {
+					return nil, err
+				}
+			}
+		case op == OpNOPIn:
 			if err := c.AnswerNOP(p); err != nil {
 				return nil, err
 			}
 		default:
-			return nil, fmt.Errorf("unexpected opcode %#x waiting for ITT %#x", p.Opcode(), itt)
+			return nil, fmt.Errorf("unexpected opcode %#x waiting for ITT %#x", op, itt)
 		}
 	}
 }
@@ -183,39 +193,13 @@ func (c *Conn) Write(cdb, data []byte, seg int) (*Response, error) {
 			return nil, err
 		}
 	}
-	r := &Response{}
-	for {
-		p, err := c.recv()
-		if err != nil {
-			return nil, fmt.Errorf("waiting for write ITT %#x: %w", itt, err)
+	return c.await(itt, func(p *PDU) error {
+		off, n := p.BHS.U32(40), p.BHS.U32(44)
+		if uint64(off)+uint64(n) > uint64(len(data)) {
+			return fmt.Errorf("R2T for %d bytes at %d beyond the %d-byte write", n, off, len(data))
 		}
-		switch p.Opcode() {
-		case OpR2T:
-			r.R2Ts = append(r.R2Ts, p)
-			off, n := p.BHS.U32(40), p.BHS.U32(44)
-			if uint64(off)+uint64(n) > uint64(len(data)) {
-				return nil, fmt.Errorf("R2T for %d bytes at %d beyond the %d-byte write", n, off, len(data))
-			}
-			if err := c.dataOuts(itt, p.BHS.U32(20), off, n, seg, data); err != nil {
-				return nil, err
-			}
-		case OpSCSIResp:
-			if p.BHS.ITT() != itt {
-				return nil, fmt.Errorf("SCSI Response for ITT %#x, want %#x", p.BHS.ITT(), itt)
-			}
-			r.Status, r.Flags, r.Residual = p.BHS[3], p.BHS.Flags(), p.BHS.U32(44)
-			if r.Sense, err = senseOf(p.Data); err != nil {
-				return nil, err
-			}
-			return r, nil
-		case OpNOPIn:
-			if err := c.AnswerNOP(p); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("unexpected opcode %#x during write", p.Opcode())
-		}
-	}
+		return c.dataOuts(itt, p.BHS.U32(20), off, n, seg, data)
+	})
 }
 
 // AnswerNOP answers a NOP-In that asks for it (TTT not 0xffffffff) with a
@@ -224,27 +208,29 @@ func (c *Conn) AnswerNOP(p *PDU) error {
 	if p.BHS.U32(20) == TagNone {
 		return nil
 	}
-	var h BHS
-	h[0] = OpNOPOut | FlagImmediate
-	h[1] = FlagFinal
-	h.SetITT(TagNone)
+	h := c.immediate(OpNOPOut, FlagFinal, TagNone)
 	h.SetU32(20, p.BHS.U32(20))
-	h.SetU32(24, c.CmdSN)
-	h.SetU32(28, c.ExpStatSN)
 	return c.Send(&h, nil, nil)
 }
 
 // Ping sends an immediate NOP-Out that asks for a NOP-In and returns its
 // ITT; the caller reads the answer.
 func (c *Conn) Ping() (uint32, error) {
-	var h BHS
-	h[0] = OpNOPOut | FlagImmediate
-	h[1] = FlagFinal
-	h.SetITT(c.NextITT())
+	h := c.immediate(OpNOPOut, FlagFinal, c.NextITT())
 	h.SetU32(20, TagNone)
+	return h.ITT(), c.Send(&h, nil, nil)
+}
+
+// immediate starts the header of an immediate request: it carries CmdSN
+// without consuming it (RFC 7143 3.2.2.1).
+func (c *Conn) immediate(op, flags byte, itt uint32) BHS {
+	var h BHS
+	h[0] = op | FlagImmediate
+	h[1] = flags
+	h.SetITT(itt)
 	h.SetU32(24, c.CmdSN)
 	h.SetU32(28, c.ExpStatSN)
-	return h.ITT(), c.Send(&h, nil, nil)
+	return h
 }
 
 // TMF functions (RFC 7143 11.5.1).
@@ -263,14 +249,9 @@ const (
 // response, answering NOP-In pings on the way. refITT and refCmdSN name the
 // task for ABORT TASK; pass TagNone and 0 otherwise.
 func (c *Conn) TMF(fn byte, lun uint64, refITT, refCmdSN uint32) (*PDU, error) {
-	var h BHS
-	h[0] = OpTMFReq | FlagImmediate
-	h[1] = FlagFinal | fn&0x7f
+	h := c.immediate(OpTMFReq, FlagFinal|fn&0x7f, c.NextITT())
 	h.SetLUN(lun)
-	h.SetITT(c.NextITT())
 	h.SetU32(20, refITT)
-	h.SetU32(24, c.CmdSN)
-	h.SetU32(28, c.ExpStatSN)
 	h.SetU32(32, refCmdSN)
 	if err := c.Send(&h, nil, nil); err != nil {
 		return nil, err
@@ -282,13 +263,8 @@ func (c *Conn) TMF(fn byte, lun uint64, refITT, refCmdSN uint32) (*PDU, error) {
 // returns the Text Response. Continued responses are the caller's to
 // follow up.
 func (c *Conn) Text(keys []byte) (*PDU, error) {
-	var h BHS
-	h[0] = OpTextReq | FlagImmediate
-	h[1] = FlagFinal
-	h.SetITT(c.NextITT())
+	h := c.immediate(OpTextReq, FlagFinal, c.NextITT())
 	h.SetU32(20, TagNone)
-	h.SetU32(24, c.CmdSN)
-	h.SetU32(28, c.ExpStatSN)
 	if err := c.Send(&h, nil, keys); err != nil {
 		return nil, err
 	}
@@ -304,12 +280,7 @@ const (
 // Logout sends an immediate Logout Request with reason and returns the
 // Logout Response.
 func (c *Conn) Logout(reason byte) (*PDU, error) {
-	var h BHS
-	h[0] = OpLogoutReq | FlagImmediate
-	h[1] = FlagFinal | reason&0x7f
-	h.SetITT(c.NextITT())
-	h.SetU32(24, c.CmdSN)
-	h.SetU32(28, c.ExpStatSN)
+	h := c.immediate(OpLogoutReq, FlagFinal|reason&0x7f, c.NextITT())
 	if err := c.Send(&h, nil, nil); err != nil {
 		return nil, err
 	}
