@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/target/scsi"
 )
 
@@ -204,23 +205,9 @@ func TestTextResponseSpansPDUs(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1}, targets...)
 	c := dial(t, ts.addr)
 	c.login("", "MaxRecvDataSegmentLength=512")
-	var h bhs
-	h[0] = opTextReq | flagImmed
-	h[1] = flagFinal
-	h.setITT(c.NextITT())
-	h.setU32(20, tagNone)
-	c.send(&h, nil, keysData("SendTargets=All"))
-	var text []byte
-	pdus := 0
-	for {
-		p := c.recv()
-		text = append(text, p.data...)
-		pdus++
-		if p.hdr[1]&flagFinal != 0 {
-			break
-		}
-		h.setU32(20, p.hdr.u32(20))
-		c.send(&h, nil, nil)
+	text, pdus, err := c.Text(keysData("SendTargets=All"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	kvs, err := parseKeys(text)
 	if err != nil {
@@ -580,20 +567,11 @@ func TestAbortTask(t *testing.T) {
 	c.send(h, nil, make([]byte, 512))
 	<-ts.tgt.started
 	tmf := func(fn scsi.TMF, rtt, refSN uint32, lun uint64) *pdu {
-		var m bhs
-		m[0] = opTMFReq | flagImmed
-		m[1] = flagFinal | byte(fn)
-		m.setLUN(lun)
-		m.setITT(c.NextITT())
-		m.setU32(20, rtt)
-		m.setU32(24, c.CmdSN)
-		m.setU32(32, refSN)
-		c.send(&m, nil, nil)
-		p := c.recv()
-		if p.hdr.opcode() != opTMFResp || p.hdr.itt() != m.itt() {
-			t.Fatalf("TMF answer opcode %#x itt %#x", p.hdr.opcode(), p.hdr.itt())
+		p, err := c.TMF(byte(fn), lun, rtt, refSN)
+		if err != nil {
+			t.Fatalf("TMF: %v", err)
 		}
-		return p
+		return fromTest(p)
 	}
 	if p := tmf(scsi.TMFAbortTask, h.itt(), h.u32(24), 0); p.hdr[2] != tmfComplete {
 		t.Fatalf("abort: response %d", p.hdr[2])
@@ -646,15 +624,12 @@ func TestAbortTaskSetWhileCollecting(t *testing.T) {
 	h := c.scsiCmd(cdb10(0x2a, 0, 4), false, true, true, 2048)
 	c.send(h, nil, nil)
 	r2t := c.recv()
-	var m bhs
-	m[0] = opTMFReq | flagImmed
-	m[1] = flagFinal | byte(scsi.TMFAbortTaskSet)
-	m.setITT(c.NextITT())
-	m.setU32(24, c.CmdSN)
-	c.send(&m, nil, nil)
-	p := c.recv()
-	if p.hdr.opcode() != opTMFResp || p.hdr[2] != tmfComplete {
-		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	p, err := c.TMF(byte(scsi.TMFAbortTaskSet), 0, tagNone, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.BHS[2] != tmfComplete {
+		t.Fatalf("response %d", p.BHS[2])
 	}
 	// Late Data-Out for the aborted task is ignored, not an error.
 	c.dataOut(h.itt(), r2t.hdr.u32(20), 0, 0, true, make([]byte, 2048))
@@ -695,18 +670,15 @@ func TestLogout(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1})
 	c := dial(t, ts.addr)
 	c.login(testIQN)
-	var h bhs
-	h[0] = opLogoutReq | flagImmed
-	h[1] = flagFinal | 0
-	h.setITT(c.NextITT())
-	h.setU32(24, c.CmdSN)
-	c.send(&h, nil, nil)
-	p := c.recv()
-	if p.hdr.opcode() != opLogoutResp || p.hdr[2] != 0 {
-		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	p, err := c.Logout(iscsitest.LogoutSession)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if binary.BigEndian.Uint16(p.hdr[40:42]) != 2 || binary.BigEndian.Uint16(p.hdr[42:44]) != 20 {
-		t.Fatalf("Time2Wait/Retain % x", p.hdr[40:44])
+	if p.BHS[2] != 0 {
+		t.Fatalf("response %d", p.BHS[2])
+	}
+	if p.BHS.U16(40) != 2 || p.BHS.U16(42) != 20 {
+		t.Fatalf("Time2Wait/Retain % x", p.BHS[40:44])
 	}
 	c.expectClosed()
 	deadline := time.Now().Add(2 * time.Second)

@@ -260,15 +260,29 @@ func (c *Conn) TMF(fn byte, lun uint64, refITT, refCmdSN uint32) (*PDU, error) {
 }
 
 // Text sends a final Text Request with keys (SendTargets=All, say) and
-// returns the Text Response. Continued responses are the caller's to
-// follow up.
-func (c *Conn) Text(keys []byte) (*PDU, error) {
+// returns the keys of the answer with the number of Text Responses it took:
+// while a response is not final, Text asks for the rest with an empty
+// request echoing its Target Transfer Tag (RFC 7143 11.10.4).
+func (c *Conn) Text(keys []byte) ([]byte, int, error) {
 	h := c.immediate(OpTextReq, FlagFinal, c.NextITT())
 	h.SetU32(20, TagNone)
-	if err := c.Send(&h, nil, keys); err != nil {
-		return nil, err
+	var all []byte
+	for n := 1; ; n++ {
+		if err := c.Send(&h, nil, keys); err != nil {
+			return nil, n, err
+		}
+		p, err := c.awaitReply(h.ITT(), OpTextResp)
+		if err != nil {
+			return nil, n, err
+		}
+		all = append(all, p.Data...)
+		if p.BHS.Flags()&FlagFinal != 0 {
+			return all, n, nil
+		}
+		keys = nil
+		h.SetU32(20, p.BHS.U32(20))
+		h.SetU32(28, c.ExpStatSN)
 	}
-	return c.awaitReply(h.ITT(), OpTextResp)
 }
 
 // Logout reasons (RFC 7143 11.14.1).

@@ -230,3 +230,39 @@ func TestExpectClose(t *testing.T) {
 		t.Fatal("a silent open connection passed ExpectClose")
 	}
 }
+
+// TestTextContinuation: a Text answer split over two responses is asked
+// for again with the target's TTT and comes back whole.
+func TestTextContinuation(t *testing.T) {
+	ini, tgt := pair(t)
+	serve(t, func() error {
+		var ttt uint32 = TagNone
+		for i, part := range []string{"TargetName=iqn.a", "TargetName=iqn.b"} {
+			p, err := tgt.Recv(time.Second)
+			if err != nil {
+				return err
+			}
+			if p.Opcode() != OpTextReq || p.BHS.U32(20) != ttt || (i == 0) != (len(p.Data) > 0) {
+				return errors.New("bad Text Request")
+			}
+			var h BHS
+			h[0] = OpTextResp
+			if i == 1 {
+				h[1] = FlagFinal
+			} else {
+				h[1] = FlagContinue
+			}
+			h.SetITT(p.BHS.ITT())
+			ttt = 77
+			h.SetU32(20, ttt)
+			if err := tgt.Send(&h, nil, Keys(part)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	data, n, err := ini.Text(Keys("SendTargets=All"))
+	if err != nil || n != 2 || string(data) != "TargetName=iqn.a\x00TargetName=iqn.b\x00" {
+		t.Fatalf("Text: %q in %d responses, %v", data, n, err)
+	}
+}
