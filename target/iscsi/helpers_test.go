@@ -1,12 +1,8 @@
 package iscsi
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/target/scsi"
 )
 
@@ -227,19 +224,12 @@ func startServer(t testing.TB, cfg Config, targets ...Target) *testServer {
 	return &testServer{srv: srv, addr: ln.Addr().String(), tgt: ft, reg: reg}
 }
 
-// client is a minimal iSCSI initiator for tests.
+// client is an iscsitest initiator bound to a test: a failure ends the
+// test, and PDUs go and come in this package's header type so tests read
+// fields with the accessors the server uses.
 type client struct {
-	t         testing.TB
-	nc        net.Conn
-	r         *bufio.Reader
-	isid      [6]byte
-	tsih      uint16
-	itt       uint32
-	cmdSN     uint32
-	expStatSN uint32
-	hd, dd    bool
-	maxRecv   int
-	params    map[string]string
+	*iscsitest.Conn
+	t testing.TB
 }
 
 func dial(t testing.TB, addr string) *client {
@@ -248,16 +238,24 @@ func dial(t testing.TB, addr string) *client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	return &client{t: t, nc: nc, r: bufio.NewReader(nc), isid: [6]byte{0x80, 0, 0, 0, 0, 1}, itt: 1, cmdSN: 1, maxRecv: 1 << 24}
+	return newClient(t, nc)
 }
 
-func (c *client) nextITT() uint32 { c.itt++; return c.itt }
+func newClient(t testing.TB, nc net.Conn) *client {
+	t.Cleanup(func() { nc.Close() })
+	c := &client{Conn: iscsitest.NewConn(nc), t: t}
+	c.Timeout = 5 * time.Second
+	return c
+}
+
+func fromTest(p *iscsitest.PDU) *pdu {
+	return &pdu{hdr: bhs(p.BHS), ahs: p.AHS, data: p.Data}
+}
 
 func (c *client) send(h *bhs, ahs, data []byte) {
 	c.t.Helper()
-	if _, err := c.nc.Write(encodePDU(h, ahs, data, c.hd, c.dd)); err != nil {
-		c.t.Fatalf("send: %v", err)
+	if err := c.Send((*iscsitest.BHS)(h), ahs, data); err != nil {
+		c.t.Fatal(err)
 	}
 }
 
@@ -272,67 +270,29 @@ func (c *client) recv() *pdu {
 }
 
 func (c *client) tryRecv(d time.Duration) (*pdu, error) {
-	c.nc.SetReadDeadline(time.Now().Add(d))
-	rd := &pduReader{r: c.r, maxData: c.maxRecv, headerDigest: c.hd, dataDigest: c.dd}
-	if err := rd.readHeader(); err != nil {
+	p, err := c.Recv(d)
+	if err != nil {
 		return nil, err
 	}
-	p := &pdu{hdr: rd.hdr, data: make([]byte, rd.hdr.dataLen())}
-	if err := rd.readData(p.data); err != nil {
-		return nil, err
-	}
-	switch p.hdr.opcode() {
-	case opSCSIResp, opTMFResp, opTextResp, opLogoutResp, opReject, opAsyncMsg, opLoginResp:
-		c.expStatSN = p.hdr.u32(24) + 1
-	case opNOPIn:
-		if p.hdr.itt() != tagNone {
-			c.expStatSN = p.hdr.u32(24) + 1
-		}
-	case opDataIn:
-		if p.hdr[1]&flagStatus != 0 {
-			c.expStatSN = p.hdr.u32(24) + 1
-		}
-	}
-	return p, nil
+	return fromTest(p), nil
 }
 
 // expectClosed asserts the target closes the connection (after possibly
 // sending a Reject).
 func (c *client) expectClosed() {
 	c.t.Helper()
-	for i := 0; i < 10; i++ {
-		p, err := c.tryRecv(5 * time.Second)
-		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				c.t.Fatalf("connection not closed: %v", err)
-			}
-			return
-		}
-		if p.hdr.opcode() != opReject && p.hdr.opcode() != opNOPIn {
-			c.t.Fatalf("expected close, got opcode %#x", p.hdr.opcode())
-		}
+	if err := c.ExpectClose(5 * time.Second); err != nil {
+		c.t.Fatal(err)
 	}
-	c.t.Fatal("connection not closed")
 }
 
-func keysData(pairs ...string) []byte {
-	var b []byte
-	for _, p := range pairs {
-		b = append(b, p...)
-		b = append(b, 0)
-	}
-	return b
-}
+func keysData(pairs ...string) []byte { return iscsitest.Keys(pairs...) }
 
 func keyMap(t testing.TB, data []byte) map[string]string {
 	t.Helper()
-	kvs, err := parseKeys(data)
+	m, err := iscsitest.ParseKeys(data)
 	if err != nil {
 		t.Fatalf("parse response keys %q: %v", data, err)
-	}
-	m := map[string]string{}
-	for _, p := range kvs {
-		m[p.Key] = p.Value
 	}
 	return m
 }
@@ -340,19 +300,11 @@ func keyMap(t testing.TB, data []byte) map[string]string {
 // loginPDU sends one login request and returns the response.
 func (c *client) loginPDU(csg, nsg int, transit bool, keys []byte) *pdu {
 	c.t.Helper()
-	var h bhs
-	h[0] = opLoginReq | flagImmed
-	h[1] = byte(csg<<2 | nsg)
-	if transit {
-		h[1] |= flagTransit
+	p, err := c.LoginPDU(csg, nsg, transit, keys)
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	copy(h[8:14], c.isid[:])
-	h.setU16(14, c.tsih)
-	h.setITT(c.itt)
-	h.setU32(24, c.cmdSN)
-	h.setU32(28, c.expStatSN)
-	c.send(&h, nil, keys)
-	return c.recv()
+	return fromTest(p)
 }
 
 func loginStatus(p *pdu) uint16 { return uint16(p.hdr[36])<<8 | uint16(p.hdr[37]) }
@@ -361,68 +313,19 @@ func loginStatus(p *pdu) uint16 { return uint16(p.hdr[36])<<8 | uint16(p.hdr[37]
 // operational keys and fails the test unless it succeeds.
 func (c *client) login(target string, op ...string) map[string]string {
 	c.t.Helper()
-	first := []string{"InitiatorName=" + testInitiator, "AuthMethod=None"}
-	if target == "" {
-		first = append(first, "SessionType=Discovery")
-	} else {
-		first = append(first, "SessionType=Normal", "TargetName="+target)
+	m, err := c.Login(iscsitest.LoginOptions{Initiator: testInitiator, Target: target, Operational: op})
+	if err != nil {
+		c.t.Fatalf("login: %v", err)
 	}
-	p := c.loginPDU(0, 1, true, keysData(first...))
-	if st := loginStatus(p); st != 0 {
-		c.t.Fatalf("security stage: status %#04x", st)
-	}
-	if p.hdr[1]&flagTransit == 0 || p.hdr[1]&3 != 1 {
-		c.t.Fatalf("security stage: no transit to operational: flags %#x", p.hdr[1])
-	}
-	m := keyMap(c.t, p.data)
-	p = c.loginPDU(1, 3, true, keysData(op...))
-	if st := loginStatus(p); st != 0 {
-		c.t.Fatalf("operational stage: status %#04x", st)
-	}
-	if p.hdr[1]&flagTransit == 0 || p.hdr[1]&3 != 3 {
-		c.t.Fatalf("operational stage: no transit to FFP: flags %#x", p.hdr[1])
-	}
-	for k, v := range keyMap(c.t, p.data) {
-		m[k] = v
-	}
-	c.tsih = binary.BigEndian.Uint16(p.hdr[14:16])
-	if c.tsih == 0 {
-		c.t.Fatal("final login response has TSIH 0")
-	}
-	c.params = m
 	return m
 }
 
 // scsiCmd builds a SCSI Command header.
 func (c *client) scsiCmd(cdb []byte, read, write, final bool, edtl uint32) *bhs {
-	var h bhs
-	h[0] = opSCSICmd
-	h[1] = byte(scsi.TaskSimple)
-	if final {
-		h[1] |= flagFinal
-	}
-	if read {
-		h[1] |= flagRead
-	}
-	if write {
-		h[1] |= flagWrite
-	}
-	h.setITT(c.nextITT())
-	h.setU32(20, edtl)
-	h.setU32(24, c.cmdSN)
-	c.cmdSN++
-	h.setU32(28, c.expStatSN)
-	copy(h[32:48], cdb)
-	return &h
+	return (*bhs)(c.CommandBHS(cdb, read, write, final, edtl))
 }
 
-func cdb10(op byte, lba uint32, blocks uint16) []byte {
-	b := make([]byte, 10)
-	b[0] = op
-	binary.BigEndian.PutUint32(b[2:6], lba)
-	binary.BigEndian.PutUint16(b[7:9], blocks)
-	return b
-}
+func cdb10(op byte, lba uint32, blocks uint16) []byte { return iscsitest.CDB10(op, lba, blocks) }
 
 // response collects a command's Data-In and final status.
 type response struct {
@@ -436,93 +339,48 @@ type response struct {
 	r2ts     []*pdu
 }
 
+func (c *client) response(r *iscsitest.Response, err error) *response {
+	c.t.Helper()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	out := &response{status: r.Status, flags: r.Flags, residual: r.Residual, data: r.Data, sense: r.Sense, dataSNs: r.DataSNs, pdus: r.DataIns}
+	for _, p := range r.R2Ts {
+		out.r2ts = append(out.r2ts, fromTest(p))
+	}
+	return out
+}
+
 // readResponse reads PDUs for itt until its status arrives.
 func (c *client) readResponse(itt uint32) *response {
 	c.t.Helper()
-	r := &response{}
-	for {
-		p := c.recv()
-		switch p.hdr.opcode() {
-		case opDataIn:
-			if p.hdr.itt() != itt {
-				c.t.Fatalf("Data-In for ITT %#x, want %#x", p.hdr.itt(), itt)
-			}
-			off := p.hdr.u32(40)
-			if int(off) != len(r.data) {
-				c.t.Fatalf("Data-In offset %d, want %d", off, len(r.data))
-			}
-			r.data = append(r.data, p.data...)
-			r.dataSNs = append(r.dataSNs, p.hdr.u32(36))
-			r.pdus++
-			if p.hdr[1]&flagStatus != 0 {
-				r.status = p.hdr[3]
-				r.flags = p.hdr[1]
-				r.residual = p.hdr.u32(44)
-				return r
-			}
-		case opSCSIResp:
-			if p.hdr.itt() != itt {
-				c.t.Fatalf("SCSI Response for ITT %#x, want %#x", p.hdr.itt(), itt)
-			}
-			r.status = p.hdr[3]
-			r.flags = p.hdr[1]
-			r.residual = p.hdr.u32(44)
-			if len(p.data) >= 2 {
-				n := int(binary.BigEndian.Uint16(p.data))
-				r.sense = p.data[2 : 2+n]
-			}
-			return r
-		case opR2T:
-			r.r2ts = append(r.r2ts, p)
-		case opNOPIn:
-			c.answerNOP(p)
-		default:
-			c.t.Fatalf("unexpected opcode %#x waiting for ITT %#x", p.hdr.opcode(), itt)
-		}
-	}
+	return c.response(c.ReadResponse(itt))
 }
 
 func (c *client) answerNOP(p *pdu) {
-	if p.hdr.u32(20) == tagNone {
-		return
+	c.t.Helper()
+	if err := c.AnswerNOP(&iscsitest.PDU{BHS: iscsitest.BHS(p.hdr)}); err != nil {
+		c.t.Fatal(err)
 	}
-	var h bhs
-	h[0] = opNOPOut | flagImmed
-	h[1] = flagFinal
-	h.setITT(tagNone)
-	h.setU32(20, p.hdr.u32(20))
-	h.setU32(24, c.cmdSN)
-	h.setU32(28, c.expStatSN)
-	c.send(&h, nil, nil)
 }
 
 // ping sends an immediate NOP-Out that asks for a NOP-In, and returns its
 // ITT.
 func (c *client) ping() uint32 {
-	var h bhs
-	h[0] = opNOPOut | flagImmed
-	h[1] = flagFinal
-	h.setITT(c.nextITT())
-	h.setU32(20, tagNone)
-	h.setU32(24, c.cmdSN)
-	h.setU32(28, c.expStatSN)
-	c.send(&h, nil, nil)
-	return h.itt()
+	c.t.Helper()
+	itt, err := c.Ping()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return itt
 }
 
 // dataOut sends one Data-Out PDU.
 func (c *client) dataOut(itt, ttt, dataSN, offset uint32, final bool, data []byte) {
-	var h bhs
-	h[0] = opDataOut
-	if final {
-		h[1] = flagFinal
+	c.t.Helper()
+	if err := c.DataOut(itt, ttt, dataSN, offset, final, data); err != nil {
+		c.t.Fatal(err)
 	}
-	h.setITT(itt)
-	h.setU32(20, ttt)
-	h.setU32(28, c.expStatSN)
-	h.setU32(36, dataSN)
-	h.setU32(40, offset)
-	c.send(&h, nil, data)
 }
 
 // write performs WRITE(10) honouring the negotiated parameters: immediate
@@ -530,62 +388,12 @@ func (c *client) dataOut(itt, ttt, dataSN, offset uint32, final bool, data []byt
 // bytes.
 func (c *client) write(lba uint32, data []byte, seg int) *response {
 	c.t.Helper()
-	edtl := uint32(len(data))
-	immediate := c.params["ImmediateData"] == "Yes"
-	initialR2T := c.params["InitialR2T"] != "No"
-	first := 65536
-	fmt.Sscan(c.params["FirstBurstLength"], &first)
-	var imm []byte
-	if immediate {
-		imm = data[:min(len(data), seg, first)]
-	}
-	unsol := !initialR2T && len(imm) < min(len(data), first)
-	h := c.scsiCmd(cdb10(0x2a, lba, uint16(len(data)/512)), false, true, !unsol, edtl)
-	itt := h.itt()
-	c.send(h, nil, imm)
-	sent := len(imm)
-	if unsol {
-		limit := min(len(data), first)
-		sn := uint32(0)
-		for sent < limit {
-			n := min(seg, limit-sent)
-			c.dataOut(itt, tagNone, sn, uint32(sent), sent+n == limit, data[sent:sent+n])
-			sn++
-			sent += n
-		}
-	}
-	r := &response{}
-	for {
-		p := c.recv()
-		switch p.hdr.opcode() {
-		case opR2T:
-			ttt, off, l := p.hdr.u32(20), p.hdr.u32(40), p.hdr.u32(44)
-			r.r2ts = append(r.r2ts, p)
-			sn := uint32(0)
-			for done := uint32(0); done < l; {
-				n := min(uint32(seg), l-done)
-				c.dataOut(itt, ttt, sn, off+done, done+n == l, data[off+done:off+done+n])
-				sn++
-				done += n
-			}
-		case opSCSIResp:
-			r.status = p.hdr[3]
-			r.flags = p.hdr[1]
-			r.residual = p.hdr.u32(44)
-			return r
-		case opNOPIn:
-			c.answerNOP(p)
-		default:
-			c.t.Fatalf("unexpected opcode %#x during write", p.hdr.opcode())
-		}
-	}
+	return c.response(c.Write(cdb10(0x2a, lba, uint16(len(data)/512)), data, seg))
 }
 
 func (c *client) read(lba uint32, blocks uint16) *response {
 	c.t.Helper()
-	h := c.scsiCmd(cdb10(0x28, lba, blocks), true, false, true, uint32(blocks)*512)
-	c.send(h, nil, nil)
-	return c.readResponse(h.itt())
+	return c.response(c.Read(cdb10(0x28, lba, blocks), uint32(blocks)*512))
 }
 
 func pattern(n int, seed byte) []byte {
@@ -595,6 +403,3 @@ func pattern(n int, seed byte) []byte {
 	}
 	return b
 }
-
-var _ = io.EOF
-var _ = bytes.Equal

@@ -1,7 +1,6 @@
 package iscsi
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -180,7 +179,7 @@ func TestDataOutGlobalBudget(t *testing.T) {
 	var hostile []*client
 	for i := 0; i < 4; i++ {
 		c := dialClientFrom(t, "127.0.0.1", ts.addr)
-		c.isid[5] = byte(10 + i)
+		c.ISID[5] = byte(10 + i)
 		c.login(testIQN, withholdKeys...)
 		withholdWrite(t, c)
 		hostile = append(hostile, c)
@@ -196,7 +195,7 @@ func TestDataOutGlobalBudget(t *testing.T) {
 	// A new session from the same host holds nothing, but its host holds
 	// the whole budget: refused too.
 	same := dialClientFrom(t, "127.0.0.1", ts.addr)
-	same.isid[5] = 20
+	same.ISID[5] = 20
 	same.login(testIQN, withholdKeys...)
 	h := same.scsiCmd(cdb10(0x2a, 0, 128), false, true, true, 64<<10)
 	same.send(h, nil, nil)
@@ -208,7 +207,7 @@ func TestDataOutGlobalBudget(t *testing.T) {
 	}
 	// Another host writes and reads back, twice in a row.
 	c := dialClientFrom(t, "127.0.0.2", ts.addr)
-	c.isid[5] = 99
+	c.ISID[5] = 99
 	c.login(testIQN, withholdKeys...)
 	for i := 0; i < 2; i++ {
 		data := pattern(64<<10, byte(3+i))
@@ -224,7 +223,7 @@ func TestDataOutGlobalBudget(t *testing.T) {
 	}
 	// Dropping the hostile sessions returns their reservations.
 	for _, h := range hostile {
-		h.nc.Close()
+		h.NetConn().Close()
 	}
 	waitFor(t, func() bool { return ts.srv.ResourceStats().DataOutBytes == 0 }, "reservations to be returned")
 }
@@ -233,8 +232,7 @@ func TestDataOutGlobalBudget(t *testing.T) {
 // src.
 func dialClientFrom(t *testing.T, src, addr string) *client {
 	t.Helper()
-	nc := dialFrom(t, src, addr)
-	return &client{t: t, nc: nc, r: bufio.NewReader(nc), isid: [6]byte{0x80, 0, 0, 0, 0, 1}, itt: 1, cmdSN: 1, maxRecv: 1 << 24}
+	return newClient(t, dialFrom(t, src, addr))
 }
 
 // readResponseOrR2T reads PDUs for itt until its status or an R2T arrives,
@@ -266,7 +264,7 @@ func TestDataOutStallTimeout(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1, MaxTransferLength: 64 << 10, MaxDataOut: 128 << 10, DataOutTimeout: timeout})
 
 	slow := dial(t, ts.addr)
-	slow.isid[5] = 2
+	slow.ISID[5] = 2
 	slow.login(testIQN, withholdKeys...)
 	data := pattern(64<<10, 5)
 	h := slow.scsiCmd(cdb10(0x2a, 8, 128), false, true, true, 64<<10)
@@ -277,7 +275,7 @@ func TestDataOutStallTimeout(t *testing.T) {
 	}
 
 	stall := dial(t, ts.addr)
-	stall.isid[5] = 1
+	stall.ISID[5] = 1
 	stall.login(testIQN, withholdKeys...)
 	withholdWrite(t, stall)
 	start := time.Now()

@@ -46,7 +46,7 @@ func TestLoginResponseWithinLimit(t *testing.T) {
 		all = append(keysData(base...), all...)
 		var h bhs
 		h[0] = opLoginReq | flagImmed
-		copy(h[8:14], c.isid[:])
+		copy(h[8:14], c.ISID[:])
 		h.setITT(1)
 		var p *pdu
 		for off := 0; off < len(all); off += 4096 {

@@ -61,7 +61,7 @@ func TestPreemptAndAbortAbortsTasks(t *testing.T) {
 	}
 
 	pre := dial(t, ts.addr)
-	pre.isid[5] = 2
+	pre.ISID[5] = 2
 	pre.login(testIQN, "ImmediateData=Yes")
 	c := make([]byte, 10)
 	c[0], c[1], c[2], c[8] = 0x5f, 0x05, 0x01, 24 // PREEMPT AND ABORT, WRITE EXCLUSIVE

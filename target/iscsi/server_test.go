@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/target/scsi"
 )
 
@@ -56,7 +57,7 @@ func TestLoginNormalSession(t *testing.T) {
 		t.Fatalf("Sessions() = %d sessions, want 1", len(infos))
 	}
 	si := infos[0]
-	if si.InitiatorName != testInitiator || si.Target != testIQN || si.TSIH != c.tsih || si.ISID != hex.EncodeToString(c.isid[:]) {
+	if si.InitiatorName != testInitiator || si.Target != testIQN || si.TSIH != c.TSIH || si.ISID != hex.EncodeToString(c.ISID[:]) {
 		t.Errorf("session info %+v", si)
 	}
 	if si.Params.MaxXmitDataSegmentLength != 65536 || si.Params.MaxOutstandingR2T != 8 || si.Params.InitialR2T {
@@ -95,7 +96,7 @@ func TestLoginFailures(t *testing.T) {
 			h[0] = opLoginReq | flagImmed
 			h[1] = flagTransit | 0<<2 | 1
 			h[3] = tc.ver
-			copy(h[8:14], c.isid[:])
+			copy(h[8:14], c.ISID[:])
 			h.setITT(1)
 			c.send(&h, nil, keysData(tc.keys...))
 			p := c.recv()
@@ -118,7 +119,7 @@ func TestLoginTextContinuation(t *testing.T) {
 	var h bhs
 	h[0] = opLoginReq | flagImmed
 	h[1] = flagContinue | 0<<2 | 1
-	copy(h[8:14], c.isid[:])
+	copy(h[8:14], c.ISID[:])
 	h.setITT(1)
 	c.send(&h, nil, all[:20])
 	p := c.recv()
@@ -148,9 +149,9 @@ func TestDiscoverySendTargets(t *testing.T) {
 	var h bhs
 	h[0] = opTextReq | flagImmed
 	h[1] = flagFinal
-	h.setITT(c.nextITT())
+	h.setITT(c.NextITT())
 	h.setU32(20, tagNone)
-	h.setU32(24, c.cmdSN)
+	h.setU32(24, c.CmdSN)
 	c.send(&h, nil, keysData("SendTargets=All"))
 	// MaxRecvDataSegmentLength=512 forces the answer over several PDUs.
 	var text []byte
@@ -204,23 +205,9 @@ func TestTextResponseSpansPDUs(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1}, targets...)
 	c := dial(t, ts.addr)
 	c.login("", "MaxRecvDataSegmentLength=512")
-	var h bhs
-	h[0] = opTextReq | flagImmed
-	h[1] = flagFinal
-	h.setITT(c.nextITT())
-	h.setU32(20, tagNone)
-	c.send(&h, nil, keysData("SendTargets=All"))
-	var text []byte
-	pdus := 0
-	for {
-		p := c.recv()
-		text = append(text, p.data...)
-		pdus++
-		if p.hdr[1]&flagFinal != 0 {
-			break
-		}
-		h.setU32(20, p.hdr.u32(20))
-		c.send(&h, nil, nil)
+	text, pdus, err := c.Text(keysData("SendTargets=All"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	kvs, err := parseKeys(text)
 	if err != nil {
@@ -421,7 +408,7 @@ func TestCmdSNOrderingAndWindow(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1, MaxQueuedCommands: 16})
 	c := dial(t, ts.addr)
 	c.login(testIQN)
-	base := c.cmdSN
+	base := c.CmdSN
 	// Send CmdSN base+1 first: it must wait for base.
 	tur := make([]byte, 6)
 	h2 := c.scsiCmd(tur, false, false, true, 0)
@@ -464,7 +451,7 @@ func TestCmdSNOrderingAndWindow(t *testing.T) {
 		t.Fatalf("out-of-window command answered: opcode %#x itt %#x", p.hdr.opcode(), p.hdr.itt())
 	}
 	// The session still works: CmdSN base+2 is next.
-	c.cmdSN = base + 2
+	c.CmdSN = base + 2
 	h := c.scsiCmd(tur, false, false, true, 0)
 	c.send(h, nil, nil)
 	if r := c.readResponse(h.itt()); r.status != 0 {
@@ -472,12 +459,12 @@ func TestCmdSNOrderingAndWindow(t *testing.T) {
 	}
 	// Immediate commands do not consume CmdSN.
 	im := c.scsiCmd(tur, false, false, true, 0)
-	c.cmdSN-- // immediate: carries ExpCmdSN but does not consume it
+	c.CmdSN-- // immediate: carries ExpCmdSN but does not consume it
 	im[0] |= flagImmed
 	c.send(im, nil, nil)
 	p := c.recv()
-	if p.hdr.opcode() != opSCSIResp || p.hdr.u32(28) != c.cmdSN {
-		t.Fatalf("immediate: opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+	if p.hdr.opcode() != opSCSIResp || p.hdr.u32(28) != c.CmdSN {
+		t.Fatalf("immediate: opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.CmdSN)
 	}
 }
 
@@ -501,9 +488,9 @@ func TestWindowFlowControl(t *testing.T) {
 	var nop bhs
 	nop[0] = opNOPOut | flagImmed
 	nop[1] = flagFinal
-	nop.setITT(c.nextITT())
+	nop.setITT(c.NextITT())
 	nop.setU32(20, tagNone)
-	nop.setU32(24, c.cmdSN)
+	nop.setU32(24, c.CmdSN)
 	c.send(&nop, nil, []byte("ping"))
 	p := c.recv()
 	if p.hdr.opcode() != opNOPIn || string(p.data) != "ping" {
@@ -580,20 +567,11 @@ func TestAbortTask(t *testing.T) {
 	c.send(h, nil, make([]byte, 512))
 	<-ts.tgt.started
 	tmf := func(fn scsi.TMF, rtt, refSN uint32, lun uint64) *pdu {
-		var m bhs
-		m[0] = opTMFReq | flagImmed
-		m[1] = flagFinal | byte(fn)
-		m.setLUN(lun)
-		m.setITT(c.nextITT())
-		m.setU32(20, rtt)
-		m.setU32(24, c.cmdSN)
-		m.setU32(32, refSN)
-		c.send(&m, nil, nil)
-		p := c.recv()
-		if p.hdr.opcode() != opTMFResp || p.hdr.itt() != m.itt() {
-			t.Fatalf("TMF answer opcode %#x itt %#x", p.hdr.opcode(), p.hdr.itt())
+		p, err := c.TMF(byte(fn), lun, rtt, refSN)
+		if err != nil {
+			t.Fatalf("TMF: %v", err)
 		}
-		return p
+		return fromTest(p)
 	}
 	if p := tmf(scsi.TMFAbortTask, h.itt(), h.u32(24), 0); p.hdr[2] != tmfComplete {
 		t.Fatalf("abort: response %d", p.hdr[2])
@@ -602,7 +580,7 @@ func TestAbortTask(t *testing.T) {
 	if p, err := c.tryRecv(200 * time.Millisecond); err == nil {
 		t.Fatalf("aborted task answered: opcode %#x", p.hdr.opcode())
 	}
-	if p := tmf(scsi.TMFAbortTask, 0x1234, c.cmdSN-10, 0); p.hdr[2] != tmfNoTask {
+	if p := tmf(scsi.TMFAbortTask, 0x1234, c.CmdSN-10, 0); p.hdr[2] != tmfNoTask {
 		t.Fatalf("abort unknown: response %d", p.hdr[2])
 	}
 	if p := tmf(scsi.TMFAbortTask, 0x1234, 0, 1<<56); p.hdr[2] != tmfNoLUN {
@@ -646,15 +624,12 @@ func TestAbortTaskSetWhileCollecting(t *testing.T) {
 	h := c.scsiCmd(cdb10(0x2a, 0, 4), false, true, true, 2048)
 	c.send(h, nil, nil)
 	r2t := c.recv()
-	var m bhs
-	m[0] = opTMFReq | flagImmed
-	m[1] = flagFinal | byte(scsi.TMFAbortTaskSet)
-	m.setITT(c.nextITT())
-	m.setU32(24, c.cmdSN)
-	c.send(&m, nil, nil)
-	p := c.recv()
-	if p.hdr.opcode() != opTMFResp || p.hdr[2] != tmfComplete {
-		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	p, err := c.TMF(byte(scsi.TMFAbortTaskSet), 0, tagNone, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.BHS[2] != tmfComplete {
+		t.Fatalf("response %d", p.BHS[2])
 	}
 	// Late Data-Out for the aborted task is ignored, not an error.
 	c.dataOut(h.itt(), r2t.hdr.u32(20), 0, 0, true, make([]byte, 2048))
@@ -669,22 +644,22 @@ func TestSessionReinstatement(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1})
 	c1 := dial(t, ts.addr)
 	c1.login(testIQN)
-	old := c1.tsih
+	old := c1.TSIH
 	c2 := dial(t, ts.addr)
 	c2.login(testIQN)
-	if c2.tsih == old {
+	if c2.TSIH == old {
 		t.Fatal("reinstated session kept the TSIH")
 	}
 	c1.expectClosed()
 	if n := ts.tgt.lossCount(); n != 1 {
 		t.Fatalf("NexusLoss calls %d, want 1", n)
 	}
-	if s := ts.srv.Sessions(); len(s) != 1 || s[0].TSIH != c2.tsih {
+	if s := ts.srv.Sessions(); len(s) != 1 || s[0].TSIH != c2.TSIH {
 		t.Fatalf("sessions %+v", s)
 	}
 	// A different ISID is a second session (multipath), not a reinstatement.
 	c3 := dial(t, ts.addr)
-	c3.isid[5] = 2
+	c3.ISID[5] = 2
 	c3.login(testIQN)
 	if s := ts.srv.Sessions(); len(s) != 2 {
 		t.Fatalf("%d sessions, want 2", len(s))
@@ -695,18 +670,15 @@ func TestLogout(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1})
 	c := dial(t, ts.addr)
 	c.login(testIQN)
-	var h bhs
-	h[0] = opLogoutReq | flagImmed
-	h[1] = flagFinal | 0
-	h.setITT(c.nextITT())
-	h.setU32(24, c.cmdSN)
-	c.send(&h, nil, nil)
-	p := c.recv()
-	if p.hdr.opcode() != opLogoutResp || p.hdr[2] != 0 {
-		t.Fatalf("opcode %#x response %d", p.hdr.opcode(), p.hdr[2])
+	p, err := c.Logout(iscsitest.LogoutSession)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if binary.BigEndian.Uint16(p.hdr[40:42]) != 2 || binary.BigEndian.Uint16(p.hdr[42:44]) != 20 {
-		t.Fatalf("Time2Wait/Retain % x", p.hdr[40:44])
+	if p.BHS[2] != 0 {
+		t.Fatalf("response %d", p.BHS[2])
+	}
+	if p.BHS.U16(40) != 2 || p.BHS.U16(42) != 20 {
+		t.Fatalf("Time2Wait/Retain % x", p.BHS[40:44])
 	}
 	c.expectClosed()
 	deadline := time.Now().Add(2 * time.Second)
@@ -722,10 +694,10 @@ func TestServerLogoutAsync(t *testing.T) {
 	ts := startServer(t, Config{NopInterval: -1, LogoutGrace: 300 * time.Millisecond})
 	c := dial(t, ts.addr)
 	c.login(testIQN)
-	if err := ts.srv.Logout(c.tsih + 100); err == nil {
+	if err := ts.srv.Logout(c.TSIH + 100); err == nil {
 		t.Fatal("Logout of unknown TSIH succeeded")
 	}
-	if err := ts.srv.Logout(c.tsih); err != nil {
+	if err := ts.srv.Logout(c.TSIH); err != nil {
 		t.Fatal(err)
 	}
 	p := c.recv()
@@ -742,7 +714,7 @@ func TestPanicClosesOnlyThatConnection(t *testing.T) {
 	c1 := dial(t, ts.addr)
 	c1.login(testIQN)
 	c2 := dial(t, ts.addr)
-	c2.isid[5] = 9
+	c2.ISID[5] = 9
 	c2.login(testIQN)
 	h := c1.scsiCmd([]byte{0x12, 0, 0, 0, 36, 0}, true, false, true, 36)
 	c1.send(h, nil, nil)
@@ -792,7 +764,7 @@ func TestMalformedPDUs(t *testing.T) {
 	})
 	t.Run("garbage before login closes", func(t *testing.T) {
 		c := dial(t, ts.addr)
-		c.nc.Write(bytes.Repeat([]byte{0xff}, 100))
+		c.NetConn().Write(bytes.Repeat([]byte{0xff}, 100))
 		c.expectClosed()
 	})
 }
@@ -805,7 +777,7 @@ func TestDigests(t *testing.T) {
 	if m["HeaderDigest"] != "CRC32C" || m["DataDigest"] != "CRC32C" {
 		t.Fatalf("digests %v", m)
 	}
-	c.hd, c.dd = true, true
+	c.HeaderDigest, c.DataDigest = true, true
 	r := c.write(0, pattern(2048, 8), 1024)
 	if r.status != 0 {
 		t.Fatalf("write status %#x", r.status)
@@ -818,7 +790,7 @@ func TestDigests(t *testing.T) {
 	h := c.scsiCmd(cdb10(0x2a, 0, 1), false, true, true, 512)
 	raw := encodePDU(h, nil, make([]byte, 512), true, true)
 	raw[len(raw)-1] ^= 0xff
-	c.nc.Write(raw)
+	c.NetConn().Write(raw)
 	c.expectClosed()
 }
 
@@ -1067,10 +1039,10 @@ func TestTextRequestContinuationAndFFPKeys(t *testing.T) {
 	var h bhs
 	h[0] = opTextReq
 	h[1] = flagContinue
-	h.setITT(c.nextITT())
+	h.setITT(c.NextITT())
 	h.setU32(20, tagNone)
-	h.setU32(24, c.cmdSN)
-	c.cmdSN++
+	h.setU32(24, c.CmdSN)
+	c.CmdSN++
 	c.send(&h, nil, req[:10])
 	p := c.recv()
 	if p.hdr.opcode() != opTextResp || len(p.data) != 0 || p.hdr[1]&flagFinal != 0 || p.hdr.u32(20) == tagNone {
@@ -1078,8 +1050,8 @@ func TestTextRequestContinuationAndFFPKeys(t *testing.T) {
 	}
 	h[1] = flagFinal
 	h.setU32(20, p.hdr.u32(20))
-	h.setU32(24, c.cmdSN)
-	c.cmdSN++
+	h.setU32(24, c.CmdSN)
+	c.CmdSN++
 	c.send(&h, nil, req[10:])
 	p = c.recv()
 	if p.hdr[1]&flagFinal == 0 {
@@ -1099,14 +1071,14 @@ func TestTextRequestContinuationAndFFPKeys(t *testing.T) {
 	var nop bhs
 	nop[0] = opNOPOut
 	nop[1] = flagFinal
-	nop.setITT(c.nextITT())
+	nop.setITT(c.NextITT())
 	nop.setU32(20, tagNone)
-	nop.setU32(24, c.cmdSN)
-	c.cmdSN++
+	nop.setU32(24, c.CmdSN)
+	c.CmdSN++
 	c.send(&nop, nil, nil)
 	p = c.recv()
-	if p.hdr.opcode() != opNOPIn || p.hdr.u32(28) != c.cmdSN {
-		t.Fatalf("NOP-In opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+	if p.hdr.opcode() != opNOPIn || p.hdr.u32(28) != c.CmdSN {
+		t.Fatalf("NOP-In opcode %#x ExpCmdSN %d want %d", p.hdr.opcode(), p.hdr.u32(28), c.CmdSN)
 	}
 }
 
@@ -1144,8 +1116,8 @@ func TestRejectedCommands(t *testing.T) {
 		}
 		c.send(h, ahs, data)
 		p := c.recv()
-		if p.hdr.opcode() != opReject || p.hdr.u32(28) != c.cmdSN {
-			t.Fatalf("%s: opcode %#x ExpCmdSN %d, want Reject and %d", tc.name, p.hdr.opcode(), p.hdr.u32(28), c.cmdSN)
+		if p.hdr.opcode() != opReject || p.hdr.u32(28) != c.CmdSN {
+			t.Fatalf("%s: opcode %#x ExpCmdSN %d, want Reject and %d", tc.name, p.hdr.opcode(), p.hdr.u32(28), c.CmdSN)
 		}
 		if !bytes.Equal(p.data[16:20], h[16:20]) {
 			t.Fatalf("%s: Reject does not carry the rejected header", tc.name)
@@ -1171,7 +1143,7 @@ func TestLoginWithTSIH(t *testing.T) {
 	c1.login(testIQN)
 	try := func(tsih uint16) uint16 {
 		c := dial(t, ts.addr)
-		c.tsih = tsih
+		c.TSIH = tsih
 		p := c.loginPDU(0, 1, true, keysData("InitiatorName="+testInitiator, "TargetName="+testIQN, "AuthMethod=None"))
 		if loginStatus(p) != 0 {
 			return loginStatus(p)
@@ -1179,10 +1151,10 @@ func TestLoginWithTSIH(t *testing.T) {
 		p = c.loginPDU(1, 3, true, nil)
 		return loginStatus(p)
 	}
-	if st := try(c1.tsih); st != statusTooManyConnections {
+	if st := try(c1.TSIH); st != statusTooManyConnections {
 		t.Fatalf("second connection: status %#04x, want %#04x", st, statusTooManyConnections)
 	}
-	if st := try(c1.tsih + 77); st != statusSessionDoesNotExist {
+	if st := try(c1.TSIH + 77); st != statusSessionDoesNotExist {
 		t.Fatalf("unknown TSIH: status %#04x, want %#04x", st, statusSessionDoesNotExist)
 	}
 }

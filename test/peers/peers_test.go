@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/test/harness"
 )
 
@@ -197,15 +198,15 @@ func TestISCSIInq(t *testing.T) {
 // readNAA logs in with the raw client and returns the LU's NAA designator.
 func readNAA(t *testing.T, d *harness.Daemon) []byte {
 	t.Helper()
-	rc, err := dialRaw(d.ISCSI)
+	rc, err := iscsitest.Dial(d.ISCSI)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	if err := rc.login("iqn.2026-11.io.anvil.test:peers", harness.DemoIQN); err != nil {
+	if err := rawLogin(rc, "iqn.2026-11.io.anvil.test:peers", harness.DemoIQN); err != nil {
 		t.Fatalf("raw login: %v", err)
 	}
-	page, err := rc.inquiryVPD(0x83)
+	page, err := inquiryVPD(rc, 0x83)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,12 +486,12 @@ func TestMalformedPDUs(t *testing.T) {
 	url := lunURL(d)
 
 	// A bystander session logged in before any garbage arrives.
-	by, err := dialRaw(d.ISCSI)
+	by, err := iscsitest.Dial(d.ISCSI)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer by.Close()
-	if err := by.login("iqn.2026-11.io.anvil.test:bystander", harness.DemoIQN); err != nil {
+	if err := rawLogin(by, "iqn.2026-11.io.anvil.test:bystander", harness.DemoIQN); err != nil {
 		t.Fatalf("bystander login: %v", err)
 	}
 
@@ -502,11 +503,10 @@ func TestMalformedPDUs(t *testing.T) {
 		}
 		return b
 	}
-	send := func(t *testing.T, rc *rawConn, b []byte) {
+	send := func(t *testing.T, rc *iscsitest.Conn, b []byte) {
 		t.Helper()
-		rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		// A write error is fine: the target may already have closed.
-		rc.c.Write(b)
+		rc.SendRaw(b)
 	}
 
 	cases := []struct {
@@ -520,27 +520,27 @@ func TestMalformedPDUs(t *testing.T) {
 			return b
 		}},
 		{"invalid opcode before login", false, func() []byte {
-			b := make([]byte, bhsLen)
-			b[0] = 0x3f // Reject: a target-only opcode
+			b := make([]byte, iscsitest.BHSLen)
+			b[0] = iscsitest.OpReject // Reject: a target-only opcode
 			return b
 		}},
 		{"short header then close", false, func() []byte { return garbage(20) }},
 		{"garbage BHS after login", true, func() []byte {
-			b := garbage(bhsLen)
+			b := garbage(iscsitest.BHSLen)
 			b[0] = 0x0b // undefined initiator opcode
 			b[4] = 0    // no AHS
 			return b
 		}},
 		{"data segment beyond MaxRecvDataSegmentLength after login", true, func() []byte {
-			b := make([]byte, bhsLen)
-			b[0] = opSCSICmd
+			b := make([]byte, iscsitest.BHSLen)
+			b[0] = iscsitest.OpSCSICmd
 			b[1] = 0x80 | 0x20 | 0x01 // Final, Write, SIMPLE
 			b[5], b[6], b[7] = 0xff, 0xff, 0xfc
 			return append(b, garbage(1024)...)
 		}},
 		{"login request with an absurd data segment", false, func() []byte {
-			b := make([]byte, bhsLen)
-			b[0] = opImmediateB | opLoginReq
+			b := make([]byte, iscsitest.BHSLen)
+			b[0] = iscsitest.FlagImmediate | iscsitest.OpLoginReq
 			b[1] = 0x80 | 1<<2 | 3
 			b[5], b[6], b[7] = 0xff, 0xff, 0xf0
 			return append(b, garbage(512)...)
@@ -548,13 +548,13 @@ func TestMalformedPDUs(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rc, err := dialRaw(d.ISCSI)
+			rc, err := iscsitest.Dial(d.ISCSI)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer rc.Close()
 			if tc.login {
-				if err := rc.login("iqn.2026-11.io.anvil.test:garbage", harness.DemoIQN); err != nil {
+				if err := rawLogin(rc, "iqn.2026-11.io.anvil.test:garbage", harness.DemoIQN); err != nil {
 					t.Fatalf("login: %v", err)
 				}
 			}
@@ -562,7 +562,7 @@ func TestMalformedPDUs(t *testing.T) {
 			if tc.name == "short header then close" {
 				rc.Close()
 			} else {
-				how, err := rc.expectClosedOrRejected(15 * time.Second)
+				how, err := rc.ExpectRejectOrClose(15 * time.Second)
 				if err != nil {
 					t.Errorf("after the malformed PDU: %v", err)
 				} else {
@@ -585,7 +585,7 @@ func TestMalformedPDUs(t *testing.T) {
 				t.Errorf("iscsi-inq after garbage: no vendor in\n%s", out)
 			}
 			// The bystander session is untouched.
-			if _, err := by.inquiryVPD(0x80); err != nil {
+			if _, err := inquiryVPD(by, 0x80); err != nil {
 				t.Errorf("bystander session broken by another connection's garbage: %v", err)
 			}
 		})

@@ -3,7 +3,6 @@ package peers
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -16,20 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/test/harness"
 )
-
-// dialRawFrom is dialRaw with the connection coming from loopback address
-// src (all of 127.0.0.0/8 is loopback on Linux), so that a test can play
-// another initiator host.
-func dialRawFrom(src, addr string) (*rawConn, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s from %s: %w", addr, src, err)
-	}
-	return &rawConn{c: c, itt: 1}, nil
-}
 
 // procStatus returns a field of /proc/PID/status in KiB (VmRSS, VmHWM).
 func procStatus(pid int, field string) (int64, error) {
@@ -94,13 +82,13 @@ func closeAll(conns []net.Conn) {
 }
 
 // inquiryOK runs a standard INQUIRY on a logged-in raw session.
-func inquiryOK(r *rawConn) error {
-	st, err := r.readCommand([]byte{0x12, 0, 0, 0, 36, 0}, 36)
+func inquiryOK(r *iscsitest.Conn) error {
+	st, err := r.Read([]byte{0x12, 0, 0, 0, 36, 0}, 36)
 	if err != nil {
 		return err
 	}
-	if st.status != 0 && st.status != 0x02 { // CHECK CONDITION: a unit attention
-		return fmt.Errorf("INQUIRY status %#x", st.status)
+	if st.Status != 0 && st.Status != 0x02 { // CHECK CONDITION: a unit attention
+		return fmt.Errorf("INQUIRY status %#x", st.Status)
 	}
 	return nil
 }
@@ -123,12 +111,12 @@ func TestFDFloodUnderLowLimit(t *testing.T) {
 		t.Fatalf("daemon did not raise its descriptor limit to the hard limit 256:\n%s", tail(d.Log(), 20))
 	}
 
-	established, err := dialRaw(d.ISCSI)
+	established, err := iscsitest.Dial(d.ISCSI)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer established.Close()
-	if err := established.login("iqn.2026-12.io.anvil:established", harness.DemoIQN); err != nil {
+	if err := rawLogin(established, "iqn.2026-12.io.anvil:established", harness.DemoIQN); err != nil {
 		t.Fatal(err)
 	}
 	if err := inquiryOK(established); err != nil {
@@ -205,58 +193,56 @@ type withholder struct {
 	outstanding     int
 	writeLen        uint32
 
-	mu      sync.Mutex // serializes writes to the connection and the counters
-	r       *rawConn
-	pending int
+	// mu serializes writes to the connection and guards the sequence
+	// numbers: retries are issued from timers while the session's loop
+	// reads, so they are kept here rather than in the Conn, whose Recv
+	// updates its own ExpStatSN unlocked.
+	mu                 sync.Mutex
+	r                  *iscsitest.Conn
+	itt, cmdSN, statSN uint32
 
 	logins, fulls, drops atomic.Int64
 }
 
-const (
-	opDataOut = 0x05
-	opR2T     = 0x31
-)
-
-func (w *withholder) send(bhs []byte, data []byte) error {
+// send sends a request header with the current ExpStatSN.
+func (w *withholder) send(h *iscsitest.BHS, data []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	binary.BigEndian.PutUint32(bhs[28:], w.r.statSN)
-	return w.r.writePDU(bhs, data)
+	h.SetU32(28, w.statSN)
+	return w.r.Send(h, nil, data)
 }
 
 // issue sends one WRITE(10) of writeLen bytes with no immediate data.
 func (w *withholder) issue(lba uint32) error {
-	var bhs [bhsLen]byte
-	bhs[0] = opSCSICmd
-	bhs[1] = 0x80 | 0x20 | 0x01 // Final, Write, SIMPLE
+	var h iscsitest.BHS
+	h[0] = iscsitest.OpSCSICmd
+	h[1] = iscsitest.FlagFinal | iscsitest.FlagWrite | iscsitest.AttrSimple
 	w.mu.Lock()
-	w.r.itt++
-	binary.BigEndian.PutUint32(bhs[16:], w.r.itt)
-	binary.BigEndian.PutUint32(bhs[24:], w.r.cmdSN)
-	w.r.cmdSN++
+	w.itt++
+	h.SetITT(w.itt)
+	h.SetU32(24, w.cmdSN)
+	w.cmdSN++
 	w.mu.Unlock()
-	binary.BigEndian.PutUint32(bhs[20:], w.writeLen)
-	bhs[32] = 0x2a
-	binary.BigEndian.PutUint32(bhs[34:], lba)
-	binary.BigEndian.PutUint16(bhs[39:], uint16(w.writeLen/512))
-	return w.send(bhs[:], nil)
+	h.SetU32(20, w.writeLen)
+	copy(h[32:], iscsitest.CDB10(0x2a, lba, uint16(w.writeLen/512)))
+	return w.send(&h, nil)
 }
 
 // session runs one login until the connection ends or ctx is done.
 func (w *withholder) session(ctx context.Context) error {
-	r, err := dialRawFrom(w.src, w.addr)
+	r, err := iscsitest.DialFrom(w.src, w.addr)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
 	stop := context.AfterFunc(ctx, func() { r.Close() })
 	defer stop()
-	if err := r.login(w.name, harness.DemoIQN); err != nil {
+	if err := rawLogin(r, w.name, harness.DemoIQN); err != nil {
 		return err
 	}
 	w.logins.Add(1)
 	w.mu.Lock()
-	w.r = r
+	w.r, w.itt, w.cmdSN, w.statSN = r, r.ITT, r.CmdSN, r.ExpStatSN
 	w.mu.Unlock()
 	// Far from the data the legitimate writer checks (which is at LBA 0).
 	lba := func(i int) uint32 { return uint32(1<<20 + i%64*int(w.writeLen/512)) }
@@ -267,40 +253,38 @@ func (w *withholder) session(ctx context.Context) error {
 	}
 	seg := make([]byte, 64<<10)
 	for n := w.outstanding; ; n++ {
-		p, err := r.readPDU(time.Minute)
+		p, err := r.Recv(time.Minute)
 		if err != nil {
 			return err
 		}
-		switch p.opcode() {
-		case opR2T:
-			ttt := binary.BigEndian.Uint32(p.bhs[20:])
-			off := binary.BigEndian.Uint32(p.bhs[40:])
-			length := binary.BigEndian.Uint32(p.bhs[44:])
+		switch p.Opcode() {
+		case iscsitest.OpR2T:
+			ttt, off, length := p.BHS.U32(20), p.BHS.U32(40), p.BHS.U32(44)
 			end := off + length
 			if end == w.writeLen {
 				end -= 512 // the last 512 bytes never come
 			}
 			for sn, o := uint32(0), off; o < end; sn++ {
 				m := min(uint32(len(seg)), end-o)
-				var bhs [bhsLen]byte
-				bhs[0] = opDataOut
+				var h iscsitest.BHS
+				h[0] = iscsitest.OpDataOut
 				if o+m == off+length {
-					bhs[1] = 0x80
+					h[1] = iscsitest.FlagFinal
 				}
-				copy(bhs[16:20], p.bhs[16:20]) // ITT
-				binary.BigEndian.PutUint32(bhs[20:], ttt)
-				binary.BigEndian.PutUint32(bhs[36:], sn)
-				binary.BigEndian.PutUint32(bhs[40:], o)
-				if err := w.send(bhs[:], seg[:m]); err != nil {
+				h.SetITT(p.BHS.ITT())
+				h.SetU32(20, ttt)
+				h.SetU32(36, sn)
+				h.SetU32(40, o)
+				if err := w.send(&h, seg[:m]); err != nil {
 					return err
 				}
 				o += m
 			}
-		case opSCSIResp:
+		case iscsitest.OpSCSIResp:
 			w.mu.Lock()
-			w.r.statSN = binary.BigEndian.Uint32(p.bhs[24:]) + 1
+			w.statSN = p.BHS.StatSN() + 1
 			w.mu.Unlock()
-			if p.bhs[3] == 0x28 { // TASK SET FULL: try again a little later
+			if p.BHS[3] == 0x28 { // TASK SET FULL: try again a little later
 				w.fulls.Add(1)
 				time.AfterFunc(50*time.Millisecond, func() { w.issue(lba(n)) })
 				continue

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvilproject/anvil/target/iscsi/iscsitest"
 	"github.com/anvilproject/anvil/test/harness"
 )
 
@@ -215,11 +216,11 @@ func qemuIO(url string, cmds []string, timeout time.Duration) (string, error) {
 
 // dialTCPFrom opens a TCP connection to addr from the loopback address src.
 func dialTCPFrom(src, addr string) (net.Conn, error) {
-	r, err := dialRawFrom(src, addr)
+	r, err := iscsitest.DialFrom(src, addr)
 	if err != nil {
 		return nil, err
 	}
-	return r.c, nil
+	return r.NetConn(), nil
 }
 
 // connectionFlood keeps opening idle connections from src in waves of a
@@ -263,12 +264,12 @@ func garbageClients(ctx context.Context, addr, src string) error {
 				b[i] = byte(r.Uint32())
 			}
 		case 1: // a login request that claims a 16 MiB data segment
-			b = make([]byte, bhsLen)
-			b[0] = opImmediateB | opLoginReq
+			b = make([]byte, iscsitest.BHSLen)
+			b[0] = iscsitest.FlagImmediate | iscsitest.OpLoginReq
 			b[5], b[6], b[7] = 0xff, 0xff, 0xff
 		case 2: // half a header, then silence
 			b = make([]byte, 20)
-			b[0] = opImmediateB | opLoginReq
+			b[0] = iscsitest.FlagImmediate | iscsitest.OpLoginReq
 		}
 		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		c.Write(b)
