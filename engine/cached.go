@@ -379,7 +379,7 @@ func (v *CachedVolume) WriteCache() bool { return v.wce.Load() }
 // SetWriteCache implements Volume. Turning the cache off flushes first.
 func (v *CachedVolume) SetWriteCache(on bool) error {
 	if !on {
-		if err := v.Flush(context.Background()); err != nil {
+		if err := v.flush(); err != nil {
 			return err
 		}
 	}
@@ -1181,25 +1181,29 @@ func (v *CachedVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, e
 // with concurrent flushers) and returns when every write acknowledged before
 // the call is durable.
 func (v *CachedVolume) Flush(ctx context.Context) error {
-	if v.closed.Load() {
-		v.st.flushes.Add(1)
-		v.st.flushErrs.Add(1)
-		return ErrClosed
-	}
 	start := time.Now()
-	v.mu.RLock()
-	target := v.epoch
-	if len(v.dirty) == 0 {
-		target--
-	}
-	v.mu.RUnlock()
-	err := v.syncTo(target)
+	err := v.flush()
 	v.st.flushes.Add(1)
 	if err != nil {
 		v.st.flushErrs.Add(1)
 	}
 	v.st.flushLat.observe(time.Since(start))
 	return err
+}
+
+// flush is Flush without counting it, for the engine's own flushes
+// (SetWriteCache), which Stats does not report as the caller's.
+func (v *CachedVolume) flush() error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	v.mu.RLock()
+	target := v.epoch
+	if len(v.dirty) == 0 {
+		target--
+	}
+	v.mu.RUnlock()
+	return v.syncTo(target)
 }
 
 // ClearError lifts the read-only state a failed commit left: it rolls the
