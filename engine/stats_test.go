@@ -76,6 +76,14 @@ func TestStatsPerOp(t *testing.T) {
 	if err := v.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The engine's own flush (turning the write cache off) is not a
+	// caller's Flush.
+	if err := v.SetWriteCache(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.SetWriteCache(true); err != nil {
+		t.Fatal(err)
+	}
 	// Failures: past the end, and writes to a read-only volume.
 	end := v.Size()
 	if err := v.ReadAt(ctx, buf, end); !errors.Is(err, ErrOutOfRange) {
