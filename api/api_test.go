@@ -16,7 +16,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
 )
@@ -507,7 +506,8 @@ func TestMetrics(t *testing.T) {
 	for _, want := range []string{
 		`anvil_volume_size_bytes{volume="m1"} 1.048576e+06`,
 		`anvil_volume_ops_total{op="read",volume="m1"} 0`,
-		`anvil_volume_op_duration_seconds_bucket{op="write",volume="m1",le="0.001"} 0`,
+		// The engine's log2 layout: the bucket of 2^10 µs.
+		`anvil_volume_op_duration_seconds_bucket{op="write",volume="m1",le="0.001024"} 0`,
 		`anvil_iscsi_sessions{target="iqn.2026-11.io.anvil:m"} 1`,
 		`anvil_api_requests_total{code="201",method="POST",route="/api/v1/volumes"} 1`,
 		`anvil_targets 1`,
@@ -732,18 +732,19 @@ func TestConcurrentChanges(t *testing.T) {
 	}
 }
 
-// TestEngineBuckets checks the conversion of the engine's log2 histogram
+// TestPromBuckets checks the conversion of the engine's log2 histogram
 // into cumulative Prometheus buckets.
-func TestEngineBuckets(t *testing.T) {
-	var h engine.Histogram
+func TestPromBuckets(t *testing.T) {
+	h := service.Histogram{Counts: make([]uint64, len(service.LatencyBuckets)+1)}
 	h.Counts[0] = 2 // < 1µs
 	h.Counts[3] = 5 // < 8µs
 	h.Counts[len(h.Counts)-1] = 7
-	b := engineBuckets(h)
+	b := promBuckets(h)
 	if len(b) != len(h.Counts)-1 {
 		t.Fatalf("%d buckets", len(b))
 	}
-	if b[1e-6] != 2 || b[4e-6] != 2 || b[8e-6] != 7 || b[h.UpperBound(len(h.Counts)-2).Seconds()] != 7 {
+	last := service.LatencyBuckets[len(service.LatencyBuckets)-1]
+	if b[1e-6] != 2 || b[4e-6] != 2 || b[8e-6] != 7 || b[last] != 7 {
 		t.Errorf("buckets: %v", b)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 )
 
@@ -28,7 +27,7 @@ var (
 	descOps        = prometheus.NewDesc("anvil_volume_ops_total", "I/O operations completed by the engine, by kind (read, write, flush, unmap).", []string{"volume", "op"}, nil)
 	descBytes      = prometheus.NewDesc("anvil_volume_bytes_total", "Bytes transferred (read, write) or deallocated (unmap).", []string{"volume", "op"}, nil)
 	descErrors     = prometheus.NewDesc("anvil_volume_errors_total", "I/O operations that failed.", []string{"volume", "op"}, nil)
-	descLatency    = prometheus.NewDesc("anvil_volume_op_duration_seconds", "Engine latency of I/O operations.", []string{"volume", "op"}, nil)
+	descLatency    = prometheus.NewDesc("anvil_volume_op_duration_seconds", "Engine latency of I/O operations. Reads are timed on a sample (the REST stats give the rate as sample_every): _count counts the timed operations, anvil_volume_ops_total all of them.", []string{"volume", "op"}, nil)
 	descDirty      = prometheus.NewDesc("anvil_volume_dirty_bytes", "Acknowledged writes not yet durable.", []string{"volume"}, nil)
 	descMapped     = prometheus.NewDesc("anvil_volume_mappings", "Targets mapping the volume.", []string{"volume"}, nil)
 	descSpaceUsed  = prometheus.NewDesc("anvil_datadir_used_ratio", "Share of the data directory's file system in use, as of the last space check.", nil, nil)
@@ -138,13 +137,7 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 			if op.name != "flush" {
 				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(op.o.Bytes), v.Name, op.name)
 			}
-			buckets := make(map[float64]uint64, len(service.LatencyBuckets))
-			var cum uint64
-			for i, le := range service.LatencyBuckets {
-				cum += op.o.Latency.Counts[i]
-				buckets[le] = cum
-			}
-			ch <- prometheus.MustNewConstHistogram(descLatency, op.o.Latency.Count, op.o.Latency.SumSeconds, buckets, v.Name, op.name)
+			ch <- prometheus.MustNewConstHistogram(descLatency, op.o.Latency.Count, op.o.Latency.SumSeconds, promBuckets(op.o.Latency), v.Name, op.name)
 		}
 		if st.DirtyBytes != nil {
 			ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, float64(*st.DirtyBytes), v.Name)
@@ -155,7 +148,7 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(e.CacheHits), v.Name, "hit")
 			ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(e.CacheMisses), v.Name, "miss")
 			ch <- prometheus.MustNewConstMetric(descCommitErr, prometheus.CounterValue, float64(e.CommitErrors), v.Name)
-			ch <- prometheus.MustNewConstHistogram(descCommitLat, e.CommitCount, e.CommitSeconds, engineBuckets(e.commit), v.Name)
+			ch <- prometheus.MustNewConstHistogram(descCommitLat, e.CommitCount, e.CommitSeconds, promBuckets(e.commit), v.Name)
 		}
 	}
 	targets := s.svc.ListTargets()
@@ -176,15 +169,18 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// engineBuckets turns the engine's log2 histogram (bucket i counts
-// operations under UpperBound(i), the last bucket is open) into
-// Prometheus's cumulative buckets.
-func engineBuckets(h engine.Histogram) map[float64]uint64 {
-	out := make(map[float64]uint64, len(h.Counts)-1)
+// promBuckets turns a latency histogram (the engine's one layout,
+// service.LatencyBuckets, with an open bucket last) into Prometheus's
+// cumulative buckets. Every latency histogram Anvil exports goes through
+// it, so they all share one set of bounds.
+func promBuckets(h service.Histogram) map[float64]uint64 {
+	out := make(map[float64]uint64, len(service.LatencyBuckets))
 	var cum uint64
-	for i := 0; i < len(h.Counts)-1; i++ {
-		cum += h.Counts[i]
-		out[h.UpperBound(i).Seconds()] = cum
+	for i, le := range service.LatencyBuckets {
+		if i < len(h.Counts) {
+			cum += h.Counts[i]
+		}
+		out[le] = cum
 	}
 	return out
 }

@@ -202,7 +202,7 @@ var openAPIDoc = obj{
 			"ImportPath": obj{"type": "object", "additionalProperties": false, "required": []any{"name", "path"}, "properties": obj{
 				"name": str, "path": str, "block_size": obj{"type": "integer", "enum": []any{512, 4096}}, "write_cache": boolean, "read_only": boolean}},
 			"OpStats": obj{"type": "object", "properties": obj{"ops": int64s, "bytes": int64s, "errors": int64s,
-				"latency": obj{"type": "object", "properties": obj{"counts": obj{"type": "array", "items": int64s}, "count": int64s, "sum_seconds": obj{"type": "number"}}}}},
+				"latency": obj{"type": "object", "description": "engine latency histogram: counts per log2 bucket (bucket i under 2^i µs, the last open) of the timed operations; one in sample_every operations is timed, so sum_seconds*sample_every estimates the time of all ops", "properties": obj{"counts": obj{"type": "array", "items": int64s}, "count": int64s, "sum_seconds": obj{"type": "number"}, "sample_every": int64s}}}},
 			"Volume": obj{"type": "object", "properties": obj{
 				"name": str, "size_bytes": int64s, "block_size": obj{"type": "integer"}, "thin": boolean,
 				"backend": str, "path": str, "write_cache": boolean, "read_only": boolean, "serial": str, "naa": str, "error": str,

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
 )
 
@@ -9,7 +8,12 @@ import (
 // Rates (IOPS, throughput) are the difference of two samples over time;
 // the web UI and Prometheus both derive them that way.
 type VolumeStats struct {
-	service.IOStats
+	Read  service.OpStats `json:"read"`
+	Write service.OpStats `json:"write"`
+	// Flush counts Flush calls; Bytes stays zero.
+	Flush service.OpStats `json:"flush"`
+	// Unmap counts Unmap and WriteZeroes calls; Bytes is the range size.
+	Unmap service.OpStats `json:"unmap"`
 	// DirtyBytes is data acknowledged but not yet durable, when the engine
 	// keeps a write-back cache of its own.
 	DirtyBytes *int64 `json:"dirty_bytes,omitempty"`
@@ -29,12 +33,8 @@ type EngineStats struct {
 	CommitCount    uint64  `json:"commit_count"`
 	CommitSeconds  float64 `json:"commit_seconds"`
 
-	commit engine.Histogram
+	commit service.Histogram
 }
-
-// statser is implemented by engines that keep their own statistics
-// (engine.CachedVolume).
-type statser interface{ Stats() engine.Stats }
 
 // statsOf returns the live statistics of volume name, or nil if it is gone.
 func (s *server) statsOf(name string) *VolumeStats {
@@ -42,21 +42,15 @@ func (s *server) statsOf(name string) *VolumeStats {
 	if err != nil {
 		return nil
 	}
-	st := &VolumeStats{IOStats: io}
-	ev, err := s.svc.EngineVolume(name)
-	if err != nil {
-		return st
+	d := io.DirtyBytes
+	return &VolumeStats{
+		Read: io.Read, Write: io.Write, Flush: io.Flush, Unmap: io.Unmap,
+		DirtyBytes: &d,
+		Engine: &EngineStats{
+			Epochs: io.Epochs, UndoBytes: io.UndoBytes, CacheHits: io.CacheHits, CacheMisses: io.CacheMisses,
+			CommitErrors: io.CommitErrors, InjectedFaults: io.InjectedFaults,
+			CommitCount: io.Commit.Count, CommitSeconds: io.Commit.SumSeconds,
+			commit: io.Commit,
+		},
 	}
-	if es, ok := ev.(statser); ok {
-		e := es.Stats()
-		d := e.DirtyBytes
-		st.DirtyBytes = &d
-		st.Engine = &EngineStats{
-			Epochs: e.Epochs, UndoBytes: e.UndoBytes, CacheHits: e.CacheHits, CacheMisses: e.CacheMisses,
-			CommitErrors: e.CommitErrors, InjectedFaults: e.InjectedFaults,
-			CommitCount: e.CommitLatency.Count(), CommitSeconds: e.CommitLatency.Sum.Seconds(),
-			commit: e.CommitLatency,
-		}
-	}
-	return st
 }

@@ -151,8 +151,9 @@ type CachedVolume struct {
 }
 
 var (
-	_ Volume  = (*CachedVolume)(nil)
-	_ Resizer = (*CachedVolume)(nil)
+	_ Volume        = (*CachedVolume)(nil)
+	_ Resizer       = (*CachedVolume)(nil)
+	_ StatsReporter = (*CachedVolume)(nil)
 )
 
 // Open opens the volume whose raw data lives at path (creating a sparse file
@@ -378,7 +379,7 @@ func (v *CachedVolume) WriteCache() bool { return v.wce.Load() }
 // SetWriteCache implements Volume. Turning the cache off flushes first.
 func (v *CachedVolume) SetWriteCache(on bool) error {
 	if !on {
-		if err := v.Flush(context.Background()); err != nil {
+		if err := v.flush(); err != nil {
 			return err
 		}
 	}
@@ -423,23 +424,30 @@ func (v *CachedVolume) SetFaultNoSpace(on bool) {
 	v.udev.SetFaultNoSpace(on)
 }
 
-// Stats returns a snapshot of the volume's counters.
+// Stats implements StatsReporter.
 func (v *CachedVolume) Stats() Stats {
 	v.mu.RLock()
 	dirty := v.dirtyBytes
 	v.mu.RUnlock()
 	s := &v.st
 	errBytes := s.readErrBytes.Load() // first: every failed read is already in reads
+	readErrs := s.readErrs.Load()
 	reads, readBytes := s.reads.load()
+	writes, writeErrs := s.writes.Load(), s.writeErrs.Load()
+	unmaps, unmapErrs := s.unmaps.Load(), s.unmapErrs.Load()
 	return Stats{
-		Reads: reads, Writes: s.writes.Load(),
-		ReadBytes: readBytes - errBytes, WriteBytes: s.writeBytes.Load(),
-		Unmaps: s.unmaps.Load(), Flushes: s.flushes.Load(), Epochs: s.epochs.Load(),
-		UndoBytes: s.undoBytes.Load(), CacheHits: reads + s.extraLookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
+		Read: OpStats{Ops: reads + s.readRefused.Load(), Bytes: readBytes - errBytes, Errors: readErrs,
+			Latency: s.readLat.snapshot(readSampleEvery)},
+		Write: OpStats{Ops: writes + writeErrs, Bytes: s.writeBytes.Load(), Errors: writeErrs,
+			Latency: s.writeLat.snapshot(1)},
+		Flush: OpStats{Ops: s.flushes.Load(), Errors: s.flushErrs.Load(), Latency: s.flushLat.snapshot(1)},
+		Unmap: OpStats{Ops: unmaps + unmapErrs, Bytes: s.unmapBytes.Load(), Errors: unmapErrs,
+			Latency: s.unmapLat.snapshot(1)},
+		Epochs: s.epochs.Load(), UndoBytes: s.undoBytes.Load(),
+		CacheHits: reads + s.extraLookups.Load() - s.misses.Load(), CacheMisses: s.misses.Load(),
 		CommitErrors: s.commitErrors.Load(), DirtyBytes: dirty, ChainedEpochs: s.chained.Load(),
 		InjectedFaults: v.data.Injected() + v.udev.Injected(),
-		ReadLatency:    s.readLat.snapshot(), WriteLatency: s.writeLat.snapshot(),
-		FlushLatency: s.flushLat.snapshot(), CommitLatency: s.commitLat.snapshot(),
+		CommitLatency:  s.commitLat.snapshot(1),
 	}
 }
 
@@ -496,17 +504,19 @@ func (v *CachedVolume) chunkLen(k int64) int {
 // rest are read from the device in contiguous runs and cached clean.
 func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.check(off, int64(len(p))); err != nil {
+		v.st.readRefused.Add(1)
+		v.st.readErrs.Add(1)
 		return err
 	}
 	if len(p) == 0 {
 		return nil
 	}
 	// Reading the clock costs more than a cache hit's bookkeeping on a VM
-	// (tens of ns), so read latency is sampled: one read in 64 is timed.
+	// (tens of ns), so read latency is sampled (see readSampleEvery).
 	var start time.Time
 	// The read and its bytes are counted up front, with one atomic add; a
 	// failed read's bytes are taken back in readErrBytes.
-	sampled := v.st.reads.add(len(p))&63 == 0
+	sampled := v.st.reads.add(len(p))&(readSampleEvery-1) == 0
 	if sampled {
 		start = time.Now()
 	}
@@ -620,6 +630,10 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		}
 		if err := v.fillRun(p, off, missing[i:j], gen, markAt); err != nil {
 			v.st.readErrBytes.Add(uint64(len(p)))
+			v.st.readErrs.Add(1)
+			if sampled {
+				v.st.readLat.observe(time.Since(start))
+			}
 			return err
 		}
 		i = j
@@ -803,35 +817,49 @@ const (
 // cache atomically with respect to epoch boundaries; larger writes are split.
 func (v *CachedVolume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := v.check(off, int64(len(p))); err != nil {
+		v.st.writeErrs.Add(1)
 		return err
 	}
 	if err := v.writable(); err != nil {
+		v.st.writeErrs.Add(1)
 		return err
 	}
 	start := time.Now()
 	err := v.write(ctx, kindData, p, off, int64(len(p)), fua)
-	if err == nil {
+	if err != nil {
+		v.st.writeErrs.Add(1)
+	} else {
 		v.st.writes.Add(1)
 		v.st.writeBytes.Add(uint64(len(p)))
-		v.st.writeLat.observe(time.Since(start))
 	}
+	v.st.writeLat.observe(time.Since(start))
 	return err
 }
 
 // WriteZeroes implements Volume. With unmap whole chunks become holes.
 func (v *CachedVolume) WriteZeroes(ctx context.Context, off, n int64, unmap bool) error {
 	if err := v.check(off, n); err != nil {
+		v.st.unmapErrs.Add(1)
 		return err
 	}
 	if err := v.writable(); err != nil {
+		v.st.unmapErrs.Add(1)
 		return err
 	}
 	kind := kindZero
 	if unmap {
 		kind = kindUnmap
 	}
-	v.st.unmaps.Add(1)
-	return v.write(ctx, kind, nil, off, n, false)
+	start := time.Now()
+	err := v.write(ctx, kind, nil, off, n, false)
+	if err != nil {
+		v.st.unmapErrs.Add(1)
+	} else {
+		v.st.unmaps.Add(1)
+		v.st.unmapBytes.Add(uint64(n))
+	}
+	v.st.unmapLat.observe(time.Since(start))
+	return err
 }
 
 // Unmap implements Volume.
@@ -1153,20 +1181,29 @@ func (v *CachedVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, e
 // with concurrent flushers) and returns when every write acknowledged before
 // the call is durable.
 func (v *CachedVolume) Flush(ctx context.Context) error {
+	start := time.Now()
+	err := v.flush()
+	v.st.flushes.Add(1)
+	if err != nil {
+		v.st.flushErrs.Add(1)
+	}
+	v.st.flushLat.observe(time.Since(start))
+	return err
+}
+
+// flush is Flush without counting it, for the engine's own flushes
+// (SetWriteCache), which Stats does not report as the caller's.
+func (v *CachedVolume) flush() error {
 	if v.closed.Load() {
 		return ErrClosed
 	}
-	start := time.Now()
 	v.mu.RLock()
 	target := v.epoch
 	if len(v.dirty) == 0 {
 		target--
 	}
 	v.mu.RUnlock()
-	err := v.syncTo(target)
-	v.st.flushes.Add(1)
-	v.st.flushLat.observe(time.Since(start))
-	return err
+	return v.syncTo(target)
 }
 
 // ClearError lifts the read-only state a failed commit left: it rolls the

@@ -113,7 +113,7 @@ func TestRoundTripAndReopen(t *testing.T) {
 				if !bytes.Equal(readAll(t, v), model) {
 					t.Fatal("reopened volume differs from model")
 				}
-				if st := v.Stats(); st.CacheMisses == 0 || st.Reads == 0 {
+				if st := v.Stats(); st.CacheMisses == 0 || st.Read.Ops == 0 {
 					t.Fatalf("stats not counting: %+v", st)
 				}
 			})
@@ -871,8 +871,8 @@ func TestReadAhead(t *testing.T) {
 	}
 	st := v.Stats()
 	// One miss starts the readahead; the marks keep it ahead from then on.
-	if st.Reads != size/4096 || st.CacheMisses > 2 {
-		t.Fatalf("%d reads, %d cache misses: readahead is not working", st.Reads, st.CacheMisses)
+	if st.Read.Ops != size/4096 || st.CacheMisses > 2 {
+		t.Fatalf("%d reads, %d cache misses: readahead is not working", st.Read.Ops, st.CacheMisses)
 	}
 }
 

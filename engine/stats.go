@@ -30,6 +30,10 @@ type Histogram struct {
 	Counts [histBuckets]uint64
 	// Sum is the total time of all observed operations.
 	Sum time.Duration
+	// SampleEvery says how the operations were observed: one in
+	// SampleEvery was timed (1: all of them). Count and Sum cover the timed
+	// ones only; Sum*SampleEvery estimates the time of all of them.
+	SampleEvery uint64
 }
 
 // UpperBound is bucket i's exclusive upper bound.
@@ -46,8 +50,10 @@ func (h Histogram) Count() uint64 {
 	return n
 }
 
-func (h *histogram) snapshot() Histogram {
-	var s Histogram
+// snapshot returns the histogram's counts; sampleEvery is the rate at which
+// the caller observes operations.
+func (h *histogram) snapshot(sampleEvery uint64) Histogram {
+	s := Histogram{SampleEvery: sampleEvery}
 	for i := range h.counts {
 		s.Counts[i] = h.counts[i].Load()
 	}
@@ -101,26 +107,61 @@ func (c *opCounter) load() (ops, bytes uint64) {
 	return c.ops + w&opMask, (c.sectors + w>>opBits) << sectorBits
 }
 
-// volStats holds a volume's live counters.
+// readSampleEvery is how often a read is timed: reading the clock costs
+// more than a cache hit's bookkeeping, so one read in readSampleEvery is
+// timed. It is a power of two that divides the fold threshold of
+// opCounter, so the sequence add returns, which restarts at each fold,
+// picks one read in readSampleEvery (but for a rare second fold racing
+// the first).
+const readSampleEvery = 64
+
+// volStats holds a volume's live counters. Each kind of operation counts
+// its successes and its failures apart, so that the success path pays no
+// more atomic adds than it needs; Stats adds them up.
 type volStats struct {
-	reads                   opCounter     // reads issued and their bytes
-	readErrBytes            atomic.Uint64 // bytes of reads that failed
-	writes, writeBytes      atomic.Uint64
-	unmaps, flushes, epochs atomic.Uint64
-	undoBytes               atomic.Uint64
-	extraLookups, misses    atomic.Uint64 // chunk lookups by reads beyond one per read
-	commitErrors            atomic.Uint64
-	chained                 atomic.Uint64
-	readLat, writeLat       histogram
-	flushLat, commitLat     histogram
+	reads        opCounter     // reads past the range check, and their bytes
+	readErrBytes atomic.Uint64 // bytes of reads that failed
+	readErrs     atomic.Uint64 // reads that failed, refused ones included
+	readRefused  atomic.Uint64 // reads the range check refused (not in reads)
+
+	writes, writeBytes, writeErrs atomic.Uint64 // writes that succeeded, their bytes; writes that failed
+	unmaps, unmapBytes, unmapErrs atomic.Uint64 // the same for unmap and write-zeroes
+	flushes, flushErrs            atomic.Uint64 // every Flush call; the ones that failed
+
+	epochs, undoBytes           atomic.Uint64
+	extraLookups, misses        atomic.Uint64 // chunk lookups by reads beyond one per read
+	commitErrors                atomic.Uint64
+	chained                     atomic.Uint64
+	readLat, writeLat, unmapLat histogram
+	flushLat, commitLat         histogram
 }
 
-// Stats is a snapshot of one volume's counters, for the API and /metrics.
+// OpStats are the counters of one kind of operation (read, write, flush,
+// unmap) since the volume was opened.
+type OpStats struct {
+	// Ops counts every call, failed ones included.
+	Ops uint64
+	// Bytes is the size of the calls that succeeded: bytes transferred
+	// for reads and writes, the range size for unmaps, zero for flushes.
+	Bytes uint64
+	// Errors counts the calls that returned an error.
+	Errors uint64
+	// Latency holds the timed calls: every call that got past the range
+	// check, or one in Latency.SampleEvery for reads. Its Count is the
+	// number of timed calls, not Ops.
+	Latency Histogram
+}
+
+// Stats is the snapshot of one volume's counters the service, the API and
+// /metrics read; it is the only place Anvil counts volume I/O.
 type Stats struct {
-	Reads, Writes          uint64 // commands issued (reads) and completed (writes)
-	ReadBytes, WriteBytes  uint64
-	Unmaps                 uint64 // unmap and write-zeroes commands
-	Flushes                uint64 // Flush calls
+	Read  OpStats
+	Write OpStats
+	// Flush counts Flush calls, including the wait for a shared commit.
+	Flush OpStats
+	// Unmap counts Unmap and WriteZeroes calls.
+	Unmap OpStats
+
 	Epochs                 uint64 // epochs committed with data
 	ChainedEpochs          uint64 // epochs whose undo records rode on the previous header sync
 	UndoBytes              uint64 // bytes appended to the undo FIFO
@@ -128,8 +169,12 @@ type Stats struct {
 	CommitErrors           uint64
 	DirtyBytes             int64 // dirty + in-flight bytes right now
 	InjectedFaults         uint64
-	ReadLatency            Histogram // sampled: one read in 64
-	WriteLatency           Histogram
-	FlushLatency           Histogram // Flush calls, including waiting
 	CommitLatency          Histogram // one epoch commit
+}
+
+// StatsReporter is implemented by volumes that count their own I/O
+// (CachedVolume); the service reads volume statistics only through it.
+type StatsReporter interface {
+	// Stats returns a snapshot of the volume's counters.
+	Stats() Stats
 }

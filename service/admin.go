@@ -44,7 +44,7 @@ func checkResize(lv *liveVolume, size int64) error {
 	if size < lv.rec.SizeBytes {
 		return invalid("size_bytes", "%d: smaller than the current size %d; shrinking a volume is not supported", size, lv.rec.SizeBytes)
 	}
-	if _, ok := base(lv.vol).(engine.Resizer); !ok && size != lv.rec.SizeBytes {
+	if _, ok := lv.vol.(engine.Resizer); !ok && size != lv.rec.SizeBytes {
 		return fmt.Errorf("resize volume %q: %w", lv.rec.Name, ErrNotSupported)
 	}
 	return nil
@@ -63,7 +63,7 @@ func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (ca
 	if size == lv.rec.SizeBytes {
 		return lv.rec, nil
 	}
-	rz, ok := base(lv.vol).(engine.Resizer)
+	rz, ok := lv.vol.(engine.Resizer)
 	if !ok {
 		return catalog.Volume{}, fmt.Errorf("resize volume %q: %w", name, ErrNotSupported)
 	}
@@ -107,8 +107,9 @@ func (s *Service) SetWriteCache(name string, on bool) (catalog.Volume, error) {
 	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutVolume(rec) }); err != nil {
 		return catalog.Volume{}, err
 	}
-	// base: the record is saved here already, and s.mu is held.
-	if err := base(lv.vol).SetWriteCache(on); err != nil {
+	// The record is saved here already; the logical unit's SaveWriteCache
+	// hook is not called on this path.
+	if err := lv.vol.SetWriteCache(on); err != nil {
 		// Put the record back so catalog and live state agree.
 		if uerr := s.cat.Update(func(tx *catalog.Tx) error { return tx.PutVolume(lv.rec) }); uerr != nil {
 			s.log.Error("undo write cache record", "volume", name, "err", uerr)
@@ -134,7 +135,7 @@ func (s *Service) SetReadOnly(name string, ro bool) (catalog.Volume, error) {
 	if lv.rec.ReadOnly == ro {
 		return lv.rec, nil
 	}
-	setter, ok := base(lv.vol).(readOnlySetter)
+	setter, ok := lv.vol.(readOnlySetter)
 	if !ok {
 		return catalog.Volume{}, fmt.Errorf("set read-only on volume %q: %w", name, ErrNotSupported)
 	}

@@ -31,7 +31,7 @@ func (s *Service) faultableVolume(name string) (faultable, *liveVolume, error) {
 	if !ok {
 		return nil, nil, missing
 	}
-	f, ok := base(lv.vol).(faultable)
+	f, ok := lv.vol.(faultable)
 	if !ok {
 		return nil, nil, fmt.Errorf("volume %q: the engine cannot inject faults: %w", name, ErrNotSupported)
 	}

@@ -1,39 +1,51 @@
 package service
 
 import (
-	"context"
 	"fmt"
-	"sync/atomic"
-	"time"
 
 	"github.com/anvilproject/anvil/engine"
 )
 
 // LatencyBuckets are the upper bounds, in seconds, of the latency histogram
-// buckets IOStats keeps: from a page-cache hit to a stalled disk.
-var LatencyBuckets = []float64{
-	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-	0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-}
+// buckets in IOStats: the engine's log2 layout, bucket i holding operations
+// under 2^i microseconds. Histogram.Counts has one more element, the open
+// bucket above the last bound.
+var LatencyBuckets = func() []float64 {
+	var h engine.Histogram
+	b := make([]float64, len(h.Counts)-1)
+	for i := range b {
+		b[i] = h.UpperBound(i).Seconds()
+	}
+	return b
+}()
 
 // Histogram is a snapshot of a latency histogram: Counts[i] is the number
-// of operations that took at most LatencyBuckets[i] seconds and more than
-// the bucket before (the last element counts the slower ones).
+// of timed operations that took less than LatencyBuckets[i] seconds and no
+// less than the bucket before (the last element counts the slower ones).
 type Histogram struct {
-	Counts     []uint64 `json:"counts"`
-	Count      uint64   `json:"count"`
-	SumSeconds float64  `json:"sum_seconds"`
+	Counts []uint64 `json:"counts"`
+	// Count is the number of timed operations, the sum of Counts.
+	Count uint64 `json:"count"`
+	// SumSeconds is the time the timed operations took.
+	SumSeconds float64 `json:"sum_seconds"`
+	// SampleEvery says one operation in SampleEvery was timed (1: all):
+	// SumSeconds*SampleEvery estimates the time of every operation.
+	SampleEvery uint64 `json:"sample_every"`
 }
 
 // OpStats are the counters of one kind of operation.
 type OpStats struct {
-	Ops     uint64    `json:"ops"`
-	Bytes   uint64    `json:"bytes"`
+	// Ops counts every call, failed ones included.
+	Ops uint64 `json:"ops"`
+	// Bytes is the size of the calls that succeeded.
+	Bytes uint64 `json:"bytes"`
+	// Errors counts the calls that failed.
 	Errors  uint64    `json:"errors"`
 	Latency Histogram `json:"latency"`
 }
 
-// IOStats is a snapshot of a volume's I/O counters since it was opened.
+// IOStats is a snapshot of a volume's I/O counters since it was opened,
+// as the engine keeps them.
 type IOStats struct {
 	Read  OpStats `json:"read"`
 	Write OpStats `json:"write"`
@@ -41,116 +53,44 @@ type IOStats struct {
 	Flush OpStats `json:"flush"`
 	// Unmap counts Unmap and WriteZeroes calls; Bytes is the range size.
 	Unmap OpStats `json:"unmap"`
+
+	// DirtyBytes is data acknowledged but not yet durable.
+	DirtyBytes int64 `json:"dirty_bytes"`
+	// Epochs counts epochs committed with data.
+	Epochs uint64 `json:"epochs"`
+	// UndoBytes counts bytes appended to the undo FIFO.
+	UndoBytes uint64 `json:"undo_bytes"`
+	// CacheHits and CacheMisses count chunk lookups on read.
+	CacheHits   uint64 `json:"cache_hits"`
+	CacheMisses uint64 `json:"cache_misses"`
+	// CommitErrors counts epoch commits that failed.
+	CommitErrors uint64 `json:"commit_errors"`
+	// InjectedFaults counts I/O errors made up by fault injection.
+	InjectedFaults uint64 `json:"injected_faults"`
+	// Commit is the latency of one epoch commit.
+	Commit Histogram `json:"commit"`
 }
 
-type opCounters struct {
-	ops, bytes, errors atomic.Uint64
-	sumNanos           atomic.Uint64
-	buckets            [16]atomic.Uint64 // len(LatencyBuckets)+1
+func histogramOf(h engine.Histogram) Histogram {
+	return Histogram{Counts: h.Counts[:], Count: h.Count(), SumSeconds: h.Sum.Seconds(), SampleEvery: h.SampleEvery}
 }
 
-func (c *opCounters) record(start time.Time, n int64, err error) {
-	d := time.Since(start)
-	c.ops.Add(1)
-	if err != nil {
-		c.errors.Add(1)
-	} else if n > 0 {
-		c.bytes.Add(uint64(n))
+func opStatsOf(o engine.OpStats) OpStats {
+	return OpStats{Ops: o.Ops, Bytes: o.Bytes, Errors: o.Errors, Latency: histogramOf(o.Latency)}
+}
+
+// ioStatsOf maps the engine's snapshot into the service's.
+func ioStatsOf(e engine.Stats) IOStats {
+	return IOStats{
+		Read: opStatsOf(e.Read), Write: opStatsOf(e.Write), Flush: opStatsOf(e.Flush), Unmap: opStatsOf(e.Unmap),
+		DirtyBytes: e.DirtyBytes, Epochs: e.Epochs, UndoBytes: e.UndoBytes,
+		CacheHits: e.CacheHits, CacheMisses: e.CacheMisses, CommitErrors: e.CommitErrors,
+		InjectedFaults: e.InjectedFaults, Commit: histogramOf(e.CommitLatency),
 	}
-	c.sumNanos.Add(uint64(d))
-	sec := d.Seconds()
-	i := 0
-	for i < len(LatencyBuckets) && sec > LatencyBuckets[i] {
-		i++
-	}
-	c.buckets[i].Add(1)
 }
 
-func (c *opCounters) snapshot() OpStats {
-	h := Histogram{Counts: make([]uint64, len(LatencyBuckets)+1)}
-	for i := range h.Counts {
-		h.Counts[i] = c.buckets[i].Load()
-		h.Count += h.Counts[i]
-	}
-	h.SumSeconds = time.Duration(c.sumNanos.Load()).Seconds()
-	return OpStats{Ops: c.ops.Load(), Bytes: c.bytes.Load(), Errors: c.errors.Load(), Latency: h}
-}
-
-// countedVolume wraps an engine volume and counts its I/O for the API and
-// /metrics. It adds two atomic adds and a clock read per call; the engine
-// underneath is reachable through Unwrap for optional interfaces
-// (engine.Resizer and the like).
-type countedVolume struct {
-	engine.Volume
-	read, write, flush, unmap opCounters
-	// saveWriteCache persists a write cache change that came from a front
-	// end (MODE SELECT), so the catalog keeps what the initiator set.
-	saveWriteCache func(on bool) error
-}
-
-// SetWriteCache changes the engine's write cache and records the change.
-func (v *countedVolume) SetWriteCache(on bool) error {
-	if err := v.Volume.SetWriteCache(on); err != nil {
-		return err
-	}
-	if v.saveWriteCache != nil {
-		return v.saveWriteCache(on)
-	}
-	return nil
-}
-
-// Unwrap returns the engine volume underneath.
-func (v *countedVolume) Unwrap() engine.Volume { return v.Volume }
-
-// IOStats returns a snapshot of the counters.
-func (v *countedVolume) IOStats() IOStats {
-	return IOStats{Read: v.read.snapshot(), Write: v.write.snapshot(), Flush: v.flush.snapshot(), Unmap: v.unmap.snapshot()}
-}
-
-func (v *countedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
-	t := time.Now()
-	err := v.Volume.ReadAt(ctx, p, off)
-	v.read.record(t, int64(len(p)), err)
-	return err
-}
-
-func (v *countedVolume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	t := time.Now()
-	err := v.Volume.WriteAt(ctx, p, off, fua)
-	v.write.record(t, int64(len(p)), err)
-	return err
-}
-
-func (v *countedVolume) WriteZeroes(ctx context.Context, off, n int64, unmap bool) error {
-	t := time.Now()
-	err := v.Volume.WriteZeroes(ctx, off, n, unmap)
-	v.unmap.record(t, n, err)
-	return err
-}
-
-func (v *countedVolume) Unmap(ctx context.Context, off, n int64) error {
-	t := time.Now()
-	err := v.Volume.Unmap(ctx, off, n)
-	v.unmap.record(t, n, err)
-	return err
-}
-
-func (v *countedVolume) Flush(ctx context.Context) error {
-	t := time.Now()
-	err := v.Volume.Flush(ctx)
-	v.flush.record(t, 0, err)
-	return err
-}
-
-// base returns the engine volume under any counting wrapper.
-func base(v engine.Volume) engine.Volume {
-	if u, ok := v.(interface{ Unwrap() engine.Volume }); ok {
-		return u.Unwrap()
-	}
-	return v
-}
-
-// VolumeIOStats returns a volume's I/O counters since it was opened.
+// VolumeIOStats returns a volume's I/O counters since it was opened (all
+// zero if its engine keeps none).
 func (s *Service) VolumeIOStats(name string) (IOStats, error) {
 	s.mu.RLock()
 	lv, ok := s.volumes[name]
@@ -158,8 +98,8 @@ func (s *Service) VolumeIOStats(name string) (IOStats, error) {
 	if !ok {
 		return IOStats{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	if cv, ok := lv.vol.(*countedVolume); ok {
-		return cv.IOStats(), nil
+	if sr, ok := lv.vol.(engine.StatsReporter); ok {
+		return ioStatsOf(sr.Stats()), nil
 	}
 	return IOStats{}, nil
 }

@@ -543,7 +543,7 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		s.log.Warn("data file size differs from the catalog; using the file's", "volume", rec.Name, "catalog", rec.SizeBytes, "file", ev.Size())
 		rec.SizeBytes = ev.Size()
 	}
-	vol := engine.Volume(&countedVolume{Volume: ev})
+	vol := engine.Volume(ev)
 	naa, err := hex.DecodeString(rec.NAA)
 	if err != nil {
 		vol.Close()
@@ -555,16 +555,16 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		return nil, err
 	}
 	name := rec.Name
-	vol.(*countedVolume).saveWriteCache = func(on bool) error { return s.saveWriteCache(name, on) }
 	lu := scsi.NewLogicalUnit(vol, scsi.LUConfig{
-		VendorID:  "ANVIL",
-		ProductID: "Anvil Volume",
-		Revision:  "0001",
-		Serial:    rec.Serial,
-		NAA:       naa,
-		PR:        pr,
-		SavePR:    func(st scsi.PRState) error { return s.saveReservation(name, st) },
-		Logger:    s.log.With("volume", rec.Name),
+		VendorID:       "ANVIL",
+		ProductID:      "Anvil Volume",
+		Revision:       "0001",
+		Serial:         rec.Serial,
+		NAA:            naa,
+		PR:             pr,
+		SavePR:         func(st scsi.PRState) error { return s.saveReservation(name, st) },
+		SaveWriteCache: func(on bool) error { return s.saveWriteCache(name, on) },
+		Logger:         s.log.With("volume", rec.Name),
 	})
 	return &liveVolume{rec: rec, vol: vol, lu: lu}, nil
 }
@@ -642,7 +642,7 @@ func (s *Service) EngineVolume(name string) (engine.Volume, error) {
 		}
 		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	return base(lv.vol), nil
+	return lv.vol, nil
 }
 
 // Volumes lists every volume's record, offline ones included, sorted by

@@ -160,7 +160,7 @@ func (s *Service) SpaceWarnings() []string {
 // with a margin), or "" when there is room.
 func (s *Service) stillFull(lv *liveVolume) string {
 	var pending uint64
-	if st, ok := base(lv.vol).(interface{ Stats() engine.Stats }); ok {
+	if st, ok := lv.vol.(engine.StatsReporter); ok {
 		pending = uint64(max(st.Stats().DirtyBytes, 0))
 	}
 	need := 2*pending + 1<<20

@@ -72,7 +72,7 @@ func (s *Service) VolumeState(name string) (state, reason string, err error) {
 	if !ok {
 		return "", "", fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	if d, ok := base(lv.vol).(interface{ Degraded() string }); ok && d.Degraded() != "" {
+	if d, ok := lv.vol.(interface{ Degraded() string }); ok && d.Degraded() != "" {
 		return StateDegraded, d.Degraded(), nil
 	}
 	return StateOnline, "", nil

@@ -35,6 +35,11 @@ type LUConfig struct {
 	// while APTPL is (or was just) in effect, and must store it durably
 	// before returning. nil means APTPL is not supported.
 	SavePR func(PRState) error
+	// SaveWriteCache, when set, is called after MODE SELECT changed the
+	// volume's write cache (WCE of the caching page), to store the new
+	// setting so that it survives a restart. An error fails the command;
+	// the volume keeps the new setting.
+	SaveWriteCache func(on bool) error
 }
 
 // maxUAs bounds a nexus's unit attention queue. SAM-5 lets a device server

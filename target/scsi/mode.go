@@ -271,6 +271,11 @@ func (x *task) modeSelect() error {
 					return fmt.Errorf("mode select: set write cache %v: %w", wce, err)
 				}
 				changed = true
+				if save := lu.cfg.SaveWriteCache; save != nil {
+					if err := save(wce); err != nil {
+						return fmt.Errorf("mode select: save write cache %v: %w", wce, err)
+					}
+				}
 			}
 		case pageControl:
 			d := c.data[2]&0x04 != 0

@@ -139,7 +139,10 @@ async function refresh() {
   }
 }
 
-function latencySum(s) { return s.read.latency.sum_seconds + s.write.latency.sum_seconds; }
+// latencySum estimates the time all reads and writes took: the engine times
+// one operation in sample_every, so its sum is scaled up by that rate.
+function scaledSum(l) { return l.sum_seconds * (l.sample_every || 1); }
+function latencySum(s) { return scaledSum(s.read.latency) + scaledSum(s.write.latency); }
 function opsSum(s) { return s.read.ops + s.write.ops; }
 
 // sample turns cumulative counters into per-interval rates.
