@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // Device is the backing store under a volume: a flat, byte-addressed range
@@ -294,73 +296,14 @@ func vectored(name string, call func(int, [][]byte, int64) (int, error), fd int,
 }
 
 // Sync implements Device with fdatasync.
-func (d *FileDevice) Sync() error {
-	for {
-		err := unix.Fdatasync(d.fd)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("fdatasync: %w", err)
-		}
-		return nil
-	}
-}
+func (d *FileDevice) Sync() error { return fileio.Fdatasync(d.fd) }
 
 // Discard implements Device by punching a hole; filesystems that cannot
 // punch get zeroes written instead, which reads the same.
-func (d *FileDevice) Discard(off, n int64) error {
-	err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
-		return writeZeroes(d, off, n)
-	}
-	return fmt.Errorf("punch hole [%d,+%d): %w", off, n, err)
-}
-
-// writeZeroes fills [off, off+n) with zero bytes through WriteAt.
-func writeZeroes(d interface {
-	WriteAt([]byte, int64) (int, error)
-}, off, n int64) error {
-	z := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(z)))
-		if _, err := d.WriteAt(z[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
-}
+func (d *FileDevice) Discard(off, n int64) error { return fileio.PunchHole(d.fd, off, n, d) }
 
 // Mapped implements Device with SEEK_DATA/SEEK_HOLE.
-func (d *FileDevice) Mapped(off, n int64) (bool, int64, error) {
-	return seekMapped(d.fd, off, n)
-}
-
-func seekMapped(fd int, off, n int64) (bool, int64, error) {
-	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	if err != nil {
-		if errors.Is(err, unix.ENXIO) {
-			return false, n, nil // no data at or after off
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-			return true, n, nil // filesystem cannot tell
-		}
-		return false, 0, fmt.Errorf("lseek SEEK_DATA %d: %w", off, err)
-	}
-	if data > off {
-		return false, min(n, data-off), nil
-	}
-	hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return false, 0, fmt.Errorf("lseek SEEK_HOLE %d: %w", off, err)
-	}
-	return true, min(n, max(hole-off, 1)), nil
-}
+func (d *FileDevice) Mapped(off, n int64) (bool, int64, error) { return fileio.Mapped(d.fd, off, n) }
 
 // Size implements Device.
 func (d *FileDevice) Size() int64 { return d.size }
