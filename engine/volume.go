@@ -94,9 +94,6 @@ type Limits struct {
 	// AtomicWriteMax is the largest write that is all-or-nothing across a
 	// crash. Zero means only a single block is atomic.
 	AtomicWriteMax int64
-	// MaxTransfer is the largest single read or write the engine accepts
-	// efficiently; zero means no limit.
-	MaxTransfer int64
 	// OptimalTransfer is the preferred transfer size; zero means unknown.
 	OptimalTransfer int64
 	// MaxUnmap is the largest range one Unmap call takes; zero means Unmap

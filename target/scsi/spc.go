@@ -199,8 +199,7 @@ func (x *task) deviceIdentification() []byte {
 
 // maxTransferBytes caps a single command's transfer so that one CDB cannot
 // make us allocate gigabytes. It matches the iSCSI transport's default
-// limit on a command's expected data transfer length. Transfers larger
-// than the engine's MaxTransfer are split into several engine calls.
+// limit on a command's expected data transfer length.
 const maxTransferBytes = 32 << 20
 
 // maxTransferBlocks is the largest transfer length, in blocks, that a read
@@ -259,11 +258,7 @@ func (lu *LogicalUnit) blockLimits() []byte {
 	b[1] = maxCompareAndWriteBlocks
 	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
 	binary.BigEndian.PutUint32(b[4:], uint32(lu.maxTransferBlocks()))
-	opt := lim.OptimalTransfer
-	if opt <= 0 {
-		opt = lim.MaxTransfer
-	}
-	if opt > 0 {
+	if opt := lim.OptimalTransfer; opt > 0 {
 		binary.BigEndian.PutUint32(b[8:], uint32(min(max(uint64(opt/bs), 1), lu.maxTransferBlocks())))
 	}
 	binary.BigEndian.PutUint32(b[12:], uint32(lu.maxTransferBlocks())) // MAXIMUM PREFETCH LENGTH
