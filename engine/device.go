@@ -131,6 +131,15 @@ type WritebackStarter interface {
 	StartWriteback(off, n int64) error
 }
 
+// startWritebackOn starts writeback of [off, off+n) where d can
+// (WritebackStarter) and does nothing elsewhere.
+func startWritebackOn(d Device, off, n int64) error {
+	if w, ok := d.(WritebackStarter); ok {
+		return w.StartWriteback(off, n)
+	}
+	return nil
+}
+
 // StartWriteback implements WritebackStarter with
 // sync_file_range(SYNC_FILE_RANGE_WRITE).
 func (d *FileDevice) StartWriteback(off, n int64) error {
@@ -151,6 +160,21 @@ type VectorReader interface {
 	// ReadAtv fills the buffers back to back from off. Holes and the range
 	// past the end read as zeroes.
 	ReadAtv(bufs [][]byte, off int64) error
+}
+
+// readAtv fills bufs back to back from off, with one call where d is a
+// VectorReader and buffer by buffer elsewhere.
+func readAtv(d Device, bufs [][]byte, off int64) error {
+	if vr, ok := d.(VectorReader); ok {
+		return vr.ReadAtv(bufs, off)
+	}
+	for _, b := range bufs {
+		if _, err := d.ReadAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
 }
 
 // ReadAtv implements VectorReader with preadv.
