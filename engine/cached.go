@@ -673,9 +673,9 @@ func (v *CachedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // the recheck rejects them.
 //
 // Saving the read lock's two atomic read-modify-writes is worth the
-// bother: on the VMs Anvil runs on they cost about 50 ns, a quarter of
-// a 4 KiB cache hit. A read that reaches a readahead mark takes the locked
-// path, which starts the next window.
+// bother: next to copying a 4 KiB cache hit they are not small, and every
+// reader of a volume contends on them. A read that reaches a readahead
+// mark takes the locked path, which starts the next window.
 func (v *CachedVolume) readHit(p []byte, off, first, last int64) bool {
 	seq := v.wseq.Load()
 	if seq&1 != 0 {
