@@ -73,14 +73,9 @@ func OpenFileDevice(path string, create bool, size int64) (*FileDevice, error) {
 	if create {
 		flags |= os.O_CREATE
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	f, st, err := openStat(path, flags, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("engine: open %s: %w", path, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
@@ -96,24 +91,52 @@ func OpenFileDevice(path string, create bool, size int64) (*FileDevice, error) {
 	return d, nil
 }
 
+// openStat opens path and stats the open file, closing it again when the
+// stat fails.
+func openStat(path string, flags int, perm os.FileMode) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, flags, perm)
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("engine: stat %s: %w", path, err)
+	}
+	return f, st, nil
+}
+
 // ReadAt implements Device.
 func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
 	return preadFull(d.fd, p, off)
 }
 
 func preadFull(fd int, p []byte, off int64) (int, error) {
+	return transferFull("pread", unix.Pread, fd, p, off, func(rest []byte) error {
+		// Past EOF: the volume reads zeroes there.
+		clear(rest)
+		return nil
+	})
+}
+
+// transferFull moves all of p at off with call (pread or pwrite),
+// resuming after short transfers and EINTR. When a call transfers nothing,
+// atZero gets the rest of p: it returns the error to report, or nil after
+// dealing with it itself.
+func transferFull(name string, call func(int, []byte, int64) (int, error), fd int, p []byte, off int64, atZero func([]byte) error) (int, error) {
 	done := 0
 	for done < len(p) {
-		n, err := unix.Pread(fd, p[done:], off+int64(done))
+		n, err := call(fd, p[done:], off+int64(done))
 		if err != nil {
 			if err == unix.EINTR {
 				continue
 			}
-			return done, fmt.Errorf("pread at %d: %w", off+int64(done), err)
+			return done, fmt.Errorf("%s at %d: %w", name, off+int64(done), err)
 		}
 		if n == 0 {
-			// Past EOF: the volume reads zeroes there.
-			clear(p[done:])
+			if err := atZero(p[done:]); err != nil {
+				return done, fmt.Errorf("%s at %d: %w", name, off+int64(done), err)
+			}
 			return len(p), nil
 		}
 		done += n
@@ -246,21 +269,9 @@ func (d *FileDevice) directOK(p []byte, off int64) bool {
 }
 
 func pwriteFull(fd int, p []byte, off int64) (int, error) {
-	done := 0
-	for done < len(p) {
-		n, err := unix.Pwrite(fd, p[done:], off+int64(done))
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
-		}
-		if n == 0 {
-			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
-		}
-		done += n
-	}
-	return done, nil
+	return transferFull("pwrite", unix.Pwrite, fd, p, off, func([]byte) error {
+		return io.ErrShortWrite
+	})
 }
 
 // WriteAtv implements Device with pwritev, resuming after short writes.

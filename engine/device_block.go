@@ -49,14 +49,9 @@ type blockCaps struct {
 // a RAID or device-mapper stack, or held exclusively by another opener, so
 // a volume can never overwrite a file system in use.
 func OpenBlockDevice(path string) (*BlockDevice, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_EXCL, 0)
+	f, st, err := openStat(path, os.O_RDWR|os.O_EXCL, 0)
 	if err != nil {
-		return nil, fmt.Errorf("engine: open %s: %w", path, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
+		return nil, err
 	}
 	if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
 		f.Close()

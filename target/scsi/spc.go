@@ -327,7 +327,32 @@ func (x *task) reportLUNs() error {
 // reservation for the nexus. Extents and third-party reservations are not
 // supported.
 func (x *task) reserve() error {
-	if x.cdb[0] == opReserve6 {
+	return x.reservation(opReserve6, func(lu *LogicalUnit) {
+		if lu.reservedBy != nil && lu.reservedBy != x.n {
+			x.res.Status = StatusReservationConflict
+			return
+		}
+		lu.reservedBy = x.n
+		lu.resHeld.Store(true)
+	})
+}
+
+// release handles RELEASE(6) and RELEASE(10). Releasing a reservation held
+// by another nexus, or none, succeeds without effect.
+func (x *task) release() error {
+	return x.reservation(opRelease6, func(lu *LogicalUnit) {
+		if lu.reservedBy == x.n {
+			lu.reservedBy = nil
+			lu.resHeld.Store(false)
+		}
+	})
+}
+
+// reservation checks a RESERVE or RELEASE CDB (op6 is the 6-byte opcode of
+// the pair) and runs change with the unit's reservation lock held, unless
+// persistent reservations are in use.
+func (x *task) reservation(op6 byte, change func(*LogicalUnit)) error {
+	if x.cdb[0] == op6 {
 		if x.cdb[1]&0x01 != 0 {
 			return invalidCDB(1, 0) // EXTENT
 		}
@@ -343,36 +368,7 @@ func (x *task) reserve() error {
 	}
 	lu.resMu.Lock()
 	defer lu.resMu.Unlock()
-	if lu.reservedBy != nil && lu.reservedBy != x.n {
-		x.res.Status = StatusReservationConflict
-		return nil
-	}
-	lu.reservedBy = x.n
-	lu.resHeld.Store(true)
-	return nil
-}
-
-// release handles RELEASE(6) and RELEASE(10). Releasing a reservation held
-// by another nexus, or none, succeeds without effect.
-func (x *task) release() error {
-	if x.cdb[0] == opRelease6 {
-		if x.cdb[1]&0x01 != 0 {
-			return invalidCDB(1, 0)
-		}
-	} else if x.cdb[1]&0x12 != 0 {
-		return invalidCDB(1, 4)
-	}
-	lu := x.lu
-	if lu.pr.active.Load() {
-		x.res.Status = StatusReservationConflict
-		return nil
-	}
-	lu.resMu.Lock()
-	defer lu.resMu.Unlock()
-	if lu.reservedBy == x.n {
-		lu.reservedBy = nil
-		lu.resHeld.Store(false)
-	}
+	change(lu)
 	return nil
 }
 
