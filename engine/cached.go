@@ -287,12 +287,15 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: open undo FIFO: %w", err)
 	}
-	var faults *FaultDevice
+	// dev is what the volume does its data I/O through: data itself, or
+	// data behind the fault injector. Capability checks (Deallocator)
+	// look at data.
+	dev, faults := data, (*FaultDevice)(nil)
 	if opts.FaultInjection {
 		faults = NewFaultDevice(data)
-		data = faults
+		dev = faults
 	}
-	res, err := fifo.Recover(data)
+	res, err := fifo.Recover(dev)
 	var degraded string
 	if errors.Is(err, undo.ErrUncertain) {
 		// Rolling back might destroy an acknowledged epoch, keeping it
@@ -315,7 +318,7 @@ func OpenDevices(data, undoDev Device, opts Options) (*CachedVolume, error) {
 		bs:       opts.BlockSize,
 		cache:    opts.Cache,
 		log:      log,
-		data:     data,
+		data:     dev,
 		udev:     undoDev,
 		faults:   faults,
 		fifo:     fifo,

@@ -150,3 +150,36 @@ func TestFaultInjectionOnlyWhenAsked(t *testing.T) {
 	}
 	faulty.SetFaultRate(0, 0)
 }
+
+// noDeallocDevice is a data device that says it cannot deallocate, as a
+// disk without discard does.
+type noDeallocDevice struct{ Device }
+
+func (noDeallocDevice) Deallocates() bool { return false }
+
+// TestFaultInjectionKeepsCapabilities: the fault injector in front of the
+// data device must not hide what the device itself reports; a device that
+// cannot deallocate is not offered as thin either way.
+func TestFaultInjectionKeepsCapabilities(t *testing.T) {
+	for _, fi := range []bool{false, true} {
+		dir := t.TempDir()
+		data, err := OpenFileDevice(filepath.Join(dir, "d.img"), true, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udev, err := OpenFileDevice(filepath.Join(dir, "d.undo"), true, 8<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := OpenDevices(noDeallocDevice{data}, udev, Options{Name: "c", Logger: quietLog, Cache: NewCache(CacheOptions{Size: 32 << 20}), FaultInjection: fi})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := v.Limits().MaxUnmap; got != 0 {
+			t.Errorf("FaultInjection=%v: MaxUnmap %d on a device that cannot deallocate", fi, got)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
