@@ -14,7 +14,6 @@ import "sync/atomic"
 // tells it that a change happened.
 type chunkTable struct {
 	top atomic.Pointer[[]atomic.Pointer[chunkLeaf]]
-	n   int // buffers in the table; guarded by the volume lock
 }
 
 const leafBits = 9 // 512 chunks = 2 MiB per leaf
@@ -67,7 +66,6 @@ func (t *chunkTable) set(k int64, b *buf) {
 	slot := &l.b[k&(1<<leafBits-1)]
 	if slot.Load() == nil {
 		l.n++
-		t.n++
 	}
 	slot.Store(b)
 }
@@ -86,7 +84,6 @@ func (t *chunkTable) del(k int64) {
 	slot := &l.b[k&(1<<leafBits-1)]
 	if slot.Swap(nil) != nil {
 		l.n--
-		t.n--
 		if l.n == 0 {
 			(*p)[i].Store(nil)
 		}
@@ -116,11 +113,7 @@ func (t *chunkTable) each(f func(k int64, b *buf)) {
 	}
 }
 
-// len is the number of buffers in the table.
-func (t *chunkTable) len() int { return t.n }
-
 // reset empties the table.
 func (t *chunkTable) reset() {
 	t.top.Store(nil)
-	t.n = 0
 }

@@ -220,8 +220,8 @@ func BenchmarkWCE0Writers16(b *testing.B) {
 
 // warmSlab faults in n bytes of chunk memory once, so that benchmarks
 // measure a running daemon's steady state rather than the kernel zeroing
-// fresh pages the first time the cache grows (a one-off cost of roughly
-// 1-3 ms per MiB on the test machines).
+// fresh pages the first time the cache grows (a one-off cost that would
+// dominate a short run).
 func warmSlab(n int64) {
 	var ds []*[ChunkSize]byte
 	for range n / ChunkSize {
@@ -315,9 +315,9 @@ func BenchmarkRatio(b *testing.B) {
 		pool := pattern(16<<20, 1)
 		// Before each round, drop the (clean, flushed) page cache of both
 		// data files. These VMs back guest memory lazily: a page the guest
-		// never used costs a host fault of ~15 us on first touch, so
-		// without this every round allocates fresh page cache, rounds slow
-		// down 5-10x once the guest's warm memory is used up, and whichever
+		// never used costs a host fault on first touch, so without this
+		// every round allocates fresh page cache, rounds slow down sharply
+		// once the guest's warm memory is used up, and whichever
 		// engine's footprint grows faster pays first. Recycled pages keep
 		// both engines on warm memory.
 		prep := func(Volume) {

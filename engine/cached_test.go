@@ -184,7 +184,7 @@ func TestThinUnmapAndMapped(t *testing.T) {
 func TestFaultInjectionFreezesVolume(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "fault.img")
-	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour})
+	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour, FaultInjection: true})
 	defer v.Close()
 	model := make([]byte, 4<<20)
 	v.SetFaultRate(3000, 42)
@@ -235,7 +235,7 @@ func TestFaultInjectionFreezesVolume(t *testing.T) {
 // TestReadErrorIsMedium: a failing backing read surfaces as ErrMedium.
 func TestReadErrorIsMedium(t *testing.T) {
 	ctx := context.Background()
-	v := openTest(t, filepath.Join(t.TempDir(), "r.img"), Options{Size: 1 << 20})
+	v := openTest(t, filepath.Join(t.TempDir(), "r.img"), Options{Size: 1 << 20, FaultInjection: true})
 	defer v.Close()
 	v.SetFaultRate(10000, 1)
 	err := v.ReadAt(ctx, make([]byte, 4096), 0)

@@ -158,7 +158,7 @@ func runCrash(t testing.TB, r crashRun) (crashResult, error) {
 	dataDev := world.newDev(newSimImage(r.volSize))
 	undoDev := world.newDev(newSimImage(r.undoSize))
 	cache := NewCache(CacheOptions{Size: r.cacheSize})
-	opts := Options{Name: "crash", Cache: cache, FlushInterval: r.interval, WriteCacheOff: r.wceOff, Logger: quietLog}
+	opts := Options{Name: "crash", Cache: cache, FlushInterval: r.interval, WriteCacheOff: r.wceOff, Logger: quietLog, FaultInjection: r.faults > 0}
 	v, err := OpenDevices(dataDev, undoDev, opts)
 	if err != nil {
 		return res, fmt.Errorf("open: %w", err)

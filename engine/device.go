@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // Device is the backing store under a volume: a flat, byte-addressed range
@@ -71,14 +73,9 @@ func OpenFileDevice(path string, create bool, size int64) (*FileDevice, error) {
 	if create {
 		flags |= os.O_CREATE
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	f, st, err := openStat(path, flags, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("engine: open %s: %w", path, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
@@ -94,24 +91,52 @@ func OpenFileDevice(path string, create bool, size int64) (*FileDevice, error) {
 	return d, nil
 }
 
+// openStat opens path and stats the open file, closing it again when the
+// stat fails.
+func openStat(path string, flags int, perm os.FileMode) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, flags, perm)
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("engine: stat %s: %w", path, err)
+	}
+	return f, st, nil
+}
+
 // ReadAt implements Device.
 func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
 	return preadFull(d.fd, p, off)
 }
 
 func preadFull(fd int, p []byte, off int64) (int, error) {
+	return transferFull("pread", unix.Pread, fd, p, off, func(rest []byte) error {
+		// Past EOF: the volume reads zeroes there.
+		clear(rest)
+		return nil
+	})
+}
+
+// transferFull moves all of p at off with call (pread or pwrite),
+// resuming after short transfers and EINTR. When a call transfers nothing,
+// atZero gets the rest of p: it returns the error to report, or nil after
+// dealing with it itself.
+func transferFull(name string, call func(int, []byte, int64) (int, error), fd int, p []byte, off int64, atZero func([]byte) error) (int, error) {
 	done := 0
 	for done < len(p) {
-		n, err := unix.Pread(fd, p[done:], off+int64(done))
+		n, err := call(fd, p[done:], off+int64(done))
 		if err != nil {
 			if err == unix.EINTR {
 				continue
 			}
-			return done, fmt.Errorf("pread at %d: %w", off+int64(done), err)
+			return done, fmt.Errorf("%s at %d: %w", name, off+int64(done), err)
 		}
 		if n == 0 {
-			// Past EOF: the volume reads zeroes there.
-			clear(p[done:])
+			if err := atZero(p[done:]); err != nil {
+				return done, fmt.Errorf("%s at %d: %w", name, off+int64(done), err)
+			}
 			return len(p), nil
 		}
 		done += n
@@ -127,6 +152,15 @@ func preadFull(fd int, p []byte, off int64) (int, error) {
 // returns, the range may or may not be durable, exactly as before.
 type WritebackStarter interface {
 	StartWriteback(off, n int64) error
+}
+
+// startWritebackOn starts writeback of [off, off+n) where d can
+// (WritebackStarter) and does nothing elsewhere.
+func startWritebackOn(d Device, off, n int64) error {
+	if w, ok := d.(WritebackStarter); ok {
+		return w.StartWriteback(off, n)
+	}
+	return nil
 }
 
 // StartWriteback implements WritebackStarter with
@@ -149,6 +183,21 @@ type VectorReader interface {
 	// ReadAtv fills the buffers back to back from off. Holes and the range
 	// past the end read as zeroes.
 	ReadAtv(bufs [][]byte, off int64) error
+}
+
+// readAtv fills bufs back to back from off, with one call where d is a
+// VectorReader and buffer by buffer elsewhere.
+func readAtv(d Device, bufs [][]byte, off int64) error {
+	if vr, ok := d.(VectorReader); ok {
+		return vr.ReadAtv(bufs, off)
+	}
+	for _, b := range bufs {
+		if _, err := d.ReadAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
 }
 
 // ReadAtv implements VectorReader with preadv.
@@ -220,21 +269,9 @@ func (d *FileDevice) directOK(p []byte, off int64) bool {
 }
 
 func pwriteFull(fd int, p []byte, off int64) (int, error) {
-	done := 0
-	for done < len(p) {
-		n, err := unix.Pwrite(fd, p[done:], off+int64(done))
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
-		}
-		if n == 0 {
-			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
-		}
-		done += n
-	}
-	return done, nil
+	return transferFull("pwrite", unix.Pwrite, fd, p, off, func([]byte) error {
+		return io.ErrShortWrite
+	})
 }
 
 // WriteAtv implements Device with pwritev, resuming after short writes.
@@ -294,73 +331,14 @@ func vectored(name string, call func(int, [][]byte, int64) (int, error), fd int,
 }
 
 // Sync implements Device with fdatasync.
-func (d *FileDevice) Sync() error {
-	for {
-		err := unix.Fdatasync(d.fd)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("fdatasync: %w", err)
-		}
-		return nil
-	}
-}
+func (d *FileDevice) Sync() error { return fileio.Fdatasync(d.fd) }
 
 // Discard implements Device by punching a hole; filesystems that cannot
 // punch get zeroes written instead, which reads the same.
-func (d *FileDevice) Discard(off, n int64) error {
-	err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
-		return writeZeroes(d, off, n)
-	}
-	return fmt.Errorf("punch hole [%d,+%d): %w", off, n, err)
-}
-
-// writeZeroes fills [off, off+n) with zero bytes through WriteAt.
-func writeZeroes(d interface {
-	WriteAt([]byte, int64) (int, error)
-}, off, n int64) error {
-	z := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(z)))
-		if _, err := d.WriteAt(z[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
-}
+func (d *FileDevice) Discard(off, n int64) error { return fileio.PunchHole(d.fd, off, n, d) }
 
 // Mapped implements Device with SEEK_DATA/SEEK_HOLE.
-func (d *FileDevice) Mapped(off, n int64) (bool, int64, error) {
-	return seekMapped(d.fd, off, n)
-}
-
-func seekMapped(fd int, off, n int64) (bool, int64, error) {
-	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	if err != nil {
-		if errors.Is(err, unix.ENXIO) {
-			return false, n, nil // no data at or after off
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-			return true, n, nil // filesystem cannot tell
-		}
-		return false, 0, fmt.Errorf("lseek SEEK_DATA %d: %w", off, err)
-	}
-	if data > off {
-		return false, min(n, data-off), nil
-	}
-	hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return false, 0, fmt.Errorf("lseek SEEK_HOLE %d: %w", off, err)
-	}
-	return true, min(n, max(hole-off, 1)), nil
-}
+func (d *FileDevice) Mapped(off, n int64) (bool, int64, error) { return fileio.Mapped(d.fd, off, n) }
 
 // Size implements Device.
 func (d *FileDevice) Size() int64 { return d.size }

@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // BlockDevice is a Device over a raw block device (/dev/sdX, /dev/nvme0n1,
@@ -47,14 +49,9 @@ type blockCaps struct {
 // a RAID or device-mapper stack, or held exclusively by another opener, so
 // a volume can never overwrite a file system in use.
 func OpenBlockDevice(path string) (*BlockDevice, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_EXCL, 0)
+	f, st, err := openStat(path, os.O_RDWR|os.O_EXCL, 0)
 	if err != nil {
-		return nil, fmt.Errorf("engine: open %s: %w", path, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
+		return nil, err
 	}
 	if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
 		f.Close()
@@ -85,12 +82,7 @@ func (d *BlockDevice) WriteAtv(bufs [][]byte, off int64) error { return pwritevF
 func (d *BlockDevice) StartWriteback(off, n int64) error { return startWriteback(d.fd, off, n) }
 
 // Sync implements Device; fdatasync on a block device flushes its cache.
-func (d *BlockDevice) Sync() error {
-	if err := unix.Fdatasync(d.fd); err != nil {
-		return fmt.Errorf("fdatasync: %w", err)
-	}
-	return nil
-}
+func (d *BlockDevice) Sync() error { return fileio.Fdatasync(d.fd) }
 
 // Deallocates implements Deallocator: the device must both discard and
 // zero without writing data. BLKDISCARD leaves what the range reads
@@ -158,7 +150,7 @@ func (d *BlockDevice) Discard(off, n int64) error {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(d.fd), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r[0]))); e == 0 {
 		return nil
 	}
-	return writeZeroes(d, off, n)
+	return fileio.WriteZeroes(d, off, n)
 }
 
 // Mapped implements Device: a block device is fully mapped.

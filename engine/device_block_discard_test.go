@@ -12,6 +12,8 @@ import (
 
 	"github.com/anvilproject/anvil/test/harness"
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // TestBlockDeviceDeallocation runs a loop device as it comes (discard and
@@ -98,7 +100,7 @@ func TestBlockDeviceDeallocation(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				mapped, _, err := seekMapped(int(f.Fd()), off, n)
+				mapped, _, err := fileio.Mapped(int(f.Fd()), off, n)
 				f.Close()
 				if err != nil || mapped {
 					t.Fatalf("the image behind the loop device still holds the discarded range (mapped %v, err %v)", mapped, err)

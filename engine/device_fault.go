@@ -80,16 +80,7 @@ func (f *FaultDevice) ReadAtv(bufs [][]byte, off int64) error {
 	if err := f.fail("read", off); err != nil {
 		return err
 	}
-	if vr, ok := f.Device.(VectorReader); ok {
-		return vr.ReadAtv(bufs, off)
-	}
-	for _, b := range bufs {
-		if _, err := f.Device.ReadAt(b, off); err != nil {
-			return err
-		}
-		off += int64(len(b))
-	}
-	return nil
+	return readAtv(f.Device, bufs, off)
 }
 
 // WriteAt implements Device.
@@ -111,10 +102,7 @@ func (f *FaultDevice) WriteAtv(bufs [][]byte, off int64) error {
 // StartWriteback implements WritebackStarter when the wrapped device does;
 // otherwise it does nothing. It injects no faults: it promises nothing.
 func (f *FaultDevice) StartWriteback(off, n int64) error {
-	if w, ok := f.Device.(WritebackStarter); ok {
-		return w.StartWriteback(off, n)
-	}
-	return nil
+	return startWritebackOn(f.Device, off, n)
 }
 
 // Sync implements Device.

@@ -362,7 +362,7 @@ func (v *CachedVolume) writeInPlace(set []*buf) error {
 				return err
 			}
 			if n == writebackPiece/ChunkSize {
-				if err := v.data.StartWriteback(off, writebackPiece); err != nil {
+				if err := startWritebackOn(v.data, off, writebackPiece); err != nil {
 					return err
 				}
 			}

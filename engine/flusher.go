@@ -12,8 +12,8 @@ import (
 // copying data out) compete for the CPU with the request path that
 // initiators wait on; at niceness 5 the scheduler gives the flusher about a
 // third of a normal thread's share when both want the CPU, and all of it
-// otherwise. On the 2-core bench machine this took 128 KiB writes at QD1
-// from 0.73-0.86 to 0.98-1.11 of tgt. The flusher cannot fall behind for
+// otherwise, which keeps background commits from slowing the writes that
+// initiators wait on when cores are few. The flusher cannot fall behind for
 // good: when dirty data reaches its limit, writers wait and leave it the
 // CPU. Commits that a flush or a WCE=0 write needs at once run in the
 // caller's goroutine at normal priority.

@@ -94,7 +94,7 @@ func TestGarbledNewerHeaderKeepsFlushedData(t *testing.T) {
 func TestNoSpaceFreezesWithErrNoSpace(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "full.img")
-	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour})
+	v := openTest(t, path, Options{Size: 4 << 20, FlushInterval: time.Hour, FaultInjection: true})
 	defer v.Close()
 	want := pattern(1<<20, 9)
 	if err := v.WriteAt(ctx, want, 0, false); err != nil {
@@ -122,5 +122,64 @@ func TestNoSpaceFreezesWithErrNoSpace(t *testing.T) {
 	got := make([]byte, len(want))
 	if err := v.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("acknowledged data after ClearError: %v", err)
+	}
+}
+
+// TestFaultInjectionOnlyWhenAsked: a volume reaches its data device
+// directly unless Options.FaultInjection asks for the FaultDevice wrapper,
+// and SetFaultRate on a volume without it fails nothing.
+func TestFaultInjectionOnlyWhenAsked(t *testing.T) {
+	ctx := context.Background()
+	plain := openTest(t, filepath.Join(t.TempDir(), "plain.img"), Options{Size: 1 << 20})
+	defer plain.Close()
+	if _, ok := plain.data.(*FaultDevice); ok || plain.faults != nil {
+		t.Fatal("data device wrapped for fault injection nobody asked for")
+	}
+	plain.SetFaultRate(10000, 1)
+	if err := plain.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatalf("read with injection off: %v", err)
+	}
+	faulty := openTest(t, filepath.Join(t.TempDir(), "faulty.img"), Options{Size: 1 << 20, FaultInjection: true})
+	defer faulty.Close()
+	if _, ok := faulty.data.(*FaultDevice); !ok {
+		t.Fatal("FaultInjection did not wrap the data device")
+	}
+	faulty.SetFaultRate(10000, 1)
+	if err := faulty.ReadAt(ctx, make([]byte, 4096), 0); err == nil {
+		t.Fatal("read succeeded with every I/O failing")
+	}
+	faulty.SetFaultRate(0, 0)
+}
+
+// noDeallocDevice is a data device that says it cannot deallocate, as a
+// disk without discard does.
+type noDeallocDevice struct{ Device }
+
+func (noDeallocDevice) Deallocates() bool { return false }
+
+// TestFaultInjectionKeepsCapabilities: the fault injector in front of the
+// data device must not hide what the device itself reports; a device that
+// cannot deallocate is not offered as thin either way.
+func TestFaultInjectionKeepsCapabilities(t *testing.T) {
+	for _, fi := range []bool{false, true} {
+		dir := t.TempDir()
+		data, err := OpenFileDevice(filepath.Join(dir, "d.img"), true, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udev, err := OpenFileDevice(filepath.Join(dir, "d.undo"), true, 8<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := OpenDevices(noDeallocDevice{data}, udev, Options{Name: "c", Logger: quietLog, Cache: NewCache(CacheOptions{Size: 32 << 20}), FaultInjection: fi})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := v.Limits().MaxUnmap; got != 0 {
+			t.Errorf("FaultInjection=%v: MaxUnmap %d on a device that cannot deallocate", fi, got)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

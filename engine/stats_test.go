@@ -53,7 +53,7 @@ func TestOpCounter(t *testing.T) {
 func TestStatsPerOp(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "vol")
-	v := openTest(t, path, Options{Name: "s", Size: 4 << 20, BlockSize: 512})
+	v := openTest(t, path, Options{Name: "s", Size: 4 << 20, BlockSize: 512, FaultInjection: true})
 	defer v.Close()
 	const reads, writes = 3 * readSampleEvery, 10
 	buf := make([]byte, 4096)

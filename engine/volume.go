@@ -1,10 +1,3 @@
-// Package engine is Anvil's block I/O engine: the backend every front end
-// (iSCSI via target/scsi, NVMe/TCP via target/nvme) reads and writes through.
-//
-// The engine knows nothing of SCSI or NVMe. It speaks in byte offsets and
-// lengths that are multiples of the volume's block size, and reports failures
-// as the sentinel errors below so that each front end can map them to its own
-// status codes (sense data, NVMe status).
 package engine
 
 import (
@@ -70,7 +63,7 @@ type Volume interface {
 
 	// Mapped reports whether the range starting at off is allocated in the
 	// backing store, and how many bytes from off (at most n) share that
-	// state. It serves GET LBA STATUS and NVMe's Get LBA Status.
+	// state. It serves GET LBA STATUS.
 	Mapped(ctx context.Context, off, n int64) (mapped bool, length int64, err error)
 
 	// WriteCache reports whether the volatile write cache is enabled. When it
@@ -88,15 +81,12 @@ type Volume interface {
 	Close() error
 }
 
-// Limits are the engine's advertised limits, in bytes. Front ends turn them
-// into the Block Limits VPD page and NVMe Identify fields.
+// Limits are the engine's advertised limits, in bytes. The SCSI core turns
+// them into the Block Limits VPD page.
 type Limits struct {
 	// AtomicWriteMax is the largest write that is all-or-nothing across a
 	// crash. Zero means only a single block is atomic.
 	AtomicWriteMax int64
-	// MaxTransfer is the largest single read or write the engine accepts
-	// efficiently; zero means no limit.
-	MaxTransfer int64
 	// OptimalTransfer is the preferred transfer size; zero means unknown.
 	OptimalTransfer int64
 	// MaxUnmap is the largest range one Unmap call takes; zero means Unmap

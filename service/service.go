@@ -529,7 +529,9 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		FlushInterval: s.engine.FlushInterval,
 		WriteCacheOff: !rec.WriteCache,
 		ReadOnly:      rec.ReadOnly,
-		Logger:        s.log.With("volume", rec.Name),
+		// The API's fault injection (SetFaultInjection) needs it.
+		FaultInjection: true,
+		Logger:         s.log.With("volume", rec.Name),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open volume %q: %w", rec.Name, err)

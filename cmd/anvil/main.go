@@ -12,7 +12,7 @@ import (
 func main() {
 	root := &cobra.Command{
 		Use:           "anvil",
-		Short:         "Anvil: an iSCSI and NVMe/TCP storage target",
+		Short:         "Anvil: an iSCSI storage target",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

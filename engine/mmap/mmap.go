@@ -21,6 +21,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // Defaults for Options.
@@ -176,6 +178,11 @@ func faultSafeCopy(dst, src []byte) (err error) {
 func (m *File) rw(p []byte, off int64, write bool) (int, error) {
 	m.resize.RLock()
 	defer m.resize.RUnlock()
+	return m.rwLocked(p, off, write)
+}
+
+// rwLocked is rw for a caller that holds resize shared.
+func (m *File) rwLocked(p []byte, off int64, write bool) (int, error) {
 	if off < 0 || off+int64(len(p)) > m.size {
 		return 0, fmt.Errorf("mmap: [%d,+%d) outside the %d-byte file: %w", off, len(p), m.size, unix.EINVAL)
 	}
@@ -249,52 +256,38 @@ func (m *File) Sync() error {
 	if first != nil {
 		return first
 	}
-	if err := unix.Fdatasync(m.fd); err != nil {
-		return fmt.Errorf("mmap: fdatasync: %w", err)
+	if err := fileio.Fdatasync(m.fd); err != nil {
+		return fmt.Errorf("mmap: %w", err)
 	}
 	return nil
 }
 
 // Discard punches a hole; the shared mappings then read zeroes there.
+// File systems that cannot punch get zeroes written through the windows.
 func (m *File) Discard(off, n int64) error {
 	m.resize.RLock()
 	defer m.resize.RUnlock()
-	if err := unix.Fallocate(m.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
-		if !errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("mmap: punch hole [%d,+%d): %w", off, n, err)
-		}
-		z := make([]byte, min(n, 1<<20))
-		for n > 0 {
-			k := min(n, int64(len(z)))
-			if _, err := m.rw(z[:k], off, true); err != nil {
-				return err
-			}
-			off, n = off+k, n-k
-		}
+	if err := fileio.PunchHole(m.fd, off, n, lockedWriter{m}); err != nil {
+		return fmt.Errorf("mmap: discard: %w", err)
 	}
 	return nil
 }
 
+// lockedWriter writes through the windows for a caller that already holds
+// resize shared, so the zero-writing fallback of Discard does not take it
+// a second time (a read lock taken twice deadlocks behind a waiting
+// Truncate).
+type lockedWriter struct{ m *File }
+
+func (w lockedWriter) WriteAt(p []byte, off int64) (int, error) { return w.m.rwLocked(p, off, true) }
+
 // Mapped reports allocation with SEEK_DATA/SEEK_HOLE.
 func (m *File) Mapped(off, n int64) (bool, int64, error) {
-	data, err := unix.Seek(m.fd, off, unix.SEEK_DATA)
+	mapped, length, err := fileio.Mapped(m.fd, off, n)
 	if err != nil {
-		if errors.Is(err, unix.ENXIO) {
-			return false, n, nil
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-			return true, n, nil
-		}
-		return false, 0, fmt.Errorf("mmap: SEEK_DATA %d: %w", off, err)
+		return false, 0, fmt.Errorf("mmap: %w", err)
 	}
-	if data > off {
-		return false, min(n, data-off), nil
-	}
-	hole, err := unix.Seek(m.fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return false, 0, fmt.Errorf("mmap: SEEK_HOLE %d: %w", off, err)
-	}
-	return true, min(n, max(hole-off, 1)), nil
+	return mapped, length, nil
 }
 
 // Size is the file size.

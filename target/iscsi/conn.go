@@ -209,8 +209,8 @@ func (c *conn) send(p *outPDU) bool {
 // writer goroutine has nothing queued, the calling task goroutine writes
 // and flushes them itself: handing them to the writer costs a goroutine
 // wake-up per command, which on a small VM is most of the latency of a
-// cached read at queue depth 1 (128 KiB reads at QD1 took about 30 %
-// longer that way). Otherwise they are queued behind the others, in order.
+// cached read at queue depth 1. Otherwise they are queued behind the
+// others, in order.
 //
 // It runs on a task goroutine, or on the reader for a command it runs
 // inline (maybeStart). A direct write blocks only while the peer does not

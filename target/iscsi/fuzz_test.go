@@ -1,12 +1,16 @@
 package iscsi
 
 import (
+	"bufio"
+	"bytes"
 	"testing"
 )
 
-// FuzzDecodePDU feeds arbitrary bytes to the PDU decoder used by every
-// connection: it must return an error or a well-formed PDU, never panic,
-// and a decoded PDU must re-encode to bytes that decode to the same PDU.
+// FuzzDecodePDU feeds arbitrary bytes, as a stream of PDUs, to the reader
+// a connection reads with (pduReader over a buffered reader, as in
+// conn.readLoop), and parses the AHS of SCSI commands as handleSCSICmd
+// does. Every PDU must come out as an error or well formed, never a panic,
+// and a PDU read must re-encode to bytes that read back the same.
 func FuzzDecodePDU(f *testing.F) {
 	var h bhs
 	h[0] = opSCSICmd | flagImmed
@@ -19,21 +23,31 @@ func FuzzDecodePDU(f *testing.F) {
 	h[0] = opLoginReq
 	f.Add(encodePDU(&h, nil, keysData("InitiatorName=iqn.x", "AuthMethod=None"), false, false), false, false)
 	h[0] = opDataOut
-	f.Add(encodePDU(&h, nil, make([]byte, 4096), false, true), false, true)
+	two := encodePDU(&h, nil, make([]byte, 4096), false, true)
+	f.Add(append(two, two...), false, true)
 	f.Fuzz(func(t *testing.T, b []byte, hd, dd bool) {
-		p, err := decodePDU(b, 1<<16, hd, dd)
-		if err != nil {
-			return
-		}
-		if len(p.data) != p.hdr.dataLen() || len(p.ahs) != p.hdr.totalAHSLen() {
-			t.Fatalf("decoded lengths disagree with header")
-		}
-		again, err := decodePDU(encodePDU(&p.hdr, p.ahs, p.data, hd, dd), 1<<16, hd, dd)
-		if err != nil {
-			t.Fatalf("re-encoded PDU does not decode: %v", err)
-		}
-		if again.hdr != p.hdr || string(again.data) != string(p.data) || string(again.ahs) != string(p.ahs) {
-			t.Fatalf("round trip changed the PDU")
+		rd := &pduReader{r: bufio.NewReaderSize(bytes.NewReader(b), 64<<10), maxData: 1 << 16, headerDigest: hd, dataDigest: dd}
+		for {
+			p, err := readPDU(rd)
+			if err != nil {
+				return
+			}
+			if len(p.data) != p.hdr.dataLen() || len(p.ahs) != p.hdr.totalAHSLen() {
+				t.Fatalf("read lengths disagree with header")
+			}
+			if p.hdr.opcode() == opSCSICmd {
+				if _, _, err := parseAHS(p.ahs); err != nil {
+					continue
+				}
+			}
+			again := &pduReader{r: bufio.NewReader(bytes.NewReader(encodePDU(&p.hdr, p.ahs, p.data, hd, dd))), maxData: 1 << 16, headerDigest: hd, dataDigest: dd}
+			q, err := readPDU(again)
+			if err != nil {
+				t.Fatalf("re-encoded PDU does not read back: %v", err)
+			}
+			if q.hdr != p.hdr || string(q.data) != string(p.data) || string(q.ahs) != string(p.ahs) {
+				t.Fatalf("round trip changed the PDU")
+			}
 		}
 	})
 }

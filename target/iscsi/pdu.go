@@ -89,7 +89,6 @@ type bhs [bhsLen]byte
 
 func (h *bhs) opcode() uint8            { return h[0] & 0x3f }
 func (h *bhs) immediate() bool          { return h[0]&flagImmed != 0 }
-func (h *bhs) flags() uint8             { return h[1] }
 func (h *bhs) final() bool              { return h[1]&flagFinal != 0 }
 func (h *bhs) totalAHSLen() int         { return int(h[4]) * 4 }
 func (h *bhs) dataLen() int             { return int(h[5])<<16 | int(h[6])<<8 | int(h[7]) }
@@ -203,64 +202,6 @@ func (p *pduReader) discardData() error {
 	return nil
 }
 
-// pdu is a fully decoded PDU, used where the data segment is small and
-// kept (login, text, NOP) and by the fuzz/test decoder.
-type pdu struct {
-	hdr  bhs
-	ahs  []byte
-	data []byte
-}
-
-// decodePDU decodes one PDU from b using the same reader as connections do.
-// It returns the PDU and the number of bytes consumed.
-func decodePDU(b []byte, maxData int, headerDigest, dataDigest bool) (*pdu, error) {
-	br := &byteCounter{b: b}
-	p := &pduReader{r: bufio.NewReaderSize(br, 64), maxData: maxData, headerDigest: headerDigest, dataDigest: dataDigest}
-	if err := p.readHeader(); err != nil {
-		return nil, err
-	}
-	out := &pdu{hdr: p.hdr}
-	if p.ahsLen > 0 {
-		out.ahs = append([]byte(nil), p.ahs[:p.ahsLen]...)
-	}
-	out.data = make([]byte, p.hdr.dataLen())
-	if err := p.readData(out.data); err != nil {
-		return nil, err
-	}
-	if err := validateHeader(&out.hdr, out.ahs); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-type byteCounter struct {
-	b []byte
-}
-
-func (r *byteCounter) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}
-
-// validateHeader applies the structural checks every initiator PDU must
-// pass, independent of session state: a known initiator opcode, and AHS
-// that parses as a sequence of well-formed segments.
-func validateHeader(h *bhs, ahs []byte) error {
-	switch h.opcode() {
-	case opNOPOut, opSCSICmd, opTMFReq, opLoginReq, opTextReq, opDataOut, opLogoutReq, opSNACKReq:
-	default:
-		return fmt.Errorf("%w: opcode %#x", errPDU, h.opcode())
-	}
-	if _, _, err := parseAHS(ahs); err != nil {
-		return err
-	}
-	return nil
-}
-
 // parseAHS walks the AHS and returns the extended CDB bytes (beyond the 16
 // in the BHS) and the bidirectional read expected length, if present.
 func parseAHS(ahs []byte) (extCDB []byte, bidiRead uint32, err error) {
@@ -296,32 +237,6 @@ func parseAHS(ahs []byte) (extCDB []byte, bidiRead uint32, err error) {
 		ahs = ahs[total:]
 	}
 	return extCDB, bidiRead, nil
-}
-
-// encodePDU serialises a PDU into a new buffer (tests and the fuzzer; the
-// connection writer uses pduWriter). ahs must already be padded to a
-// multiple of 4.
-func encodePDU(h *bhs, ahs, data []byte, headerDigest, dataDigest bool) []byte {
-	hh := *h
-	hh[4] = byte(len(ahs) / 4)
-	hh.setDataLen(len(data))
-	out := make([]byte, 0, bhsLen+len(ahs)+8+len(data)+4)
-	out = append(out, hh[:]...)
-	out = append(out, ahs...)
-	if headerDigest {
-		out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crc32c))
-	}
-	if len(data) > 0 {
-		out = append(out, data...)
-		var pad [4]byte
-		out = append(out, pad[:pad4(len(data))]...)
-		if dataDigest {
-			crc := crc32.Update(0, crc32c, data)
-			crc = crc32.Update(crc, crc32c, pad[:pad4(len(data))])
-			out = binary.LittleEndian.AppendUint32(out, crc)
-		}
-	}
-	return out
 }
 
 // directThreshold is the data segment size from which the writer stops

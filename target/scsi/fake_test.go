@@ -32,7 +32,7 @@ type memVolume struct {
 func newMemVolume(blocks, bs int) *memVolume {
 	return &memVolume{
 		name: "vol0", bs: bs, data: make([]byte, blocks*bs), mapped: make([]bool, blocks), wce: true,
-		limits:  engine.Limits{MaxTransfer: 1 << 20, OptimalTransfer: 64 << 10, MaxUnmap: 1 << 30, AtomicWriteMax: 64 << 10},
+		limits:  engine.Limits{OptimalTransfer: 64 << 10, MaxUnmap: 1 << 30, AtomicWriteMax: 64 << 10},
 		badRead: map[int64]bool{}, badWrite: map[int64]bool{},
 	}
 }

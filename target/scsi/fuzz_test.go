@@ -16,7 +16,6 @@ func FuzzExecute(f *testing.F) {
 	f.Add([]byte{opServiceActionIn16, saGetLBAStatus, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, []byte{}, byte(1))
 	f.Fuzz(func(t *testing.T, c []byte, data []byte, lun byte) {
 		vol := newMemVolume(256, 512)
-		vol.limits.MaxTransfer = 64 << 10
 		lu := NewLogicalUnit(vol, LUConfig{VendorID: "ANVIL", Serial: "F", NAA: []byte{0x30, 1, 2, 3, 4, 5, 6, 7}})
 		tgt := NewTarget("iqn.2026-11.io.anvil:fuzz")
 		if err := tgt.AddLUN(0, lu); err != nil {

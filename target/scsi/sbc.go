@@ -99,7 +99,7 @@ func (x *task) readWrite() error {
 	off := int64(lba * bs)
 	if !write {
 		buf := getDataIn(int(n * bs))
-		if err := x.readChunks(buf, off); err != nil {
+		if err := x.readAt(buf, off); err != nil {
 			return fmt.Errorf("read %d blocks at LBA %d: %w", n, lba, err)
 		}
 		x.res.DataIn = buf
@@ -112,56 +112,36 @@ func (x *task) readWrite() error {
 	}
 	h := lu.lockBlocks(lba, uint64(len(data))/bs, false)
 	defer h.Unlock()
-	if err := x.writeChunks(data, off, fua); err != nil {
+	if err := x.writeAt(data, off, fua); err != nil {
 		return fmt.Errorf("write %d blocks at LBA %d: %w", len(data)/int(bs), lba, err)
 	}
 	return nil
 }
 
-// engineChunk is the largest piece handed to the engine in one call: its
-// MaxTransfer, or the whole transfer when it states none.
-func (x *task) engineChunk(n int) int {
-	mt := x.lu.vol.Limits().MaxTransfer
-	if mt <= 0 || mt >= int64(n) {
-		return n
+// readAt fills buf from off with one engine call, unless the command was
+// aborted first.
+func (x *task) readAt(buf []byte, off int64) error {
+	if len(buf) == 0 {
+		return nil
 	}
-	bs := int64(x.lu.vol.BlockSize())
-	return int(max(mt/bs, 1) * bs)
+	if err := x.ctx.Err(); err != nil {
+		return err
+	}
+	return x.lu.vol.ReadAt(x.ctx, buf, off)
 }
 
-// readChunks fills buf from off in pieces of at most the engine's
-// MaxTransfer, checking for an abort between pieces.
-func (x *task) readChunks(buf []byte, off int64) error {
-	step := x.engineChunk(len(buf))
-	for done := 0; done < len(buf); done += step {
-		if err := x.ctx.Err(); err != nil {
-			return err
-		}
-		end := min(done+step, len(buf))
-		if err := x.lu.vol.ReadAt(x.ctx, buf[done:end], off+int64(done)); err != nil {
-			return err
-		}
+// writeAt writes data at off with one engine call, unless the command was
+// aborted first. A transfer larger than the engine's atomic size is not
+// atomic, which SBC allows for ordinary writes (WRITE ATOMIC checks its
+// length against the atomic size before it gets here).
+func (x *task) writeAt(data []byte, off int64, fua bool) error {
+	if len(data) == 0 {
+		return nil
 	}
-	return nil
-}
-
-// writeChunks writes data at off in pieces of at most the engine's
-// MaxTransfer. FUA goes with the last piece: the engine makes a FUA write
-// durable together with everything acknowledged before it. A transfer
-// larger than the engine's atomic size is not atomic, which SBC allows for
-// ordinary writes (WRITE ATOMIC is never split).
-func (x *task) writeChunks(data []byte, off int64, fua bool) error {
-	step := x.engineChunk(len(data))
-	for done := 0; done < len(data); done += step {
-		if err := x.ctx.Err(); err != nil {
-			return err
-		}
-		end := min(done+step, len(data))
-		if err := x.lu.vol.WriteAt(x.ctx, data[done:end], off+int64(done), fua && end == len(data)); err != nil {
-			return err
-		}
+	if err := x.ctx.Err(); err != nil {
+		return err
 	}
-	return nil
+	return x.lu.vol.WriteAt(x.ctx, data, off, fua)
 }
 
 // writeAtomic handles WRITE ATOMIC(16) (SBC-4 5.48): the write is one
@@ -231,7 +211,7 @@ func (x *task) verifyMedium(lba, n uint64) error {
 func (x *task) compareMedium(lba uint64, want []byte) error {
 	bs := uint64(x.lu.vol.BlockSize())
 	got := make([]byte, len(want))
-	if err := x.readChunks(got, int64(lba*bs)); err != nil {
+	if err := x.readAt(got, int64(lba*bs)); err != nil {
 		return fmt.Errorf("compare %d bytes at LBA %d: %w", len(want), lba, err)
 	}
 	return miscompare(got, want, 0)
@@ -332,7 +312,7 @@ func (x *task) writeVerify() error {
 		return err
 	}
 	h := x.lu.lockBlocks(lba, uint64(len(data))/bs, false)
-	err = x.writeChunks(data, int64(lba*bs), false)
+	err = x.writeAt(data, int64(lba*bs), false)
 	h.Unlock()
 	if err != nil {
 		return fmt.Errorf("write and verify %d blocks at LBA %d: %w", n, lba, err)
@@ -671,13 +651,13 @@ func (x *task) orWrite() error {
 	h := lu.lockBlocks(lba, uint64(len(data))/bs, true)
 	defer h.Unlock()
 	cur := make([]byte, len(data))
-	if err := x.readChunks(cur, off); err != nil {
+	if err := x.readAt(cur, off); err != nil {
 		return fmt.Errorf("orwrite read %d blocks at LBA %d: %w", n, lba, err)
 	}
 	for i := range cur {
 		cur[i] |= data[i]
 	}
-	if err := x.writeChunks(cur, off, x.cdb[1]&0x08 != 0); err != nil {
+	if err := x.writeAt(cur, off, x.cdb[1]&0x08 != 0); err != nil {
 		return fmt.Errorf("orwrite %d blocks at LBA %d: %w", n, lba, err)
 	}
 	return nil

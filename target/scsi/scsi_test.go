@@ -424,19 +424,17 @@ func TestReadWrite(t *testing.T) {
 			if f.vol.fuaWrites != 1 {
 				t.Errorf("FUA writes %d", f.vol.fuaWrites)
 			}
-			// Transfers above the engine's MaxTransfer are split, FUA
-			// going with the last piece.
-			f.vol.limits.MaxTransfer = 64 << 10
+			// A large FUA transfer is one engine call, with FUA.
 			big := fill(256*512, 5)
 			w0, fua0 := f.vol.writes, f.vol.fuaWrites
 			c = rw(fm.write, fm.size, 300, 256)
 			c[1] = 0x08
 			expectGood(t, f.run(c, big))
-			if f.vol.writes-w0 != 2 || f.vol.fuaWrites-fua0 != 1 {
-				t.Errorf("split write: %d engine writes, %d FUA", f.vol.writes-w0, f.vol.fuaWrites-fua0)
+			if f.vol.writes-w0 != 1 || f.vol.fuaWrites-fua0 != 1 {
+				t.Errorf("large write: %d engine writes, %d FUA", f.vol.writes-w0, f.vol.fuaWrites-fua0)
 			}
 			if r := f.run(rw(fm.read, fm.size, 300, 256), nil); !bytes.Equal(r.DataIn, big) {
-				t.Error("split read differs")
+				t.Error("large read differs")
 			}
 		})
 	}
@@ -1033,7 +1031,6 @@ func TestWriteAtomic(t *testing.T) {
 		binary.BigEndian.PutUint16(c[12:], n)
 		return c
 	}
-	f.vol.limits.MaxTransfer = 4096 // must not split an atomic write
 	data := fill(128*512, 4)
 	w0 := f.vol.writes
 	expectGood(t, f.run(wa(10, 128), data))

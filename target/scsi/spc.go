@@ -199,8 +199,7 @@ func (x *task) deviceIdentification() []byte {
 
 // maxTransferBytes caps a single command's transfer so that one CDB cannot
 // make us allocate gigabytes. It matches the iSCSI transport's default
-// limit on a command's expected data transfer length. Transfers larger
-// than the engine's MaxTransfer are split into several engine calls.
+// limit on a command's expected data transfer length.
 const maxTransferBytes = 32 << 20
 
 // maxTransferBlocks is the largest transfer length, in blocks, that a read
@@ -259,11 +258,7 @@ func (lu *LogicalUnit) blockLimits() []byte {
 	b[1] = maxCompareAndWriteBlocks
 	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
 	binary.BigEndian.PutUint32(b[4:], uint32(lu.maxTransferBlocks()))
-	opt := lim.OptimalTransfer
-	if opt <= 0 {
-		opt = lim.MaxTransfer
-	}
-	if opt > 0 {
+	if opt := lim.OptimalTransfer; opt > 0 {
 		binary.BigEndian.PutUint32(b[8:], uint32(min(max(uint64(opt/bs), 1), lu.maxTransferBlocks())))
 	}
 	binary.BigEndian.PutUint32(b[12:], uint32(lu.maxTransferBlocks())) // MAXIMUM PREFETCH LENGTH
@@ -327,7 +322,32 @@ func (x *task) reportLUNs() error {
 // reservation for the nexus. Extents and third-party reservations are not
 // supported.
 func (x *task) reserve() error {
-	if x.cdb[0] == opReserve6 {
+	return x.reservation(opReserve6, func(lu *LogicalUnit) {
+		if lu.reservedBy != nil && lu.reservedBy != x.n {
+			x.res.Status = StatusReservationConflict
+			return
+		}
+		lu.reservedBy = x.n
+		lu.resHeld.Store(true)
+	})
+}
+
+// release handles RELEASE(6) and RELEASE(10). Releasing a reservation held
+// by another nexus, or none, succeeds without effect.
+func (x *task) release() error {
+	return x.reservation(opRelease6, func(lu *LogicalUnit) {
+		if lu.reservedBy == x.n {
+			lu.reservedBy = nil
+			lu.resHeld.Store(false)
+		}
+	})
+}
+
+// reservation checks a RESERVE or RELEASE CDB (op6 is the 6-byte opcode of
+// the pair) and runs change with the unit's reservation lock held, unless
+// persistent reservations are in use.
+func (x *task) reservation(op6 byte, change func(*LogicalUnit)) error {
+	if x.cdb[0] == op6 {
 		if x.cdb[1]&0x01 != 0 {
 			return invalidCDB(1, 0) // EXTENT
 		}
@@ -343,36 +363,7 @@ func (x *task) reserve() error {
 	}
 	lu.resMu.Lock()
 	defer lu.resMu.Unlock()
-	if lu.reservedBy != nil && lu.reservedBy != x.n {
-		x.res.Status = StatusReservationConflict
-		return nil
-	}
-	lu.reservedBy = x.n
-	lu.resHeld.Store(true)
-	return nil
-}
-
-// release handles RELEASE(6) and RELEASE(10). Releasing a reservation held
-// by another nexus, or none, succeeds without effect.
-func (x *task) release() error {
-	if x.cdb[0] == opRelease6 {
-		if x.cdb[1]&0x01 != 0 {
-			return invalidCDB(1, 0)
-		}
-	} else if x.cdb[1]&0x12 != 0 {
-		return invalidCDB(1, 4)
-	}
-	lu := x.lu
-	if lu.pr.active.Load() {
-		x.res.Status = StatusReservationConflict
-		return nil
-	}
-	lu.resMu.Lock()
-	defer lu.resMu.Unlock()
-	if lu.reservedBy == x.n {
-		lu.reservedBy = nil
-		lu.resHeld.Store(false)
-	}
+	change(lu)
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/anvilproject/anvil/engine/internal/fileio"
 )
 
 // FileOptions configure OpenFile.
@@ -223,20 +225,8 @@ func (v *FileVolume) Unmap(ctx context.Context, off, n int64) error {
 // fallocate changes the allocation of [off, off+n), falling back to writing
 // zeroes when the filesystem cannot punch or zero ranges. The caller holds mu.
 func (v *FileVolume) fallocate(mode uint32, off, n int64) error {
-	err := unix.Fallocate(int(v.f.Fd()), mode, off, n)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+	if err := fileio.Fallocate(int(v.f.Fd()), mode, off, n, v.f); err != nil {
 		return v.ioErr("fallocate", off, err)
-	}
-	zero := make([]byte, min(n, 1<<20))
-	for done := int64(0); done < n; {
-		chunk := min(n-done, int64(len(zero)))
-		if _, err := v.f.WriteAt(zero[:chunk], off+done); err != nil {
-			return v.ioErr("write zeroes", off+done, err)
-		}
-		done += chunk
 	}
 	return nil
 }
@@ -252,8 +242,8 @@ func (v *FileVolume) Flush(ctx context.Context) error {
 }
 
 func (v *FileVolume) sync() error {
-	if err := unix.Fdatasync(int(v.f.Fd())); err != nil {
-		return v.ioErr("fdatasync", 0, err)
+	if err := fileio.Fdatasync(int(v.f.Fd())); err != nil {
+		return v.ioErr("sync", 0, err)
 	}
 	return nil
 }
@@ -269,23 +259,15 @@ func (v *FileVolume) Mapped(ctx context.Context, off, n int64) (bool, int64, err
 	if n == 0 {
 		return true, 0, nil
 	}
-	fd := int(v.f.Fd())
 	bs := int64(v.blockSize)
-	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	mapped, length, err := fileio.Mapped(int(v.f.Fd()), off, n)
 	switch {
-	case errors.Is(err, unix.ENXIO): // no data from off to EOF
-		return false, n, nil
 	case err != nil:
 		return true, n, nil
-	case data > off: // a hole first
-		return false, min(roundDown(data, bs)-off, n), nil
+	case !mapped: // stop at the block holding the next data
+		return false, roundDown(off+length, bs) - off, nil
 	}
-	hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return true, n, nil
-	}
-	length := min(roundUp(hole, bs)-off, n)
-	return true, max(length, bs), nil
+	return true, max(roundUp(off+length, bs)-off, bs), nil
 }
 
 func roundDown(x, m int64) int64 { return x / m * m }
