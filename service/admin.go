@@ -160,7 +160,12 @@ func (s *Service) SetReadOnly(name string, ro bool) (catalog.Volume, error) {
 func (s *Service) MappedBy(name string) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var out []string
+	return s.mappedByLocked(name)
+}
+
+// mappedByLocked is MappedBy, never nil; the caller holds s.mu.
+func (s *Service) mappedByLocked(name string) []string {
+	out := []string{}
 	for _, t := range s.targets {
 		for _, l := range t.rec.LUNs {
 			if l.Volume == name {
