@@ -1,9 +1,6 @@
 package api
 
-import (
-	"github.com/anvilproject/anvil/engine"
-	"github.com/anvilproject/anvil/service"
-)
+import "github.com/anvilproject/anvil/service"
 
 // VolumeStats are a volume's live I/O counters since the daemon opened it.
 // Rates (IOPS, throughput) are the difference of two samples over time;
@@ -29,26 +26,27 @@ type EngineStats struct {
 	CommitCount    uint64  `json:"commit_count"`
 	CommitSeconds  float64 `json:"commit_seconds"`
 
-	commit engine.Histogram
+	commit service.EngineHistogram
 }
 
-// statser is implemented by engines that keep their own statistics
-// (engine.CachedVolume).
-type statser interface{ Stats() engine.Stats }
-
-// statsOf returns the live statistics of volume name, or nil if it is gone.
+// statsOf returns the live statistics of volume name, or nil if it is gone
+// or offline.
 func (s *server) statsOf(name string) *VolumeStats {
-	io, err := s.svc.VolumeIOStats(name)
+	st, err := s.svc.VolumeStatus(name)
 	if err != nil {
 		return nil
 	}
-	st := &VolumeStats{IOStats: io}
-	ev, err := s.svc.EngineVolume(name)
-	if err != nil {
-		return st
+	return statsView(st)
+}
+
+// statsView turns a status snapshot's statistics into the API's, or nil
+// for an offline volume.
+func statsView(vs service.VolumeStatus) *VolumeStats {
+	if !vs.Open {
+		return nil
 	}
-	if es, ok := ev.(statser); ok {
-		e := es.Stats()
+	st := &VolumeStats{IOStats: vs.IO}
+	if e := vs.Engine; e != nil {
 		d := e.DirtyBytes
 		st.DirtyBytes = &d
 		st.Engine = &EngineStats{
