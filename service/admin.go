@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -201,19 +200,12 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 		return catalog.Volume{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
 	}
 
-	dir := filepath.Join(s.dataDir, "volumes")
-	tmp, err := os.CreateTemp(dir, ".import-"+spec.Name+"-*")
+	im, err := engine.NewImport(s.newFiles(spec.Name), spec.Name)
 	if err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
 	}
-	tmpPath := tmp.Name()
-	keep := false
-	defer func() {
-		if !keep {
-			tmp.Close()
-			os.Remove(tmpPath)
-		}
-	}()
+	defer im.Abort()
+	tmp := im.File
 	n, err := sparseCopy(ctx, tmp, r, spec.BlockSize)
 	if err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
@@ -252,10 +244,9 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 	if err := s.checkNewLocked(rec); err != nil {
 		return catalog.Volume{}, err
 	}
-	if err := os.Rename(tmpPath, rec.Path); err != nil {
+	if err := im.Commit(); err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", rec.Name, err)
 	}
-	keep = true
 	if rec, err = s.registerLocked(rec, false); err != nil {
 		return catalog.Volume{}, err
 	}
