@@ -22,19 +22,11 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/anvilproject/anvil/service"
-	"github.com/anvilproject/anvil/target/iscsi"
-	"github.com/anvilproject/anvil/web"
 )
 
-// Sessions is the iSCSI front end's session management, implemented by
-// *iscsi.Server.
-type Sessions interface {
-	// Sessions lists the live sessions.
-	Sessions() []iscsi.SessionInfo
-	// Logout asks the initiator of a session to log out and drops it if it
-	// does not.
-	Logout(tsih uint16) error
-}
+// Sessions is the front end's session management
+// (service.ISCSISessions over the iSCSI portal).
+type Sessions = service.Sessions
 
 // Options configure New.
 type Options struct {
@@ -47,6 +39,9 @@ type Options struct {
 	Token string
 	// Logger receives request errors; nil means slog.Default().
 	Logger *slog.Logger
+	// UI serves the web UI at / (web.Handler()); nil serves no UI, and
+	// paths outside the API are 404s.
+	UI http.Handler
 	// AuthFailuresPerMinute is how many failed authentications one client
 	// address may make per minute before it gets 429 for a while; 0 means
 	// DefaultAuthFailuresPerMinute.
@@ -139,7 +134,10 @@ func newEcho(o Options) *echo.Echo {
 
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
 
-	uiHandler := echo.WrapHandler(web.Handler())
+	uiHandler := func(echo.Context) error { return echo.ErrNotFound }
+	if o.UI != nil {
+		uiHandler = echo.WrapHandler(o.UI)
+	}
 	ui := func(c echo.Context) error {
 		// Unknown API paths are JSON 404s, not the UI's index page.
 		if strings.HasPrefix(c.Request().URL.Path, "/api/") {
@@ -213,8 +211,10 @@ func (s *server) health(c echo.Context) error {
 
 type noSessions struct{}
 
-func (noSessions) Sessions() []iscsi.SessionInfo { return nil }
-func (noSessions) Logout(uint16) error           { return iscsi.ErrNoSession }
+func (noSessions) Sessions() []service.SessionInfo { return nil }
+func (noSessions) Logout(tsih uint16) error {
+	return fmt.Errorf("session %d: %w", tsih, service.ErrNotFound)
+}
 
 // queryParams lists the query parameters each API route accepts; any other
 // parameter is refused, as unknown JSON fields are, so that a typo such as

@@ -17,7 +17,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/anvilproject/anvil/service"
-	"github.com/anvilproject/anvil/target/iscsi"
+	"github.com/anvilproject/anvil/web"
 )
 
 const testToken = "test-token-0123456789"
@@ -26,14 +26,14 @@ var quiet = slog.New(slog.DiscardHandler)
 
 type fakeSessions struct {
 	mu        sync.Mutex
-	list      []iscsi.SessionInfo
+	list      []service.SessionInfo
 	loggedOut []uint16
 }
 
-func (f *fakeSessions) Sessions() []iscsi.SessionInfo {
+func (f *fakeSessions) Sessions() []service.SessionInfo {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]iscsi.SessionInfo(nil), f.list...)
+	return append([]service.SessionInfo(nil), f.list...)
 }
 
 func (f *fakeSessions) Logout(tsih uint16) error {
@@ -45,7 +45,7 @@ func (f *fakeSessions) Logout(tsih uint16) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("logout %d: %w", tsih, iscsi.ErrNoSession)
+	return fmt.Errorf("logout %d: %w", tsih, service.ErrNotFound)
 }
 
 type env struct {
@@ -65,7 +65,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{t: t, dir: dir, svc: svc, sess: &fakeSessions{}}
 	// TestAuth makes more failed requests than the default budget allows.
-	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, Token: testToken, AuthFailuresPerMinute: 1000}))
+	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, UI: web.Handler(), Token: testToken, AuthFailuresPerMinute: 1000}))
 	t.Cleanup(func() {
 		e.srv.Close()
 		if e.svc != nil {
@@ -235,7 +235,7 @@ func TestVolumeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.svc = svc
-	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, Token: testToken}))
+	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, UI: web.Handler(), Token: testToken}))
 	e.must("GET", "/api/v1/volumes/db1", nil, 200, &v)
 	if v.SizeBytes != 2<<30 || v.WriteCache || !v.ReadOnly || len(v.MappedBy) != 1 {
 		t.Errorf("after restart: %+v", v)
@@ -475,11 +475,11 @@ func TestImport(t *testing.T) {
 
 func TestSessions(t *testing.T) {
 	e := newEnv(t)
-	e.sess.list = []iscsi.SessionInfo{
+	e.sess.list = []service.SessionInfo{
 		{InitiatorName: "iqn.1993-08.org.debian:01:a", TSIH: 1, Target: "iqn.2026-11.io.anvil:x", InFlight: 2},
 		{InitiatorName: "iqn.1993-08.org.debian:01:b", TSIH: 2, Target: "iqn.2026-11.io.anvil:y"},
 	}
-	var list []iscsi.SessionInfo
+	var list []Session
 	e.must("GET", "/api/v1/sessions", nil, 200, &list)
 	if len(list) != 2 || list[0].InFlight != 2 {
 		t.Errorf("sessions: %+v", list)
@@ -498,7 +498,7 @@ func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.must("POST", "/api/v1/volumes", `{"name":"m1","size_bytes":1048576}`, 201, nil)
 	e.must("POST", "/api/v1/targets", `{"iqn":"iqn.2026-11.io.anvil:m"}`, 201, nil)
-	e.sess.list = []iscsi.SessionInfo{{TSIH: 1, Target: "iqn.2026-11.io.anvil:m"}}
+	e.sess.list = []service.SessionInfo{{TSIH: 1, Target: "iqn.2026-11.io.anvil:m"}}
 	code, body := e.do("GET", "/metrics", nil)
 	if code != 200 {
 		t.Fatalf("metrics: %d", code)

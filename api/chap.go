@@ -7,7 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/anvilproject/anvil/catalog"
+	"github.com/anvilproject/anvil/service"
 )
 
 // InitiatorCHAPStatus is one initiator's own CHAP setting on a target,
@@ -17,14 +17,14 @@ type InitiatorCHAPStatus struct {
 	CHAPStatus
 }
 
-func chapStatus(c *catalog.CHAP) CHAPStatus {
+func chapStatus(c *service.CHAP) CHAPStatus {
 	if c == nil {
 		return CHAPStatus{}
 	}
 	return CHAPStatus{Enabled: true, User: c.User, Mutual: c.MutualUser != "", MutualUser: c.MutualUser}
 }
 
-func initiatorCHAPView(m map[string]catalog.CHAP) []InitiatorCHAPStatus {
+func initiatorCHAPView(m map[string]service.CHAP) []InitiatorCHAPStatus {
 	out := make([]InitiatorCHAPStatus, 0, len(m))
 	for ini, c := range m {
 		out = append(out, InitiatorCHAPStatus{Initiator: ini, CHAPStatus: chapStatus(&c)})
@@ -33,8 +33,8 @@ func initiatorCHAPView(m map[string]catalog.CHAP) []InitiatorCHAPStatus {
 	return out
 }
 
-func (r CHAPRequest) record() *catalog.CHAP {
-	return &catalog.CHAP{User: r.User, Secret: r.Secret, MutualUser: r.MutualUser, MutualSecret: r.MutualSecret}
+func (r CHAPRequest) record() *service.CHAP {
+	return &service.CHAP{User: r.User, Secret: r.Secret, MutualUser: r.MutualUser, MutualSecret: r.MutualSecret}
 }
 
 // initiatorParam returns the {initiator} path parameter, unescaped.

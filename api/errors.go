@@ -10,9 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/anvilproject/anvil/engine"
 	"github.com/anvilproject/anvil/service"
-	"github.com/anvilproject/anvil/target/iscsi"
 )
 
 // ErrorBody is the JSON every failed request answers with.
@@ -51,19 +49,19 @@ func statusOf(err error) (status int, field string) {
 		return http.StatusForbidden, hp.Field
 	case errors.As(err, &fe):
 		return http.StatusBadRequest, fe.Field
-	case errors.Is(err, service.ErrNotFound), errors.Is(err, iscsi.ErrNoSession):
+	case errors.Is(err, service.ErrNotFound):
 		return http.StatusNotFound, ""
 	case errors.Is(err, service.ErrExists), errors.Is(err, service.ErrInUse),
-		errors.Is(err, service.ErrOffline), errors.Is(err, engine.ErrDegraded),
-		errors.Is(err, engine.ErrNoSpace):
+		errors.Is(err, service.ErrOffline), errors.Is(err, service.ErrDegraded),
+		errors.Is(err, service.ErrNoSpace):
 		return http.StatusConflict, ""
 	case errors.Is(err, service.ErrNotSupported):
 		return http.StatusUnprocessableEntity, ""
-	case errors.Is(err, engine.ErrReadOnly):
+	case errors.Is(err, service.ErrReadOnly):
 		// A read-only or frozen volume refuses the change until the
 		// operator turns read_only off or clears the error.
 		return http.StatusConflict, ""
-	case errors.Is(err, engine.ErrMedium):
+	case errors.Is(err, service.ErrMedium):
 		// The backing store still fails: retrying later may work.
 		return http.StatusServiceUnavailable, ""
 	case errors.As(err, &he):

@@ -30,11 +30,11 @@ func (s *server) setFaults(c echo.Context) error {
 	if err := s.svc.SetFaultInjection(name, req.Rate, req.Seed, req.Error == "enospc"); err != nil {
 		return err
 	}
-	rec, err := s.svc.Volume(name)
+	v, err := s.volumeOf(name)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	return c.JSON(http.StatusOK, v)
 }
 
 // recheck tries again to bring an offline volume online, after an operator
@@ -44,11 +44,11 @@ func (s *server) recheck(c echo.Context) error {
 	if err := s.svc.RecheckVolume(name); err != nil {
 		return err
 	}
-	rec, err := s.svc.Volume(name)
+	v, err := s.volumeOf(name)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	return c.JSON(http.StatusOK, v)
 }
 
 func (s *server) clearError(c echo.Context) error {
@@ -56,9 +56,9 @@ func (s *server) clearError(c echo.Context) error {
 	if err := s.svc.ClearError(name); err != nil {
 		return err
 	}
-	rec, err := s.svc.Volume(name)
+	v, err := s.volumeOf(name)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	return c.JSON(http.StatusOK, v)
 }

@@ -1,8 +1,6 @@
 package api
 
-import (
-	"github.com/anvilproject/anvil/service"
-)
+import "github.com/anvilproject/anvil/service"
 
 // VolumeStats are a volume's live I/O counters since the daemon opened it.
 // Rates (IOPS, throughput) are the difference of two samples over time;
@@ -36,12 +34,23 @@ type EngineStats struct {
 	commit service.Histogram
 }
 
-// statsOf returns the live statistics of volume name, or nil if it is gone.
+// statsOf returns the live statistics of volume name, or nil if it is gone
+// or offline.
 func (s *server) statsOf(name string) *VolumeStats {
-	io, err := s.svc.VolumeIOStats(name)
+	st, err := s.svc.VolumeStatus(name)
 	if err != nil {
 		return nil
 	}
+	return statsView(st)
+}
+
+// statsView turns a status snapshot's statistics into the API's, or nil
+// for an offline volume.
+func statsView(vs service.VolumeStatus) *VolumeStats {
+	if !vs.Open {
+		return nil
+	}
+	io := vs.IO
 	d := io.DirtyBytes
 	return &VolumeStats{
 		Read: io.Read, Write: io.Write, Flush: io.Flush, Unmap: io.Unmap,

@@ -8,23 +8,28 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/anvilproject/anvil/catalog"
 	"github.com/anvilproject/anvil/service"
 )
 
 // Target is a target as the API shows it. CHAP secrets are never included;
 // only whether CHAP is on and the user names.
 type Target struct {
-	IQN     string        `json:"iqn"`
-	Alias   string        `json:"alias,omitempty"`
-	LUNs    []catalog.LUN `json:"luns"`
-	ACL     ACL           `json:"acl"`
-	CHAP    CHAPStatus    `json:"chap"`
-	Created time.Time     `json:"created"`
+	IQN     string     `json:"iqn"`
+	Alias   string     `json:"alias,omitempty"`
+	LUNs    []LUN      `json:"luns"`
+	ACL     ACL        `json:"acl"`
+	CHAP    CHAPStatus `json:"chap"`
+	Created time.Time  `json:"created"`
 
 	// InitiatorCHAP lists the initiators with credentials of their own,
 	// sorted by name.
 	InitiatorCHAP []InitiatorCHAPStatus `json:"initiator_chap"`
+}
+
+// LUN is one logical unit of a target and the volume behind it.
+type LUN struct {
+	LUN    uint64 `json:"lun"`
+	Volume string `json:"volume"`
 }
 
 // ACL is a target's access list as the API shows it: initiators is always
@@ -42,10 +47,10 @@ type CHAPStatus struct {
 	MutualUser string `json:"mutual_user,omitempty"`
 }
 
-func targetView(rec catalog.Target) Target {
-	t := Target{IQN: rec.IQN, Alias: rec.Alias, LUNs: rec.LUNs, ACL: ACL{Open: rec.ACL.Open, Initiators: rec.ACL.Initiators}, Created: rec.Created}
-	if t.LUNs == nil {
-		t.LUNs = []catalog.LUN{}
+func targetView(rec service.TargetRecord) Target {
+	t := Target{IQN: rec.IQN, Alias: rec.Alias, LUNs: make([]LUN, 0, len(rec.LUNs)), ACL: ACL{Open: rec.ACL.Open, Initiators: rec.ACL.Initiators}, Created: rec.Created}
+	for _, l := range rec.LUNs {
+		t.LUNs = append(t.LUNs, LUN{LUN: l.LUN, Volume: l.Volume})
 	}
 	if t.ACL.Initiators == nil {
 		t.ACL.Initiators = []string{}
@@ -116,7 +121,7 @@ func (s *server) createTarget(c echo.Context) error {
 	}
 	spec := service.TargetSpec{IQN: req.IQN, Alias: req.Alias}
 	if req.ACL != nil {
-		spec.ACL = catalog.ACL{Open: req.ACL.Open, Initiators: req.ACL.Initiators}
+		spec.ACL = service.ACL{Open: req.ACL.Open, Initiators: req.ACL.Initiators}
 	}
 	rec, err := s.svc.CreateTarget(spec)
 	if err != nil {
@@ -196,7 +201,7 @@ func (s *server) setACL(c echo.Context) error {
 	if req.Open && len(req.Initiators) > 0 {
 		return badRequest("initiators", "an open target admits every initiator; give either open or initiators")
 	}
-	if err := s.svc.SetACL(iqn, catalog.ACL{Open: req.Open, Initiators: req.Initiators}); err != nil {
+	if err := s.svc.SetACL(iqn, service.ACL{Open: req.Open, Initiators: req.Initiators}); err != nil {
 		return err
 	}
 	return s.respondTarget(c, http.StatusOK, iqn)
@@ -220,7 +225,7 @@ func (s *server) setCHAP(c echo.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	err = s.svc.SetCHAP(iqn, &catalog.CHAP{User: req.User, Secret: req.Secret, MutualUser: req.MutualUser, MutualSecret: req.MutualSecret})
+	err = s.svc.SetCHAP(iqn, &service.CHAP{User: req.User, Secret: req.Secret, MutualUser: req.MutualUser, MutualSecret: req.MutualSecret})
 	if err != nil {
 		return err
 	}

@@ -4,17 +4,30 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/anvilproject/anvil/catalog"
 	"github.com/anvilproject/anvil/service"
 )
 
-// Volume is a volume as the API shows it: its catalog record, the targets
-// that map it and, when the engine keeps them, live I/O statistics.
+// Volume is a volume as the API shows it: its settings, the targets that
+// map it and, when it is open, live I/O statistics.
 type Volume struct {
-	catalog.Volume
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	BlockSize int    `json:"block_size"`
+	Thin      bool   `json:"thin"`
+	// Backend is "file", "mmap" or "block".
+	Backend string `json:"backend"`
+	// Path is the volume's data file or block device.
+	Path       string    `json:"path"`
+	WriteCache bool      `json:"write_cache"`
+	ReadOnly   bool      `json:"read_only"`
+	Serial     string    `json:"serial"`
+	NAA        string    `json:"naa"`
+	Created    time.Time `json:"created"`
+
 	MappedBy []string `json:"mapped_by"`
 	// Error says why the engine froze the volume read-only after a failed
 	// commit; POST .../clear-error returns it to service.
@@ -32,34 +45,53 @@ type Volume struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-func (s *server) volumeView(rec catalog.Volume) Volume {
-	v := Volume{Volume: rec, MappedBy: s.svc.MappedBy(rec.Name)}
-	if v.MappedBy == nil {
-		v.MappedBy = []string{}
+// volumeView renders one status snapshot.
+func volumeView(st service.VolumeStatus) Volume {
+	r := st.Record
+	return Volume{
+		Name: r.Name, SizeBytes: r.SizeBytes, BlockSize: r.BlockSize, Thin: r.Thin,
+		Backend: r.Backend, Path: r.Path, WriteCache: r.WriteCache, ReadOnly: r.ReadOnly,
+		Serial: r.Serial, NAA: r.NAA, Created: r.Created,
+		MappedBy: st.MappedBy, Error: st.Error, Stats: statsView(st),
+		State: st.State, Reason: st.Reason,
 	}
-	v.Stats = s.statsOf(rec.Name)
-	if err := s.svc.VolumeError(rec.Name); err != nil {
-		v.Error = err.Error()
+}
+
+// changedView answers a change that returned rec with the volume's status
+// afterwards; a volume deleted meanwhile is shown as the change left it.
+func (s *server) changedView(rec service.VolumeRecord) Volume {
+	st, err := s.svc.VolumeStatus(rec.Name)
+	if err != nil {
+		return volumeView(service.VolumeStatus{Record: rec, MappedBy: []string{}})
 	}
-	v.State, v.Reason, _ = s.svc.VolumeState(rec.Name)
-	return v
+	st.Record = rec
+	return volumeView(st)
+}
+
+// volumeOf answers a change to volume name with its status afterwards.
+func (s *server) volumeOf(name string) (Volume, error) {
+	st, err := s.svc.VolumeStatus(name)
+	if err != nil {
+		return Volume{}, err
+	}
+	return volumeView(st), nil
 }
 
 func (s *server) listVolumes(c echo.Context) error {
-	recs := s.svc.Volumes()
-	out := make([]Volume, 0, len(recs))
-	for _, r := range recs {
-		out = append(out, s.volumeView(r))
+	sts := s.svc.VolumeStatuses()
+	out := make([]Volume, 0, len(sts))
+	for _, st := range sts {
+		out = append(out, volumeView(st))
 	}
 	return c.JSON(http.StatusOK, out)
 }
 
 func (s *server) getVolume(c echo.Context) error {
-	rec, err := s.svc.Volume(c.Param("name"))
+	v, err := s.volumeOf(c.Param("name"))
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, s.volumeView(rec))
+	return c.JSON(http.StatusOK, v)
 }
 
 // CreateVolumeRequest is the body of POST /api/v1/volumes.
@@ -90,7 +122,7 @@ func (s *server) createVolume(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	v := s.volumeView(rec)
+	v := s.changedView(rec)
 	v.Warnings = s.svc.SpaceWarnings()
 	return c.JSON(http.StatusCreated, v)
 }
@@ -154,7 +186,7 @@ func (s *server) patchVolume(c echo.Context) error {
 			return err
 		}
 	}
-	v := s.volumeView(rec)
+	v := s.changedView(rec)
 	if req.SizeBytes != nil {
 		v.Warnings = s.svc.SpaceWarnings()
 	}
@@ -199,7 +231,7 @@ func (s *server) importVolume(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusCreated, s.volumeView(rec))
+		return c.JSON(http.StatusCreated, s.changedView(rec))
 	}
 	if ct != echo.MIMEOctetStream {
 		return &apiError{status: http.StatusUnsupportedMediaType, msg: "import wants application/octet-stream (the image as the body) or application/json (a path on the daemon's machine)"}
@@ -229,7 +261,7 @@ func (s *server) importVolume(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, s.volumeView(rec))
+	return c.JSON(http.StatusCreated, s.changedView(rec))
 }
 
 // boolQuery parses an optional boolean query parameter.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -161,7 +160,12 @@ func (s *Service) SetReadOnly(name string, ro bool) (catalog.Volume, error) {
 func (s *Service) MappedBy(name string) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var out []string
+	return s.mappedByLocked(name)
+}
+
+// mappedByLocked is MappedBy, never nil; the caller holds s.mu.
+func (s *Service) mappedByLocked(name string) []string {
+	out := []string{}
 	for _, t := range s.targets {
 		for _, l := range t.rec.LUNs {
 			if l.Volume == name {
@@ -197,19 +201,12 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 		return catalog.Volume{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
 	}
 
-	dir := filepath.Join(s.dataDir, "volumes")
-	tmp, err := os.CreateTemp(dir, ".import-"+spec.Name+"-*")
+	im, err := engine.NewImport(s.newFiles(spec.Name), spec.Name)
 	if err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
 	}
-	tmpPath := tmp.Name()
-	keep := false
-	defer func() {
-		if !keep {
-			tmp.Close()
-			os.Remove(tmpPath)
-		}
-	}()
+	defer im.Abort()
+	tmp := im.File
 	n, err := sparseCopy(ctx, tmp, r, spec.BlockSize)
 	if err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", spec.Name, err)
@@ -248,10 +245,9 @@ func (s *Service) ImportVolume(ctx context.Context, spec VolumeSpec, r io.Reader
 	if err := s.checkNewLocked(rec); err != nil {
 		return catalog.Volume{}, err
 	}
-	if err := os.Rename(tmpPath, rec.Path); err != nil {
+	if err := im.Commit(); err != nil {
 		return catalog.Volume{}, fmt.Errorf("import volume %q: %w", rec.Name, err)
 	}
-	keep = true
 	if rec, err = s.registerLocked(rec, false); err != nil {
 		return catalog.Volume{}, err
 	}

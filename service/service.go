@@ -397,7 +397,7 @@ func (s *Service) newRecord(spec VolumeSpec) (catalog.Volume, error) {
 		BlockSize:  spec.BlockSize,
 		Thin:       spec.Backend != string(engine.BackendBlock),
 		Backend:    spec.Backend,
-		Path:       filepath.Join(s.dataDir, "volumes", spec.Name+".raw"),
+		Path:       s.newFiles(spec.Name).Data,
 		WriteCache: spec.WriteCache == nil || *spec.WriteCache,
 		ReadOnly:   spec.ReadOnly,
 		Serial:     hex.EncodeToString(naa[1:]),
@@ -410,10 +410,16 @@ func (s *Service) newRecord(spec VolumeSpec) (catalog.Volume, error) {
 	return rec, nil
 }
 
-// undoPath is where a volume's undo FIFO lives: always in the data
-// directory, also for block volumes, whose device holds only data.
-func (s *Service) undoPath(name string) string {
-	return filepath.Join(s.dataDir, "volumes", name+".undo")
+// newFiles names the files of a new volume in the data directory.
+func (s *Service) newFiles(name string) engine.Files {
+	return engine.FilesFor(filepath.Join(s.dataDir, "volumes"), name)
+}
+
+// files names the files of a catalogued volume: its data where the catalog
+// says (a block device, or a data file) and its undo FIFO always in the
+// data directory, also for block volumes, whose device holds only data.
+func (s *Service) files(rec catalog.Volume) engine.Files {
+	return s.newFiles(rec.Name).WithData(rec.Path)
 }
 
 // checkNewLocked fails if a volume named rec.Name exists or its files are
@@ -425,14 +431,8 @@ func (s *Service) checkNewLocked(rec catalog.Volume) error {
 	if _, ok := s.offline[rec.Name]; ok {
 		return fmt.Errorf("volume %q (offline): %w", rec.Name, ErrExists)
 	}
-	paths := []string{s.undoPath(rec.Name)}
-	if rec.Backend != string(engine.BackendBlock) {
-		paths = append(paths, rec.Path)
-	}
-	for _, p := range paths {
-		if _, err := os.Stat(p); err == nil {
-			return fmt.Errorf("volume %q: %s already exists: %w", rec.Name, p, ErrExists)
-		}
+	if p := s.files(rec).Existing(engine.Backend(rec.Backend)); p != "" {
+		return fmt.Errorf("volume %q: %s already exists: %w", rec.Name, p, ErrExists)
 	}
 	for _, lv := range s.volumes {
 		if lv.rec.Path == rec.Path {
@@ -468,17 +468,10 @@ func (s *Service) registerLocked(rec catalog.Volume, create bool) (catalog.Volum
 // removeFiles deletes a volume's undo FIFO and, unless it is a block
 // device, its data file.
 func (s *Service) removeFiles(rec catalog.Volume) error {
-	var errs []error
-	paths := []string{s.undoPath(rec.Name)}
-	if rec.Backend != string(engine.BackendBlock) {
-		paths = append(paths, rec.Path)
+	if err := engine.Remove(s.files(rec), engine.Backend(rec.Backend)); err != nil {
+		return fmt.Errorf("volume %q: %w", rec.Name, err)
 	}
-	for _, p := range paths {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove %s of volume %q: %w", p, rec.Name, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // CreateVolume creates a volume's data file (thin) and catalog record and
@@ -512,18 +505,15 @@ func (s *Service) CreateVolume(ctx context.Context, spec VolumeSpec) (catalog.Vo
 
 // openVolume opens the engine volume for rec and wraps it in a logical unit.
 func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, error) {
-	if !create {
-		// A missing image must not be silently recreated empty.
-		if _, err := os.Stat(rec.Path); err != nil {
-			return nil, fmt.Errorf("volume %q: data file: %w", rec.Name, err)
-		}
+	open := engine.OpenFiles // a missing image must not be recreated empty
+	if create {
+		open = engine.Create
 	}
-	ev, err := engine.Open(rec.Path, engine.Options{
+	ev, err := open(s.files(rec), engine.Options{
 		Name:          rec.Name,
 		Size:          rec.SizeBytes,
 		BlockSize:     rec.BlockSize,
 		Backend:       engine.Backend(rec.Backend),
-		UndoPath:      s.undoPath(rec.Name),
 		UndoSize:      s.engine.UndoSize,
 		Cache:         s.engine.Cache,
 		FlushInterval: s.engine.FlushInterval,

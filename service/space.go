@@ -164,11 +164,7 @@ func (s *Service) stillFull(lv *liveVolume) string {
 		pending = uint64(max(st.Stats().DirtyBytes, 0))
 	}
 	need := 2*pending + 1<<20
-	paths := []string{s.undoPath(lv.rec.Name)}
-	if lv.rec.Backend != string(engine.BackendBlock) {
-		paths = append(paths, lv.rec.Path)
-	}
-	for _, p := range paths {
+	for _, p := range s.files(lv.rec).Owned(engine.Backend(lv.rec.Backend)) {
 		_, free, err := s.statfs(filepath.Dir(p))
 		if err != nil {
 			return err.Error()

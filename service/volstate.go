@@ -45,8 +45,9 @@ func (s *Service) checkFiles(rec catalog.Volume) error {
 	if rec.Backend != string(engine.BackendBlock) && st.Size() < rec.SizeBytes {
 		return fmt.Errorf("data file %s is %d bytes, shorter than the volume's %d bytes in the catalog (truncated?)", rec.Path, st.Size(), rec.SizeBytes)
 	}
-	if _, err := os.Stat(s.undoPath(rec.Name)); err != nil {
-		return fmt.Errorf("undo FIFO %s: %w", s.undoPath(rec.Name), err)
+	undo := s.files(rec).Undo
+	if _, err := os.Stat(undo); err != nil {
+		return fmt.Errorf("undo FIFO %s: %w", undo, err)
 	}
 	return nil
 }

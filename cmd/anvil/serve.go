@@ -22,6 +22,7 @@ import (
 	"github.com/anvilproject/anvil/internal/netguard"
 	"github.com/anvilproject/anvil/service"
 	"github.com/anvilproject/anvil/target/iscsi"
+	"github.com/anvilproject/anvil/web"
 )
 
 func newServeCmd() *cobra.Command {
@@ -152,7 +153,7 @@ func serve(cfg *config.Config) error {
 	// the API and so the daemon.
 	apiLn = netguard.NewListener(apiLn, log.With("frontend", "api"))
 	httpSrv := &http.Server{
-		Handler:           api.New(api.Options{Service: svc, Sessions: portal, Token: token, Logger: log.With("frontend", "api")}),
+		Handler:           api.New(api.Options{Service: svc, Sessions: service.ISCSISessions(portal), UI: web.Handler(), Token: token, Logger: log.With("frontend", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12},
 	}

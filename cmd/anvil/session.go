@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/anvilproject/anvil/target/iscsi"
+	"github.com/anvilproject/anvil/api"
 )
 
 func newSessionCmd() *cobra.Command {
@@ -37,7 +37,7 @@ func sessionListCmd(cf *clientFlags) *cobra.Command {
 			if target != "" {
 				path += "?target=" + url.QueryEscape(target)
 			}
-			var list []iscsi.SessionInfo
+			var list []api.Session
 			raw, err := c.do(http.MethodGet, path, nil, &list)
 			if err != nil {
 				return err
