@@ -415,9 +415,9 @@ func (c *conn) maybeStart(t *task) {
 		// The only task, and nothing more has arrived: the initiator is
 		// waiting for this one (queue depth 1). The reader runs it and
 		// writes its data itself, as a single-threaded target would,
-		// instead of waking a task goroutine and then the writer: on the
-		// 2-vCPU bench VM those two wake-ups were a third of a cached
-		// 128 KiB read's latency. Only commands with a Data-In phase run
+		// instead of waking a task goroutine and then the writer, two
+		// wake-ups that a cached read's latency is mostly made of. Only
+		// commands with a Data-In phase run
 		// here (reads, inquiries): they never wait for a commit, so the
 		// reader is not kept from the initiator's NOP-Outs and task
 		// management for long. Writes and flushes, which can wait seconds
