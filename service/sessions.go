@@ -86,17 +86,8 @@ func sessionInfo(si iscsi.SessionInfo) SessionInfo {
 		InitiatorName: si.InitiatorName, InitiatorAlias: si.InitiatorAlias,
 		ISID: si.ISID, TSIH: si.TSIH, Target: si.Target, Discovery: si.Discovery,
 		RemoteAddr: si.RemoteAddr, LocalAddr: si.LocalAddr,
-		Params: SessionParams{
-			HeaderDigest: p.HeaderDigest, DataDigest: p.DataDigest,
-			MaxConnections: p.MaxConnections,
-			InitialR2T:     p.InitialR2T, ImmediateData: p.ImmediateData,
-			MaxRecvDataSegmentLength: p.MaxRecvDataSegmentLength, MaxXmitDataSegmentLength: p.MaxXmitDataSegmentLength,
-			MaxBurstLength: p.MaxBurstLength, FirstBurstLength: p.FirstBurstLength,
-			DefaultTime2Wait: p.DefaultTime2Wait, DefaultTime2Retain: p.DefaultTime2Retain,
-			MaxOutstandingR2T: p.MaxOutstandingR2T,
-			DataPDUInOrder:    p.DataPDUInOrder, DataSequenceInOrder: p.DataSequenceInOrder,
-			ErrorRecoveryLevel: p.ErrorRecoveryLevel,
-		},
+		// Same fields, own tags: a conversion copies every one of them.
+		Params: SessionParams(p),
 		AuthMethod: si.AuthMethod, CHAPAlgorithm: si.CHAPAlgorithm, MutualCHAP: si.MutualCHAP,
 		InFlight: si.InFlight, Established: si.Established,
 	}
