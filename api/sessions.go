@@ -66,7 +66,7 @@ func sessionView(si service.SessionInfo) Session {
 		ISID: si.ISID, TSIH: si.TSIH, Target: si.Target, Discovery: si.Discovery,
 		RemoteAddr: si.RemoteAddr, LocalAddr: si.LocalAddr,
 		// Same fields, own tags: a conversion copies every one of them.
-		Params: SessionParams(p),
+		Params:     SessionParams(p),
 		AuthMethod: si.AuthMethod, CHAPAlgorithm: si.CHAPAlgorithm, MutualCHAP: si.MutualCHAP,
 		InFlight: si.InFlight, Established: si.Established,
 	}

@@ -87,7 +87,7 @@ func sessionInfo(si iscsi.SessionInfo) SessionInfo {
 		ISID: si.ISID, TSIH: si.TSIH, Target: si.Target, Discovery: si.Discovery,
 		RemoteAddr: si.RemoteAddr, LocalAddr: si.LocalAddr,
 		// Same fields, own tags: a conversion copies every one of them.
-		Params: SessionParams(p),
+		Params:     SessionParams(p),
 		AuthMethod: si.AuthMethod, CHAPAlgorithm: si.CHAPAlgorithm, MutualCHAP: si.MutualCHAP,
 		InFlight: si.InFlight, Established: si.Established,
 	}
