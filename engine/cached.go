@@ -136,6 +136,13 @@ type CachedVolume struct {
 	raWG        sync.WaitGroup // background readaheads; Close waits for them
 	applyHook   func(kind writeKind, off, n int64, p []byte)
 	resizeHook  func() // tests: runs in Resize between its commit and its lock
+	// fillHook, for tests, runs in apply at the start of each attempt to
+	// fill partially covered chunks (read false) and after its device
+	// reads (read true), before the volume lock is taken.
+	fillHook func(attempt int, read bool)
+	// commitHook, for tests, runs once epoch ep is durable, before its
+	// waiters are woken.
+	commitHook func(ep uint64)
 
 	commitMu sync.Mutex
 	durable  atomic.Uint64 // newest committed epoch
@@ -950,9 +957,14 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			v.cache.free(d)
 		}
 	}()
-	for {
+	for attempt := 0; ; attempt++ {
 		// Read the partially covered chunks that are not cached: their
-		// untouched bytes must come from the device.
+		// untouched bytes must come from the device. Every fill is read
+		// after gen was sampled in this same attempt; a fill from an
+		// earlier attempt is never kept (see below).
+		if v.fillHook != nil {
+			v.fillHook(attempt, false)
+		}
 		v.mu.RLock()
 		gen := v.evictGen
 		var toFill []int64
@@ -976,6 +988,9 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			}
 			fills[k] = d
 		}
+		if v.fillHook != nil {
+			v.fillHook(attempt, true)
+		}
 
 		v.lock()
 		if err := v.writable(); err != nil {
@@ -983,19 +998,20 @@ func (v *CachedVolume) apply(ctx context.Context, kind writeKind, p []byte, off,
 			return 0, err
 		}
 		if v.evictGen != gen {
-			// A buffer left the cache since we looked: a fill might now
-			// be older than the version that was evicted, and a chunk we
-			// found cached might be gone. Fill again.
-			stale := false
+			// A buffer left the cache since we looked: a fill might be
+			// older than a version of its chunk that was cached, written
+			// back and evicted meanwhile, and a chunk we found cached
+			// might be gone. Drop every fill, including those of chunks
+			// cached right now: such a chunk can be evicted again before
+			// the next attempt samples gen, and a fill kept across that
+			// attempt would then be adopted with the older contents.
 			for k, d := range fills {
-				if v.chunks.get(k) == nil {
-					delete(fills, k)
-					v.cache.free(d)
-					stale = true
-				}
+				delete(fills, k)
+				v.cache.free(d)
 			}
+			stale := false
 			for _, k := range []int64{first, last} {
-				if partial(k) && v.chunks.get(k) == nil && fills[k] == nil {
+				if partial(k) && v.chunks.get(k) == nil {
 					stale = true
 				}
 			}

@@ -654,7 +654,7 @@ func copyOnWriteFailedCommit(t *testing.T, at int64) interval {
 	if err := v2.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
 	}
-	log := []logEntry{{0, 2 * ChunkSize, 1}, {0, 2 * ChunkSize, 2}, {0, ChunkSize, 3}}
+	log := []logEntry{{0, 2 * ChunkSize, 1, 0}, {0, 2 * ChunkSize, 2, 0}, {0, ChunkSize, 3, 0}}
 	feasible, err := checkPrefix(got, log, 1)
 	if err != nil {
 		t.Fatalf("crash at operation %d, after recovery: %v", at, err)

@@ -263,6 +263,9 @@ func (v *CachedVolume) finishEpoch(ep uint64, set []*buf, undoBytes int64, start
 	v.addDirtyLocked(-freed)
 	v.durable.Store(ep)
 	v.unlock()
+	if v.commitHook != nil {
+		v.commitHook(ep)
+	}
 	v.wakeSyncWaiters()
 	v.cache.untrack(gone)
 	for _, b := range gone {
