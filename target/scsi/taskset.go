@@ -247,31 +247,42 @@ func (m *TaskManager) Execute(t *Task, cmd *Command) Result {
 	cmd.Nexus, cmd.LUN, cmd.Attr = t.Nexus, t.LUN, t.Attr
 	res := m.ds.Execute(t.ctx, cmd)
 	if len(res.AbortTaskSets) > 0 {
-		byTM := map[*TaskManager][]TaskSet{}
-		for _, ts := range res.AbortTaskSets {
-			tm := ts.tm
-			if tm == nil {
-				tm = m
-			}
-			byTM[tm] = append(byTM[tm], ts)
-		}
-		var waits Aborts
-		for tm, sets := range byTM {
-			waits = append(waits, tm.Abort(func(o *Task) bool {
-				if o == t {
-					return false
-				}
-				for _, ts := range sets {
-					if o.Nexus == ts.Nexus && o.LUN == ts.LUN {
-						return true
-					}
-				}
-				return false
-			})...)
-		}
-		waits.Wait(t.ctx.Done())
+		m.abortTaskSets(t, res.AbortTaskSets)
 	}
 	return res
+}
+
+// abortTaskSets aborts the tasks of the task sets a command asked to abort
+// (PREEMPT AND ABORT), sparing the command itself, and waits for them to
+// leave. It is kept out of Execute, which every command runs on a fresh
+// goroutine: its locals would otherwise enlarge Execute's frame enough to
+// make that goroutine grow its stack on every write.
+//
+//go:noinline
+func (m *TaskManager) abortTaskSets(t *Task, abort []TaskSet) {
+	byTM := map[*TaskManager][]TaskSet{}
+	for _, ts := range abort {
+		tm := ts.tm
+		if tm == nil {
+			tm = m
+		}
+		byTM[tm] = append(byTM[tm], ts)
+	}
+	var waits Aborts
+	for tm, sets := range byTM {
+		waits = append(waits, tm.Abort(func(o *Task) bool {
+			if o == t {
+				return false
+			}
+			for _, ts := range sets {
+				if o.Nexus == ts.Nexus && o.LUN == ts.LUN {
+					return true
+				}
+			}
+			return false
+		})...)
+	}
+	waits.Wait(t.ctx.Done())
 }
 
 // ReleaseDataIn hands a Result.DataIn buffer back to the device server
