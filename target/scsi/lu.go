@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/anvilproject/anvil/engine"
+	"github.com/anvilproject/anvil/internal/rangelock"
 )
 
 // LUConfig describes a logical unit's identity as INQUIRY reports it.
@@ -40,6 +41,10 @@ type LUConfig struct {
 	// setting so that it survives a restart. An error fails the command;
 	// the volume keeps the new setting.
 	SaveWriteCache func(on bool) error
+	// RangeLocks are the volume's block range locks, shared with every
+	// other front end that exports the volume so that COMPARE AND WRITE
+	// is atomic against their writes too; nil gives the unit its own.
+	RangeLocks *rangelock.Locks
 }
 
 // maxUAs bounds a nexus's unit attention queue. SAM-5 lets a device server
@@ -139,8 +144,9 @@ type LogicalUnit struct {
 	// ranges are the block range locks: every command that writes the
 	// medium holds the blocks it writes, COMPARE AND WRITE and ORWRITE
 	// exclusively, so that their read-modify-write is atomic with respect
-	// to every other write of those blocks.
-	ranges rangeLocks
+	// to every other write of those blocks. They are LUConfig.RangeLocks
+	// when the volume is exported by another front end too.
+	ranges *rangelock.Locks
 
 	// pr is the persistent reservation state.
 	pr prState
@@ -157,7 +163,10 @@ type LogicalUnit struct {
 
 // NewLogicalUnit returns a logical unit serving vol with the identity cfg.
 func NewLogicalUnit(vol engine.Volume, cfg LUConfig) *LogicalUnit {
-	lu := &LogicalUnit{vol: vol, cfg: cfg, log: cfg.Logger}
+	lu := &LogicalUnit{vol: vol, cfg: cfg, log: cfg.Logger, ranges: cfg.RangeLocks}
+	if lu.ranges == nil {
+		lu.ranges = new(rangelock.Locks)
+	}
 	if lu.log == nil {
 		lu.log = slog.Default().With("volume", vol.Name())
 	}
