@@ -241,4 +241,3 @@ func TestCompareAndWriteHammer(t *testing.T) {
 		t.Fatal("no COMPARE AND WRITE succeeded")
 	}
 }
-
