@@ -2,6 +2,7 @@ package peers
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -93,6 +94,50 @@ func inquiryOK(r *iscsitest.Conn) error {
 	return nil
 }
 
+// verifiedIO writes a 64 KiB block whose bytes name seed at LBA lba of a
+// logged-in raw session, reads it back and compares, so a flood test
+// checks that the established session still moves correct data, not only
+// that it answers.
+func verifiedIO(r *iscsitest.Conn, lba uint32, seed byte) error {
+	data := ioPattern(seed)
+	cdb := iscsitest.CDB10(0x2a, lba, uint16(len(data)/512))
+	st, err := r.Write(cdb, data, 8192)
+	if err == nil && st.Status == 0x02 && len(st.Sense) > 2 && st.Sense[2]&0xf == 0x06 {
+		// The session's first media command reports the power-on unit
+		// attention; it is not the command's result.
+		st, err = r.Write(cdb, data, 8192)
+	}
+	if err != nil {
+		return fmt.Errorf("WRITE(10): %w", err)
+	}
+	if st.Status != 0 {
+		return fmt.Errorf("WRITE(10) status %#x, sense % x", st.Status, st.Sense)
+	}
+	return readBack(r, lba, seed)
+}
+
+func ioPattern(seed byte) []byte {
+	data := make([]byte, 64<<10)
+	for i := range data {
+		data[i] = seed ^ byte(i) ^ byte(i>>8)
+	}
+	return data
+}
+
+// readBack checks that the 64 KiB at lba hold verifiedIO's block for seed.
+func readBack(r *iscsitest.Conn, lba uint32, seed byte) error {
+	data := ioPattern(seed)
+	blocks := uint16(len(data) / 512)
+	st, err := r.Read(iscsitest.CDB10(0x28, lba, blocks), uint32(len(data)))
+	if err != nil {
+		return fmt.Errorf("READ(10): %w", err)
+	}
+	if st.Status != 0 || !bytes.Equal(st.Data, data) {
+		return fmt.Errorf("READ(10) status %#x: %d bytes read back differ from the %d written", st.Status, len(st.Data), len(data))
+	}
+	return nil
+}
+
 // TestFDFloodUnderLowLimit runs the daemon with 256 file descriptors (hard
 // limit; the soft one starts at 128) and
 // floods it with 300 idle TCP connections, twice. From one address, the
@@ -100,10 +145,11 @@ func inquiryOK(r *iscsitest.Conn) error {
 // in during the flood. From five addresses, under the total cap, the
 // daemon runs out of descriptors: accept fails with EMFILE, which must be
 // retried rather than end the portal (it used to stop the whole daemon),
-// so a session established before keeps working and new logins work once
-// the flood is gone.
+// so a session established before keeps working (its writes read back)
+// and new logins work once the flood is gone; the daemon's peak RSS stays
+// bounded throughout.
 func TestFDFloodUnderLowLimit(t *testing.T) {
-	harness.NeedTool(t, "iscsi-inq", "iscsi-readcapacity16", "prlimit")
+	harness.NeedTool(t, "iscsi-inq", "iscsi-readcapacity16", "prlimit", "qemu-io")
 	// Soft limit 128, hard 256: the daemon raises its soft limit to 256.
 	d := harness.Start(t, harness.Options{Prefix: []string{"prlimit", "--nofile=128:256"}})
 	url := lunURL(d)
@@ -134,6 +180,9 @@ func TestFDFloodUnderLowLimit(t *testing.T) {
 	if err := inquiryOK(established); err != nil {
 		t.Fatalf("established session during the flood: %v", err)
 	}
+	if err := verifiedIO(established, 0, 1); err != nil {
+		t.Fatalf("established session during the flood: %v", err)
+	}
 	closeAll(conns)
 
 	// Five flooding hosts, 60 each: within every cap, beyond the
@@ -154,6 +203,9 @@ func TestFDFloodUnderLowLimit(t *testing.T) {
 	if err := inquiryOK(established); err != nil {
 		t.Fatalf("established session while accept fails: %v\n%s", err, tail(d.Log(), 20))
 	}
+	if err := verifiedIO(established, 1024, 2); err != nil {
+		t.Fatalf("established session while accept fails: %v\n%s", err, tail(d.Log(), 20))
+	}
 	closeAll(conns)
 
 	// With the descriptors back, new logins work.
@@ -171,6 +223,19 @@ func TestFDFloodUnderLowLimit(t *testing.T) {
 	run(t, d, "iscsi-readcapacity16", url)
 	if err := inquiryOK(established); err != nil {
 		t.Fatalf("established session after the flood: %v", err)
+	}
+	// What was written while accept failed is still there.
+	if err := readBack(established, 1024, 2); err != nil {
+		t.Fatalf("established session after the flood: %v", err)
+	}
+	// A new initiator writes and reads back data too.
+	run(t, d, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 1M", "-c", "read -P 0x5a 1M 1M", url)
+	// Two floods of idle connections cost descriptors, not memory.
+	const rssBound = 256 << 10 // KiB
+	if hwm, err := procStatus(d.PID(), "VmHWM"); err != nil {
+		t.Fatal(err)
+	} else if hwm > rssBound {
+		t.Errorf("daemon peak RSS %d KiB through the floods, want under %d KiB", hwm, rssBound)
 	}
 	// The API went through the same descriptor shortage.
 	resp, err := http.Get("http://" + d.API + "/api/v1/health")
