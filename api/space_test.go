@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -82,5 +83,65 @@ func TestFullFileSystem(t *testing.T) {
 	got := make([]byte, 1<<20)
 	if err := ev.ReadAt(ctx, got, written-1<<20); err != nil || got[0] != byte((written-1)>>20)+1 {
 		t.Fatalf("last acknowledged write reads back %d (%v)", got[0], err)
+	}
+}
+
+// TestSoftThresholdMetrics: a data directory's file system past
+// volume.space_warn_percent shows in /metrics as the reached gauge, one
+// crossing and the used ratio, and leaving it clears the gauge.
+func TestSoftThresholdMetrics(t *testing.T) {
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=16m"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mount a 16 MiB tmpfs: %v", err)
+		}
+		t.Skipf("SKIPPING: cannot mount a 16 MiB tmpfs (%v); run as root", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	svc, err := service.Open(service.Options{DataDir: filepath.Join(mnt, "data"), Logger: quiet, SpaceWarnPercent: 50,
+		Engine: service.EngineOptions{UndoSize: 1 << 20, Cache: engine.NewCache(engine.CacheOptions{Size: 8 << 20})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, dir: filepath.Join(mnt, "data"), svc: svc, sess: &fakeSessions{}}
+	e.srv = httptest.NewServer(New(Options{Service: svc, Sessions: e.sess, Token: testToken}))
+	t.Cleanup(func() { e.srv.Close(); e.svc.Close() })
+
+	metric := func(name string) string {
+		t.Helper()
+		code, body := e.do("GET", "/metrics", nil)
+		if code != 200 {
+			t.Fatalf("metrics: %d", code)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		t.Fatalf("no %s in /metrics", name)
+		return ""
+	}
+	svc.CheckSpace()
+	if got := metric("anvil_space_soft_threshold_reached"); got != "0" {
+		t.Fatalf("soft threshold reached %s on an empty file system, want 0", got)
+	}
+	filler := filepath.Join(mnt, "filler")
+	if err := os.WriteFile(filler, bytes.Repeat([]byte{1}, 12<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	svc.CheckSpace()
+	if got := metric("anvil_space_soft_threshold_reached"); got != "1" {
+		t.Errorf("soft threshold reached %s at 75%% used with a 50%% threshold, want 1", got)
+	}
+	if got := metric("anvil_space_soft_threshold_crossings_total"); got != "1" {
+		t.Errorf("soft threshold crossings %s, want 1", got)
+	}
+	if got, err := strconv.ParseFloat(metric("anvil_datadir_used_ratio"), 64); err != nil || got < 0.7 || got > 0.9 {
+		t.Errorf("data directory used ratio %v (%v), want about 0.75", got, err)
+	}
+	os.Remove(filler)
+	svc.CheckSpace()
+	if got := metric("anvil_space_soft_threshold_reached"); got != "0" {
+		t.Errorf("soft threshold reached %s after the space was freed, want 0", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,6 +111,12 @@ func TestImportPathAllowList(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	sock := filepath.Join(allowed, "sock.raw")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
 	for _, c := range []struct {
 		path string
 		want error
@@ -122,6 +129,7 @@ func TestImportPathAllowList(t *testing.T) {
 		{filepath.Join(allowed, "..", filepath.Base(outside), "secret.raw"), ErrNotAllowed},
 		{filepath.Join(allowed, "missing.raw"), ErrInvalid},
 		{fifo, ErrInvalid},
+		{sock, ErrInvalid},
 		{sub, ErrInvalid},
 		{"relative.raw", ErrInvalid},
 	} {
