@@ -52,7 +52,7 @@ var Settings = []Setting{
 	{Key: "iscsi.nop_timeout", Flag: "iscsi-nop-timeout", Default: 30 * time.Second, Usage: "how long an initiator may take to answer a NOP-In ping"},
 	{Key: "iscsi.max_connections", Flag: "iscsi-max-connections", Default: 1024, Usage: "TCP connections the portal keeps at once, counting those still logging in; more are closed on accept"},
 	{Key: "iscsi.max_connections_per_address", Flag: "iscsi-max-connections-per-address", Default: 64, Usage: "connections the portal keeps at once from one initiator IP address"},
-	{Key: "iscsi.data_out_budget", Flag: "iscsi-data-out-budget", Default: 0, Usage: "memory all sessions together may hold for write data not yet received, in bytes; past it writes get TASK SET FULL (0: a quarter of cache.size; at least 32 MiB)"},
+	{Key: "iscsi.data_out_budget", Flag: "iscsi-data-out-budget", Default: 0, Usage: "memory all sessions together may hold for write data not yet received, in bytes; past it only hosts below an equal share get in, up to a quarter more, and other writes get TASK SET FULL (0: a quarter of cache.size; at least 32 MiB)"},
 	{Key: "iscsi.data_out_timeout", Flag: "iscsi-data-out-timeout", Default: 30 * time.Second, Usage: "how long a write may wait for its Data-Out without progress before the connection is dropped"},
 	{Key: "cache.size", Flag: "cache-size", Default: 0, Usage: "buffer cache memory budget shared by all volumes, in bytes (0: the smaller of 1 GiB and a quarter of RAM)"},
 	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: half of cache.size)"},
