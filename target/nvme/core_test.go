@@ -611,3 +611,14 @@ func TestRemoveNamespaceWaitsAndFails(t *testing.T) {
 	_, c := e.tgt.Connect(context.Background(), connectCmd(0, 31, 0, connectData(testHostID, 0xffff, testSubNQN, testHostNQN)), testLocal)
 	wantStatus(t, "connect to closed subsystem", c, StatusConnectInvalidParam.WithDNR())
 }
+
+func TestSmallMQESStillTakesLinuxAdminQueue(t *testing.T) {
+	e := newTestEnv(t)
+	e.tgt = NewTarget(TargetConfig{Registry: e.reg, MaxQueueEntries: 16, Logger: quiet})
+	q := e.connectAdmin(t, testSubNQN, testHostNQN, 0)
+	_, c := e.tgt.Connect(context.Background(), connectCmd(1, 31, 0, connectData(testHostID, q.Controller().ID(), testSubNQN, testHostNQN)), testLocal)
+	wantStatus(t, "I/O queue past MQES", c, StatusConnectInvalidParam.WithDNR())
+	io, c := e.tgt.Connect(context.Background(), connectCmd(1, 15, 0, connectData(testHostID, q.Controller().ID(), testSubNQN, testHostNQN)), testLocal)
+	mustOK(t, "I/O queue of MQES+1 entries", c)
+	io.Close()
+}
