@@ -88,6 +88,7 @@ type Controller struct {
 	cc, csts  uint32
 	kato      time.Duration
 	kaTimer   *time.Timer
+	kaGen     uint64
 	queues    map[uint16]*Queue
 	granted   int // I/O queues granted by Number of Queues
 	queuesSet bool
@@ -378,17 +379,28 @@ func (c *Controller) armKeepAlive() {
 		return
 	}
 	c.touch()
-	limit := c.kato + c.t.cfg.keepAliveSlack
+	kato := c.kato
+	limit := kato + c.t.cfg.keepAliveSlack
+	// A timer armed before a Set Features changed KATO must not keep
+	// checking with the old limit.
+	c.kaGen++
+	gen := c.kaGen
 	var check func()
 	check = func() {
+		c.mu.Lock()
+		stale := c.kaGen != gen
+		c.mu.Unlock()
+		if stale {
+			return
+		}
 		idle := time.Since(c.connected) - time.Duration(c.lastTraffic.Load())
 		if idle >= limit {
-			c.log.Warn("nvme: keep-alive timeout, tearing the controller down", "kato", c.kato, "idle", idle)
+			c.log.Warn("nvme: keep-alive timeout, tearing the controller down", "kato", kato, "idle", idle)
 			c.teardown("keep-alive timeout")
 			return
 		}
 		c.mu.Lock()
-		if !c.dead && c.kaTimer != nil {
+		if !c.dead && c.kaGen == gen {
 			c.kaTimer = time.AfterFunc(limit-idle, check)
 		}
 		c.mu.Unlock()

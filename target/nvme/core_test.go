@@ -265,11 +265,11 @@ func TestIOQueues(t *testing.T) {
 
 func TestKeepAliveExpiry(t *testing.T) {
 	e := newTestEnv(t)
-	q := e.connectAdmin(t, testSubNQN, testHostNQN, 200)
+	q := e.connectAdmin(t, testSubNQN, testHostNQN, 400)
 	io := e.connectIO(t, q, 1)
 	// Keep-alives keep it up well past KATO.
-	for range 8 {
-		time.Sleep(60 * time.Millisecond)
+	for range 12 {
+		time.Sleep(50 * time.Millisecond)
 		mustOK(t, "keep alive", exec2(q, adminCmd(OpKeepAlive, 0)))
 	}
 	select {
@@ -420,7 +420,7 @@ func TestAENNamespaceChanged(t *testing.T) {
 	for range aerLimit {
 		submit()
 	}
-	time.Sleep(30 * time.Millisecond)
+	waitAERs(t, q.Controller(), aerLimit)
 	wantStatus(t, "AER past the limit", exec2(q, adminCmd(OpAsyncEventReq, 0)), StatusAsyncEventLimitExceeded.WithDNR())
 	// Abort takes a waiting AER back.
 	ab := adminCmd(OpAbort, 0, 0|0x10<<16)
@@ -621,4 +621,22 @@ func TestSmallMQESStillTakesLinuxAdminQueue(t *testing.T) {
 	io, c := e.tgt.Connect(context.Background(), connectCmd(1, 15, 0, connectData(testHostID, q.Controller().ID(), testSubNQN, testHostNQN)), testLocal)
 	mustOK(t, "I/O queue of MQES+1 entries", c)
 	io.Close()
+}
+
+// waitAERs waits until n AERs are outstanding on c.
+func waitAERs(t *testing.T, c *Controller, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		got := len(c.aers)
+		c.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d AERs outstanding, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
