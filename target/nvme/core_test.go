@@ -326,6 +326,7 @@ func TestResetDeletesIOQueues(t *testing.T) {
 	if !closed(io.Done(), time.Second) {
 		t.Fatal("reset kept the I/O queue")
 	}
+	wantStatus(t, "read on a deleted queue", exec2(io, ioCmd(OpRead, 0, 1, 0, nil, 512)), StatusAbortSQDeleted)
 	select {
 	case <-q.Done():
 		t.Fatal("reset closed the admin queue")

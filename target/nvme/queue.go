@@ -45,6 +45,10 @@ func (q *Queue) Execute(ctx context.Context, cmd *Command) (c Completion, data [
 	if q.disconnected.Load() {
 		return Completion{Status: StatusCommandSequence.WithDNR()}, nil
 	}
+	if q.stopped() {
+		// Deleted by a reset or teardown: its connection is closing.
+		return Completion{Status: StatusAbortSQDeleted}, nil
+	}
 	if !ctrl.ready() {
 		return Completion{Status: StatusCommandSequence.WithDNR()}, nil
 	}
@@ -123,6 +127,9 @@ func (q *Queue) ExecuteFused(ctx context.Context, first, second *Command) (c1, c
 	if q.id == 0 {
 		return Completion{Status: StatusInvalidField.WithDNR()}, Completion{Status: StatusAbortFailedFused}, nil
 	}
+	if q.stopped() {
+		return Completion{Status: StatusAbortSQDeleted}, Completion{Status: StatusAbortSQDeleted}, nil
+	}
 	if q.disconnected.Load() || !ctrl.ready() {
 		s := StatusCommandSequence.WithDNR()
 		return Completion{Status: s}, Completion{Status: s}, nil
@@ -165,4 +172,14 @@ func (q *Queue) fabrics(ctx context.Context, cmd *Command) Completion {
 		return q.ctrl.propertySet(ctx, cmd)
 	}
 	return Completion{Status: StatusInvalidOpcode.WithDNR()}
+}
+
+// stopped reports whether Done is closed.
+func (q *Queue) stopped() bool {
+	select {
+	case <-q.done:
+		return true
+	default:
+		return false
+	}
 }
