@@ -3,6 +3,7 @@ package nvme
 import (
 	"encoding/binary"
 	"net"
+	"strconv"
 	"strings"
 )
 
@@ -11,7 +12,14 @@ const (
 	discHeaderSize = 1024
 	discEntrySize  = 1024
 
-	subtypeNVMe = 2 // an NVM subsystem entry
+	subtypeNVMe             = 2 // an NVM subsystem entry
+	subtypeCurrentDiscovery = 3 // the discovery subsystem answering
+
+	// EFLAGS of the current discovery subsystem entry: its information
+	// may also appear in other entries (DUPRETINFO), and explicit
+	// persistent connections are supported (EPCSD: nonzero KATO).
+	eflagsDupRetInfo = 1 << 0
+	eflagsEPCSD      = 1 << 1
 
 	// TREQ: secure channel not required (bits 1:0 = 10b), and the
 	// controller supports disabling SQ flow control (bit 2), as nvmet's
@@ -44,6 +52,20 @@ func (t *Target) discoveryLog(c *Controller) []byte {
 	t.mu.Unlock()
 
 	var entries [][]byte
+	// First the current discovery subsystem on the port the host came in
+	// on, as recent nvmet does, so that a host can keep a persistent
+	// discovery connection there.
+	if ta, ok := c.local.(*net.TCPAddr); ok && ta != nil {
+		for _, p := range ports {
+			if p.ServiceID == strconv.Itoa(ta.Port) {
+				e := discoveryEntry(p, DiscoveryNQN, c.local)
+				e[2] = subtypeCurrentDiscovery
+				binary.LittleEndian.PutUint16(e[10:], eflagsDupRetInfo|eflagsEPCSD)
+				entries = append(entries, e)
+				break
+			}
+		}
+	}
 	for _, p := range ports {
 		if p.Discovery {
 			continue

@@ -34,12 +34,17 @@ func TestDiscoveryController(t *testing.T) {
 	c, hdr := exec(t, q, logCmd(logDiscovery, 0, 16, 0, true))
 	mustOK(t, "discovery header", c)
 	gen, numrec := le.Uint64(hdr[0:]), le.Uint64(hdr[8:])
-	if numrec != 1 || gen == 0 {
-		t.Fatalf("genctr %d numrec %d: the host reaches one subsystem on one I/O port", gen, numrec)
+	if numrec != 2 || gen == 0 {
+		t.Fatalf("genctr %d numrec %d: the current discovery subsystem and one subsystem on one I/O port", gen, numrec)
 	}
 	c, full := exec(t, q, logCmd(logDiscovery, 0, 1024+1024*int(numrec), 0, false))
 	mustOK(t, "discovery log", c)
-	ent := full[1024:]
+	cur := full[1024:2048]
+	if cur[2] != 3 || le.Uint16(cur[10:]) != 3 || string(bytes.TrimRight(cur[256:512], "\x00")) != DiscoveryNQN ||
+		strings.TrimRight(string(cur[32:64]), " ") != "4420" {
+		t.Fatalf("current discovery entry: subtype %d eflags %#x", cur[2], le.Uint16(cur[10:]))
+	}
+	ent := full[2048:]
 	if ent[0] != TransportTCP || ent[1] != AddrIPv4 || ent[2] != 2 || ent[3] != 0x6 || le.Uint16(ent[4:]) != 1 ||
 		le.Uint16(ent[6:]) != 0xffff || le.Uint16(ent[8:]) != 32 {
 		t.Fatalf("entry header % x", ent[:10])
@@ -54,9 +59,9 @@ func TestDiscoveryController(t *testing.T) {
 		t.Errorf("SUBNQN %q", got)
 	}
 	// Chunked read of the entry at an arbitrary dword offset.
-	c, chunk := exec(t, q, logCmd(logDiscovery, 0, 256, 1024+256, false))
+	c, chunk := exec(t, q, logCmd(logDiscovery, 0, 256, 2048+256, false))
 	mustOK(t, "chunk", c)
-	if !bytes.Equal(chunk, full[1024+256:1024+512]) {
+	if !bytes.Equal(chunk, full[2048+256:2048+512]) {
 		t.Fatal("chunk differs from the full page")
 	}
 	// Past the end reads zeroes.
@@ -81,7 +86,7 @@ func TestDiscoveryController(t *testing.T) {
 		t.Fatal("no discovery log change event")
 	}
 	_, hdr = exec(t, q, logCmd(logDiscovery, 0, 16, 0, false))
-	if le.Uint64(hdr[0:]) <= gen || le.Uint64(hdr[8:]) != 2 {
+	if le.Uint64(hdr[0:]) <= gen || le.Uint64(hdr[8:]) != 3 {
 		t.Fatalf("after SetHosts genctr %d numrec %d", le.Uint64(hdr[0:]), le.Uint64(hdr[8:]))
 	}
 
@@ -90,7 +95,7 @@ func TestDiscoveryController(t *testing.T) {
 	gen = le.Uint64(hdr[0:])
 	e.reg.add(NewSubsystem(SubsystemConfig{NQN: "nqn.2026-11.io.anvil:third", AllowAnyHost: true, Logger: quiet}))
 	_, hdr = exec(t, q, logCmd(logDiscovery, 0, 16, 0, false))
-	if le.Uint64(hdr[0:]) == gen || le.Uint64(hdr[8:]) != 3 {
+	if le.Uint64(hdr[0:]) == gen || le.Uint64(hdr[8:]) != 4 {
 		t.Fatalf("after add genctr %d numrec %d", le.Uint64(hdr[0:]), le.Uint64(hdr[8:]))
 	}
 
