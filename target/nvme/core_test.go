@@ -641,3 +641,53 @@ func waitAERs(t *testing.T, c *Controller, n int) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestConcurrentQueuesTeardown runs I/O on several queues while the
+// controller expires, so the race detector sees teardown against running
+// commands.
+func TestConcurrentQueuesTeardown(t *testing.T) {
+	e := newTestEnv(t)
+	q := e.connectAdmin(t, testSubNQN, testHostNQN, 150)
+	var ios []*Queue
+	for qid := uint16(1); qid <= 4; qid++ {
+		ios = append(ios, e.connectIO(t, q, qid))
+	}
+	done := make(chan struct{})
+	for i, io := range ios {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for n := 0; ; n++ {
+				select {
+				case <-io.Done():
+					return
+				default:
+				}
+				w := ioCmd(OpWrite, uint64(i*8), 8, 0, make([]byte, 4096), 512)
+				exec2(io, w)
+				exec2(io, ioCmd(OpRead, uint64(i*8), 8, 0, nil, 512))
+				if n%50 == 0 {
+					exec2(q, logCmd(logSMART, 0, 512, 0, false))
+				}
+			}
+		}()
+	}
+	// No keep-alive: the admin queue stays silent, but I/O traffic counts
+	// (TBKAS), so the controller lives until the I/O stops.
+	time.Sleep(400 * time.Millisecond)
+	select {
+	case <-q.Done():
+		t.Fatal("controller expired despite I/O traffic (traffic based keep alive)")
+	default:
+	}
+	e.sub.SetHosts(false, nil)
+	for range ios {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("I/O goroutine did not see its queue stop")
+		}
+	}
+	if st := e.tgt.Stats(); st.Queues != 0 || st.Controllers != 0 {
+		t.Fatalf("after teardown %+v", st)
+	}
+}
