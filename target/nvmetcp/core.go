@@ -27,3 +27,31 @@ type coreQueue interface {
 	Close()
 	Done() <-chan struct{}
 }
+
+// targetCore adapts *nvme.Target to coreTarget.
+type targetCore struct {
+	t    *nvme.Target
+	mdts int
+}
+
+func (c targetCore) connect(ctx context.Context, cmd *nvme.Command, local net.Addr) (coreQueue, nvme.Completion) {
+	q, comp := c.t.Connect(ctx, cmd, local)
+	if q == nil {
+		// A nil *Queue must not become a non-nil interface.
+		return nil, comp
+	}
+	return q, comp
+}
+
+func (c targetCore) maxDataTransfer() int { return c.mdts }
+
+// NewServer returns a Server whose connections become queues of t.
+// cfg.MaxDataTransfer must not be below the MDTS t advertises (it
+// defaults to nvme.DefaultMaxDataTransfer, the core's default).
+func NewServer(cfg Config, t *nvme.Target) *Server {
+	mdts := cfg.MaxDataTransfer
+	if mdts < 4096 {
+		mdts = nvme.DefaultMaxDataTransfer
+	}
+	return newServer(cfg, targetCore{t: t, mdts: mdts})
+}

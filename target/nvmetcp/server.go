@@ -67,6 +67,11 @@ type Config struct {
 	// Connect: the ICReq and the Connect capsule must both arrive in it
 	// (default 10 s), so that silent connections do not pile up.
 	ConnectTimeout time.Duration
+	// MaxDataTransfer is the longest data buffer one command may carry
+	// (bytes); it must match the core's TargetConfig.MaxDataTransfer
+	// (default nvme.DefaultMaxDataTransfer). Longer SGLs are refused with
+	// Invalid Field, so no command makes us allocate more.
+	MaxDataTransfer int
 	// Logger receives the transport's logs (default slog.Default()).
 	Logger *slog.Logger
 }
