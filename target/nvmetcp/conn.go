@@ -116,6 +116,9 @@ type conn struct {
 	cmdWG sync.WaitGroup
 
 	maxDataFn func(uint8) int
+	// logQID is the queue ID once connected, -1 before: close may log
+	// from any goroutine.
+	logQID atomic.Int32
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -135,6 +138,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.initSlots(1)
 	c.maxDataFn = c.maxData
+	c.logQID.Store(-1)
 	return c
 }
 
@@ -169,12 +173,9 @@ func (c *conn) close(reason error) {
 	})
 }
 
-func (c *conn) qidForLog() int {
-	if !c.connected {
-		return -1
-	}
-	return int(c.qid)
-}
+// qidForLog is the queue ID for logs, -1 before Connect; safe from any
+// goroutine.
+func (c *conn) qidForLog() int { return int(c.logQID.Load()) }
 
 // serve runs the connection. A panic is contained here: it is logged
 // with its stack and closes this connection only.
@@ -442,7 +443,7 @@ func (c *conn) doConnect(s *cmdSlot) {
 	c.initSlots(int(c.qsize))
 	c.connected = true
 	c.nc.SetReadDeadline(time.Time{})
-	c.log = c.log.With("qid", c.qid)
+	c.logQID.Store(int32(c.qid))
 	c.cmdWG.Add(1)
 	go func() {
 		defer c.cmdWG.Done()
