@@ -209,12 +209,13 @@ func (c *Controller) info() ControllerInfo {
 
 // Connect data layout (1024 bytes).
 const (
-	connectDataSize = 1024
-	cdHostID        = 0
-	cdCNTLID        = 16
-	cdSubNQN        = 256
-	cdHostNQN       = 512
-	nqnFieldSize    = 256
+	connectDataSize   = 1024
+	adminQueueEntries = 32
+	cdHostID          = 0
+	cdCNTLID          = 16
+	cdSubNQN          = 256
+	cdHostNQN         = 512
+	nqnFieldSize      = 256
 	// Connect SQE offsets, for IPO.
 	cseRecfmt = 40
 	cseQID    = 42
@@ -257,7 +258,13 @@ func (t *Target) connect(ctx context.Context, cmd *Command, local net.Addr) (*Qu
 	if recfmt != 0 {
 		return nil, Completion{Status: StatusConnectIncompatible.WithDNR()}
 	}
-	if sqsize == 0 || int(sqsize) >= t.cfg.MaxQueueEntries {
+	// MQES bounds the I/O queues; an admin queue may always have the 32
+	// entries Linux asks for (NVME_AQ_DEPTH), as nvmet allows.
+	limit := t.cfg.MaxQueueEntries
+	if qid == 0 {
+		limit = max(limit, adminQueueEntries)
+	}
+	if sqsize == 0 || int(sqsize) >= limit {
 		return nil, connectInvalid(false, cseSQSize)
 	}
 	d := cmd.Data
@@ -279,9 +286,6 @@ func (t *Target) connect(ctx context.Context, cmd *Command, local net.Addr) (*Qu
 	if qid == 0 {
 		if cntlid != 0xffff {
 			return nil, connectInvalid(true, cdCNTLID)
-		}
-		if hostID == ([16]byte{}) && !sub.discovery {
-			return nil, connectInvalid(true, cdHostID)
 		}
 		return t.connectAdmin(sub, hostnqn, hostID, int(sqsize)+1, kato, local)
 	}

@@ -477,6 +477,16 @@ func TestFusedCompareAndWrite(t *testing.T) {
 		binary.LittleEndian.PutUint32(a.SQE[40:], nsTestBlocks)
 		binary.LittleEndian.PutUint32(b.SQE[40:], nsTestBlocks)
 	}, StatusLBAOutOfRange.WithDNR(), abort)
+	// FUA on the write half reaches the engine.
+	x, y = fusedPair(8, 2, neu, old)
+	binary.LittleEndian.PutUint32(y.SQE[48:], 1|cdw12FUA)
+	if ga, gb := n.executeFused(ctx, x, y); !ga.Status.OK() || !gb.Status.OK() || vol.fuaWrites != 1 {
+		t.Fatalf("fused with FUA: %v %v, %d FUA writes", ga.Status, gb.Status, vol.fuaWrites)
+	}
+	x, y = fusedPair(8, 2, old, neu)
+	if ga, gb := n.executeFused(ctx, x, y); !ga.Status.OK() || !gb.Status.OK() {
+		t.Fatalf("fused back: %v %v", ga.Status, gb.Status)
+	}
 	vol.ro = true
 	bad("read-only", func(a, b *Command) {}, abort, StatusNSWriteProtected.WithDNR())
 	vol.ro = false

@@ -20,6 +20,7 @@ func (q *Queue) Execute(ctx context.Context, cmd *Command) (c Completion, data [
 	ctrl := q.ctrl
 	defer func() {
 		if r := recover(); r != nil {
+			ctrl.t.stats.panics.Add(1)
 			ctrl.log.Error("nvme: panic executing command", "panic", r, "qid", q.id,
 				"opcode", cmd.Opcode(), "stack", string(debug.Stack()))
 			c, data = Completion{Status: StatusInternal}, nil
@@ -98,6 +99,7 @@ func (q *Queue) ExecuteFused(ctx context.Context, first, second *Command) (c1, c
 	ctrl := q.ctrl
 	defer func() {
 		if r := recover(); r != nil {
+			ctrl.t.stats.panics.Add(1)
 			ctrl.log.Error("nvme: panic executing fused command", "panic", r, "stack", string(debug.Stack()))
 			c1, c2, data = Completion{Status: StatusInternal}, Completion{Status: StatusAbortFailedFused}, nil
 		}

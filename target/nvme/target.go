@@ -252,6 +252,7 @@ func (t *Target) Connect(ctx context.Context, cmd *Command, local net.Addr) (q *
 	t.stats.fabrics.Add(1)
 	defer func() {
 		if r := recover(); r != nil {
+			t.stats.panics.Add(1)
 			t.log.Error("nvme: panic in Connect", "panic", r)
 			q, c = nil, Completion{Status: StatusInternal}
 		}
@@ -332,6 +333,9 @@ type Stats struct {
 type targetStats struct {
 	admin, io, fabrics atomic.Uint64
 	queues             atomic.Int64
+	// panics counts panics recovered while executing commands; the fuzz
+	// test asserts it stays zero.
+	panics atomic.Uint64
 
 	mu     sync.Mutex
 	errors map[Status]uint64
