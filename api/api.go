@@ -34,6 +34,8 @@ type Options struct {
 	Service *service.Service
 	// Sessions is the iSCSI portal; nil reports no sessions.
 	Sessions Sessions
+	// NVMe is the NVMe/TCP front end's controllers; nil reports none.
+	NVMe NVMeControllers
 	// Token is the bearer token every protected route requires. It must
 	// not be empty.
 	Token string
@@ -54,6 +56,7 @@ const maxJSONBody = 1 << 20
 type server struct {
 	svc      *service.Service
 	sessions Sessions
+	nvme     NVMeControllers
 	// tokenSum is the SHA-256 of the bearer token: requests are checked by
 	// digest, so the server keeps no copy of the token itself.
 	tokenSum [sha256.Size]byte
@@ -80,6 +83,7 @@ func newEcho(o Options) *echo.Echo {
 	s := &server{
 		svc:      o.Service,
 		sessions: o.Sessions,
+		nvme:     o.NVMe,
 		tokenSum: sha256.Sum256([]byte(o.Token)),
 		log:      o.Logger,
 		started:  time.Now(),
@@ -90,6 +94,9 @@ func newEcho(o Options) *echo.Echo {
 	}
 	if s.sessions == nil {
 		s.sessions = noSessions{}
+	}
+	if s.nvme == nil {
+		s.nvme = noNVMe{}
 	}
 	s.metrics = newMetrics(s)
 
@@ -128,6 +135,15 @@ func newEcho(o Options) *echo.Echo {
 	v1.GET("/discovery/chap", s.getDiscoveryCHAP)
 	v1.PUT("/discovery/chap", s.setDiscoveryCHAP)
 	v1.DELETE("/discovery/chap", s.deleteDiscoveryCHAP)
+
+	v1.GET("/subsystems", s.listSubsystems)
+	v1.POST("/subsystems", s.createSubsystem)
+	v1.GET("/subsystems/:nqn", s.getSubsystem)
+	v1.DELETE("/subsystems/:nqn", s.deleteSubsystem)
+	v1.POST("/subsystems/:nqn/namespaces", s.addNamespace)
+	v1.DELETE("/subsystems/:nqn/namespaces/:nsid", s.removeNamespace)
+	v1.PUT("/subsystems/:nqn/hosts", s.setHosts)
+	v1.GET("/controllers", s.listControllers)
 
 	v1.GET("/sessions", s.listSessions)
 	v1.DELETE("/sessions/:tsih", s.logoutSession)

@@ -38,6 +38,13 @@ var (
 	descInFlight   = prometheus.NewDesc("anvil_iscsi_commands_in_flight", "SCSI commands being executed, by target.", []string{"target"}, nil)
 	descTargets    = prometheus.NewDesc("anvil_targets", "Configured targets.", nil, nil)
 
+	// The NVMe/TCP front end's counters.
+	descNVMeCtrls    = prometheus.NewDesc("anvil_nvme_controllers", "Live NVMe controllers, discovery controllers included.", nil, nil)
+	descNVMeQueues   = prometheus.NewDesc("anvil_nvme_queues", "Live NVMe queues (admin and I/O) of all controllers.", nil, nil)
+	descNVMeCommands = prometheus.NewDesc("anvil_nvme_commands_total", "NVMe commands executed, by class (admin, io, fabrics).", []string{"class"}, nil)
+	descNVMeErrors   = prometheus.NewDesc("anvil_nvme_errors_total", "NVMe commands completed with an error status, by status type and code.", []string{"status"}, nil)
+	descSubsystems   = prometheus.NewDesc("anvil_nvme_subsystems", "Configured NVMe subsystems.", nil, nil)
+
 	// The caching engine's own counters.
 	descEpochs    = prometheus.NewDesc("anvil_engine_epochs_total", "Epochs the engine committed with data.", []string{"volume"}, nil)
 	descUndo      = prometheus.NewDesc("anvil_engine_undo_bytes_total", "Bytes appended to the undo log.", []string{"volume"}, nil)
@@ -96,6 +103,7 @@ type liveCollector struct{ s *server }
 
 func (l liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolumeSize, descOps, descBytes, descErrors, descLatency, descDirty, descMapped, descSessions, descInFlight, descTargets,
+		descNVMeCtrls, descNVMeQueues, descNVMeCommands, descNVMeErrors, descSubsystems,
 		descState, descSpaceUsed, descSpaceWarn, descSpaceCross, descEpochs, descUndo, descCacheHits, descCommitErr, descCommitLat} {
 		ch <- d
 	}
@@ -166,6 +174,16 @@ func (l liveCollector) Collect(ch chan<- prometheus.Metric) {
 	for t, n := range sessions {
 		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), t)
 		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(inflight[t]), t)
+	}
+	ch <- prometheus.MustNewConstMetric(descSubsystems, prometheus.GaugeValue, float64(len(s.svc.Subsystems())))
+	nst := s.nvme.Stats()
+	ch <- prometheus.MustNewConstMetric(descNVMeCtrls, prometheus.GaugeValue, float64(nst.Controllers))
+	ch <- prometheus.MustNewConstMetric(descNVMeQueues, prometheus.GaugeValue, float64(nst.Queues))
+	for _, class := range []string{"admin", "io", "fabrics"} {
+		ch <- prometheus.MustNewConstMetric(descNVMeCommands, prometheus.CounterValue, float64(nst.Commands[class]), class)
+	}
+	for status, n := range nst.Errors {
+		ch <- prometheus.MustNewConstMetric(descNVMeErrors, prometheus.CounterValue, float64(n), status)
 	}
 }
 

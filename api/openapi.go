@@ -36,6 +36,7 @@ var (
 
 	volumeName = pathParam("name", "volume name", str)
 	iqnParamD  = pathParam("iqn", "target IQN", str)
+	nqnParamD  = pathParam("nqn", "subsystem NQN (case-sensitive; the colon may be sent as %3A)", str)
 
 	common = obj{
 		"400": errResp("invalid request; field names the offending field"),
@@ -62,7 +63,7 @@ var openAPIDoc = obj{
 	"info": obj{
 		"title":       "Anvil API",
 		"version":     "1",
-		"description": "Manage Anvil volumes, targets, LUN mappings, access rules and sessions. Every change is applied live and persisted.",
+		"description": "Manage Anvil volumes, iSCSI targets, LUN mappings, NVMe subsystems and namespaces, access rules, sessions and controllers. Every change is applied live and persisted.",
 	},
 	"security": []any{obj{"bearer": []any{}}},
 	"paths": obj{
@@ -167,6 +168,38 @@ var openAPIDoc = obj{
 			"delete": obj{"summary": "Let discovery sessions log in without CHAP",
 				"responses": responses(obj{"204": obj{"description": "discovery CHAP removed"}})},
 		},
+		"/api/v1/subsystems": obj{
+			"get": obj{"summary": "List NVMe subsystems",
+				"responses": responses(obj{"200": jsonResp("subsystems sorted by NQN", obj{"type": "array", "items": ref("Subsystem")})})},
+			"post": obj{"summary": "Create an NVMe subsystem", "requestBody": jsonBody(ref("CreateSubsystem")),
+				"responses": responses(obj{"201": jsonResp("created", ref("Subsystem")), "409": errResp("the subsystem exists")})},
+		},
+		"/api/v1/subsystems/{nqn}": obj{
+			"parameters": []any{nqnParamD},
+			"get": obj{"summary": "Get a subsystem",
+				"responses": responses(obj{"200": jsonResp("the subsystem", ref("Subsystem")), "404": errResp("no such subsystem")})},
+			"delete": obj{"summary": "Delete a subsystem (its controllers are torn down; its volumes are kept)",
+				"responses": responses(obj{"204": obj{"description": "deleted"}, "404": errResp("no such subsystem")})},
+		},
+		"/api/v1/subsystems/{nqn}/namespaces": obj{
+			"parameters": []any{nqnParamD},
+			"post": obj{"summary": "Export a volume as a namespace, live (hosts get the Namespace Attribute Changed event)", "requestBody": jsonBody(ref("AddNamespace")),
+				"responses": responses(obj{"201": jsonResp("the subsystem with the new namespace", ref("Subsystem")), "404": errResp("no such subsystem or volume"), "409": errResp("the NSID is taken or the volume is already a namespace of this subsystem")})},
+		},
+		"/api/v1/subsystems/{nqn}/namespaces/{nsid}": obj{
+			"parameters": []any{nqnParamD, pathParam("nsid", "namespace ID", obj{"type": "integer", "minimum": 1, "maximum": 1024})},
+			"delete": obj{"summary": "Remove a namespace, live",
+				"responses": responses(obj{"204": obj{"description": "removed"}, "404": errResp("no such subsystem or namespace")})},
+		},
+		"/api/v1/subsystems/{nqn}/hosts": obj{
+			"parameters": []any{nqnParamD},
+			"put": obj{"summary": "Replace the host list: host NQNs, or allow_any_host; controllers of hosts no longer admitted are torn down", "requestBody": jsonBody(ref("Hosts")),
+				"responses": responses(obj{"200": jsonResp("the subsystem", ref("Subsystem")), "404": errResp("no such subsystem")})},
+		},
+		"/api/v1/controllers": obj{
+			"get": obj{"summary": "List NVMe controllers (I/O and discovery)",
+				"responses": responses(obj{"200": jsonResp("controllers by ID", obj{"type": "array", "items": ref("Controller")})})},
+		},
 		"/api/v1/sessions": obj{
 			"get": obj{"summary": "List iSCSI sessions", "parameters": []any{queryParam("target", "only sessions logged in to this target", str)},
 				"responses": responses(obj{"200": jsonResp("sessions by TSIH", obj{"type": "array", "items": ref("Session")})})},
@@ -232,6 +265,21 @@ var openAPIDoc = obj{
 					"initiator": str, "enabled": boolean, "user": str, "mutual": boolean, "mutual_user": str}}},
 				"created": obj{"type": "string", "format": "date-time"}}},
 			"CHAPStatus": obj{"type": "object", "properties": obj{"enabled": boolean, "user": str, "mutual": boolean, "mutual_user": str}},
+			"Hosts":      obj{"type": "object", "additionalProperties": false, "properties": obj{"allow_any_host": boolean, "hosts": obj{"type": "array", "items": str}}},
+			"CreateSubsystem": obj{"type": "object", "additionalProperties": false, "required": []any{"nqn"}, "properties": obj{
+				"nqn": obj{"type": "string", "maxLength": 223}, "serial": obj{"type": "string", "maxLength": 20},
+				"allow_any_host": boolean, "hosts": obj{"type": "array", "items": str}}},
+			"AddNamespace": obj{"type": "object", "additionalProperties": false, "required": []any{"volume"}, "properties": obj{
+				"nsid": obj{"type": "integer", "minimum": 0, "maximum": 1024, "description": "0 or absent: the lowest free ID"}, "volume": str}},
+			"Subsystem": obj{"type": "object", "properties": obj{
+				"nqn": str, "serial": str, "allow_any_host": boolean, "hosts": obj{"type": "array", "items": str},
+				"namespaces": obj{"type": "array", "items": obj{"type": "object", "properties": obj{
+					"nsid": obj{"type": "integer"}, "volume": str, "nguid": str, "uuid": str}}},
+				"created": obj{"type": "string", "format": "date-time"}}},
+			"Controller": obj{"type": "object", "properties": obj{
+				"id": obj{"type": "integer"}, "subsystem": str, "discovery": boolean, "host_nqn": str, "host_id": str,
+				"local_addr": str, "queues": obj{"type": "integer"}, "keep_alive_ms": obj{"type": "integer"},
+				"connected": obj{"type": "string", "format": "date-time"}}},
 			"Session": obj{"type": "object", "properties": obj{
 				"initiator_name": str, "initiator_alias": str, "isid": str, "tsih": obj{"type": "integer"},
 				"target": str, "discovery": boolean, "remote_addr": str, "local_addr": str,

@@ -1,10 +1,10 @@
-// Package catalog is Anvil's persistent metadata: volumes, targets, LUN
-// mappings and access rules, kept in one bbolt file in the data directory.
+// Package catalog is Anvil's persistent metadata: volumes, iSCSI targets,
+// LUN mappings, NVMe subsystems and their namespaces, and access rules, kept in one bbolt file in the data directory.
 //
 // Every change is one bbolt transaction, so the catalog is never seen half
 // updated, and the daemon rebuilds its whole running state from it at start.
 // Records are stored as JSON under their natural key (volume name, target
-// IQN) so that a schema migration can read old records field by field.
+// IQN, subsystem NQN) so that a schema migration can read old records field by field.
 package catalog
 
 import (
@@ -23,7 +23,7 @@ import (
 
 // SchemaVersion is the catalog layout this code writes. Open migrates older
 // catalogs forward and refuses newer ones.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 var (
 	bucketMeta    = []byte("meta")
@@ -32,6 +32,9 @@ var (
 	// bucketReservations holds each volume's persistent reservation state
 	// (SPC-4 APTPL), keyed by volume name. Added in schema version 2.
 	bucketReservations = []byte("reservations")
+	// bucketSubsystems holds the NVMe subsystems, keyed by NQN. Added in
+	// schema version 4.
+	bucketSubsystems = []byte("subsystems")
 
 	keySchema = []byte("schema_version")
 )
@@ -96,6 +99,27 @@ type Target struct {
 	// lower-case initiator name; an initiator listed here logs in with its
 	// own credentials instead of the target-wide CHAP.
 	InitiatorCHAP map[string]CHAP `json:"initiator_chap,omitempty"`
+}
+
+// Namespace exports a volume as one namespace of an NVMe subsystem. NGUID
+// and UUID are generated once when the namespace is added and stored, so a
+// host sees the same identity after restarts, moves and re-exports.
+type Namespace struct {
+	NSID   uint32 `json:"nsid"`
+	Volume string `json:"volume"`
+	NGUID  string `json:"nguid"` // 32 hex digits
+	UUID   string `json:"uuid"`  // RFC 9562 text form
+}
+
+// Subsystem is one NVMe subsystem's persistent record.
+type Subsystem struct {
+	NQN    string `json:"nqn"`
+	Serial string `json:"serial"`
+	// AllowAnyHost admits every host NQN; otherwise only those in Hosts.
+	AllowAnyHost bool        `json:"allow_any_host"`
+	Hosts        []string    `json:"hosts,omitempty"`
+	Namespaces   []Namespace `json:"namespaces"`
+	Created      time.Time   `json:"created"`
 }
 
 // Catalog is an open catalog file.
@@ -183,6 +207,10 @@ var migrations = []func(c *Catalog, tx *bolt.Tx) error{
 		return err
 	},
 	func(c *Catalog, tx *bolt.Tx) error { return relativePaths(tx, c.dir) },
+	func(_ *Catalog, tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketSubsystems)
+		return err
+	},
 }
 
 // relativePaths is the migration from schema 2 to 3: volume paths inside
@@ -418,6 +446,60 @@ func (t *Tx) DeleteTarget(iqn string) error {
 		return fmt.Errorf("target %q: %w", iqn, ErrNotFound)
 	}
 	return t.tx.Bucket(bucketTargets).Delete([]byte(iqn))
+}
+
+// Subsystem returns the NVMe subsystem with the given NQN (NQNs are
+// case-sensitive).
+func (t *Tx) Subsystem(nqn string) (Subsystem, error) {
+	return get[Subsystem](t.tx, bucketSubsystems, nqn)
+}
+
+// Subsystems returns every NVMe subsystem, sorted by NQN.
+func (t *Tx) Subsystems() ([]Subsystem, error) { return list[Subsystem](t.tx, bucketSubsystems) }
+
+// CreateSubsystem adds a new subsystem record; it fails with ErrExists if
+// the NQN is taken.
+func (t *Tx) CreateSubsystem(s Subsystem) error {
+	if t.tx.Bucket(bucketSubsystems).Get([]byte(s.NQN)) != nil {
+		return fmt.Errorf("subsystem %q: %w", s.NQN, ErrExists)
+	}
+	return t.PutSubsystem(s)
+}
+
+// PutSubsystem stores s, replacing any record with the same NQN.
+// Namespaces are kept sorted by NSID so that listings are stable; the
+// caller's slice is left as it was.
+func (t *Tx) PutSubsystem(s Subsystem) error {
+	s.Namespaces = append([]Namespace(nil), s.Namespaces...)
+	sort.Slice(s.Namespaces, func(i, j int) bool { return s.Namespaces[i].NSID < s.Namespaces[j].NSID })
+	return put(t.tx, bucketSubsystems, s.NQN, s)
+}
+
+// DeleteSubsystem removes the subsystem record.
+func (t *Tx) DeleteSubsystem(nqn string) error {
+	if t.tx.Bucket(bucketSubsystems).Get([]byte(nqn)) == nil {
+		return fmt.Errorf("subsystem %q: %w", nqn, ErrNotFound)
+	}
+	return t.tx.Bucket(bucketSubsystems).Delete([]byte(nqn))
+}
+
+// ExportedBy returns the NQNs of the subsystems that export the volume
+// named name as a namespace.
+func (t *Tx) ExportedBy(name string) ([]string, error) {
+	subs, err := t.Subsystems()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range subs {
+		for _, ns := range s.Namespaces {
+			if ns.Volume == name {
+				out = append(out, s.NQN)
+				break
+			}
+		}
+	}
+	return out, nil
 }
 
 // MappedBy returns the IQNs of the targets that map the volume named name.

@@ -347,3 +347,113 @@ func TestGarbledCatalogIsAnError(t *testing.T) {
 		}()
 	}
 }
+
+func TestSubsystemsPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := Subsystem{NQN: "nqn.2026-11.io.anvil:a", Serial: "abc", Hosts: []string{"nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427"},
+		Namespaces: []Namespace{{NSID: 2, Volume: "v2", NGUID: "00112233445566778899aabbccddeeff", UUID: "1b4e28ba-2fa1-41d2-883f-0016d3cca427"}, {NSID: 1, Volume: "v1"}}}
+	err = c.Update(func(tx *Tx) error {
+		if err := tx.CreateSubsystem(sub); err != nil {
+			return err
+		}
+		if err := tx.CreateSubsystem(sub); !errors.Is(err, ErrExists) {
+			return fmt.Errorf("second create: %v, want ErrExists", err)
+		}
+		return tx.CreateSubsystem(Subsystem{NQN: "nqn.2026-11.io.anvil:b", AllowAnyHost: true, Namespaces: []Namespace{{NSID: 1, Volume: "v1"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Update(func(tx *Tx) error {
+		got, err := tx.Subsystem(sub.NQN)
+		if err != nil {
+			return err
+		}
+		if len(got.Namespaces) != 2 || got.Namespaces[0].NSID != 1 || got.Namespaces[1].NGUID != sub.Namespaces[0].NGUID || got.Namespaces[1].UUID != sub.Namespaces[0].UUID || len(got.Hosts) != 1 {
+			return fmt.Errorf("reopened subsystem = %+v", got)
+		}
+		if _, err := tx.Subsystem("NQN.2026-11.io.anvil:a"); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("NQN lookup ignored case: %v", err)
+		}
+		if by, _ := tx.ExportedBy("v1"); strings.Join(by, ",") != "nqn.2026-11.io.anvil:a,nqn.2026-11.io.anvil:b" {
+			return fmt.Errorf("ExportedBy(v1) = %v", by)
+		}
+		if by, _ := tx.ExportedBy("v3"); len(by) != 0 {
+			return fmt.Errorf("ExportedBy(v3) = %v", by)
+		}
+		if err := tx.DeleteSubsystem("nqn.2026-11.io.anvil:b"); err != nil {
+			return err
+		}
+		if err := tx.DeleteSubsystem("nqn.2026-11.io.anvil:b"); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("second delete: %v, want ErrNotFound", err)
+		}
+		subs, err := tx.Subsystems()
+		if err != nil || len(subs) != 1 {
+			return fmt.Errorf("Subsystems = %v, %v", subs, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMigrationAddsSubsystems: a schema-3 catalog (no subsystems bucket)
+// opens with its volumes and targets intact and takes subsystems.
+func TestMigrationAddsSubsystems(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "catalog.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		vols, _ := tx.CreateBucket(bucketVolumes)
+		tgts, _ := tx.CreateBucket(bucketTargets)
+		tx.CreateBucket(bucketReservations)
+		vols.Put([]byte("a"), []byte(`{"name":"a","path":"volumes/a.raw"}`))
+		tgts.Put([]byte("iqn.2026-11.io.anvil:t"), []byte(`{"iqn":"iqn.2026-11.io.anvil:t","luns":[{"lun":0,"volume":"a"}]}`))
+		return meta.Put(keySchema, []byte{0, 0, 0, 0, 0, 0, 0, 3})
+	})
+	db.Close()
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Update(func(tx *Tx) error {
+		if subs, err := tx.Subsystems(); err != nil || len(subs) != 0 {
+			return fmt.Errorf("migrated Subsystems = %v, %v", subs, err)
+		}
+		if _, err := tx.Target("iqn.2026-11.io.anvil:t"); err != nil {
+			return err
+		}
+		if v, err := tx.Volume("a"); err != nil || v.Path != filepath.Join(dir, "volumes", "a.raw") {
+			return fmt.Errorf("migrated volume %+v, %v", v, err)
+		}
+		return tx.CreateSubsystem(Subsystem{NQN: "nqn.2026-11.io.anvil:x", Namespaces: []Namespace{{NSID: 1, Volume: "a"}}})
+	})
+	if err != nil {
+		t.Fatalf("after migration from schema 3: %v", err)
+	}
+	var version uint64
+	c.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta).Get(keySchema)
+		version = uint64(b[7])
+		return nil
+	})
+	if version != SchemaVersion {
+		t.Fatalf("schema version after migration = %d, want %d", version, SchemaVersion)
+	}
+}

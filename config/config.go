@@ -54,6 +54,14 @@ var Settings = []Setting{
 	{Key: "iscsi.max_connections_per_address", Flag: "iscsi-max-connections-per-address", Default: 64, Usage: "connections the portal keeps at once from one initiator IP address"},
 	{Key: "iscsi.data_out_budget", Flag: "iscsi-data-out-budget", Default: 0, Usage: "memory all sessions together may hold for write data not yet received, in bytes; past it only hosts below an equal share get in, up to a quarter more, and other writes get TASK SET FULL (0: a quarter of cache.size; at least 32 MiB)"},
 	{Key: "iscsi.data_out_timeout", Flag: "iscsi-data-out-timeout", Default: 30 * time.Second, Usage: "how long a write may wait for its Data-Out without progress before the connection is dropped"},
+	{Key: "nvme.enabled", Flag: "nvme", Default: true, Usage: "serve NVMe/TCP (--nvme=false turns both NVMe listeners off)"},
+	{Key: "nvme.listen", Flag: "nvme-listen", Default: "0.0.0.0:4420", Usage: "NVMe/TCP I/O (and discovery) controller address (host:port)"},
+	{Key: "nvme.discovery_listen", Flag: "nvme-discovery-listen", Default: "0.0.0.0:8009", Usage: "NVMe/TCP discovery controller address (host:port; empty: none)"},
+	{Key: "nvme.in_capsule_data", Flag: "nvme-in-capsule-data", Default: 8192, Usage: "in-capsule data an I/O queue accepts per command (bytes, a multiple of 16; the admin queue always takes 8192)"},
+	{Key: "nvme.max_io_queues", Flag: "nvme-max-io-queues", Default: 8, Usage: "I/O queues a controller may have (Number of Queues feature)"},
+	{Key: "nvme.max_queue_entries", Flag: "nvme-max-queue-entries", Default: 128, Usage: "entries of a submission queue (MQES+1); Connect asking for more is refused"},
+	{Key: "nvme.max_connections", Flag: "nvme-max-connections", Default: 1024, Usage: "NVMe/TCP connections (queues) kept at once on all NVMe listeners; more are closed on accept"},
+	{Key: "nvme.max_connections_per_address", Flag: "nvme-max-connections-per-address", Default: 128, Usage: "NVMe/TCP connections kept at once from one host IP address"},
 	{Key: "cache.size", Flag: "cache-size", Default: 0, Usage: "buffer cache memory budget shared by all volumes, in bytes (0: the smaller of 1 GiB and a quarter of RAM)"},
 	{Key: "cache.dirty_limit", Flag: "cache-dirty-limit", Default: 0, Usage: "bound on dirty plus in-flight cache bytes before writers wait for the flusher (0: half of cache.size)"},
 	{Key: "engine.flush_interval", Flag: "engine-flush-interval", Default: 5 * time.Second, Usage: "how often the flusher commits an open epoch of writes"},
@@ -81,6 +89,7 @@ type Config struct {
 	DataDir         string        `mapstructure:"data_dir"`
 	Demo            bool          `mapstructure:"demo"`
 	ISCSI           ISCSI         `mapstructure:"iscsi"`
+	NVMe            NVMe          `mapstructure:"nvme"`
 	API             API           `mapstructure:"api"`
 	Log             Log           `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
@@ -123,6 +132,18 @@ type ISCSI struct {
 	MaxConnectionsPerAddress int           `mapstructure:"max_connections_per_address"`
 	DataOutBudget            int64         `mapstructure:"data_out_budget"`
 	DataOutTimeout           time.Duration `mapstructure:"data_out_timeout"`
+}
+
+// NVMe holds the NVMe/TCP front end's settings.
+type NVMe struct {
+	Enabled                  bool   `mapstructure:"enabled"`
+	Listen                   string `mapstructure:"listen"`
+	DiscoveryListen          string `mapstructure:"discovery_listen"`
+	InCapsuleData            int    `mapstructure:"in_capsule_data"`
+	MaxIOQueues              int    `mapstructure:"max_io_queues"`
+	MaxQueueEntries          int    `mapstructure:"max_queue_entries"`
+	MaxConnections           int    `mapstructure:"max_connections"`
+	MaxConnectionsPerAddress int    `mapstructure:"max_connections_per_address"`
 }
 
 // API holds the REST API's settings.
@@ -245,6 +266,9 @@ func (c *Config) validate() error {
 	if d := c.ISCSI.DataOutTimeout; d < 100*time.Millisecond {
 		return fmt.Errorf("config: iscsi.data_out_timeout %s: must be at least 100ms", d)
 	}
+	if err := c.NVMe.validate(); err != nil {
+		return err
+	}
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
 		return errors.New("config: api.tls_cert and api.tls_key must be set together")
 	}
@@ -328,4 +352,34 @@ func Source(v *viper.Viper, fs *pflag.FlagSet, key string) string {
 		}
 	}
 	return "default"
+}
+
+// validate checks the NVMe/TCP settings, naming the key, whether or not
+// NVMe/TCP is enabled: a typo should not wait for the day it is turned on.
+func (n *NVMe) validate() error {
+	if n.Enabled && n.Listen == "" {
+		return errors.New("config: nvme.listen must not be empty while nvme.enabled is true")
+	}
+	if n.Enabled && n.Listen != "" && n.Listen == n.DiscoveryListen {
+		return fmt.Errorf("config: nvme.discovery_listen %q: must differ from nvme.listen (the I/O port serves discovery too)", n.DiscoveryListen)
+	}
+	// IOCCSZ counts 16-byte units including the 64-byte command; the
+	// upper bound keeps one queue's buffers (entries x size) modest.
+	if v := n.InCapsuleData; v < 0 || v%16 != 0 || v > 1<<20 {
+		return fmt.Errorf("config: nvme.in_capsule_data %d: must be 0..1048576 and a multiple of 16", v)
+	}
+	if v := n.MaxIOQueues; v < 1 || v > 65535 {
+		return fmt.Errorf("config: nvme.max_io_queues %d: must be 1..65535", v)
+	}
+	// MQES is a 0's based 16-bit field and the spec wants at least 2 entries.
+	if v := n.MaxQueueEntries; v < 2 || v > 65536 {
+		return fmt.Errorf("config: nvme.max_queue_entries %d: must be 2..65536", v)
+	}
+	if v := n.MaxConnections; v < 1 {
+		return fmt.Errorf("config: nvme.max_connections %d: must be at least 1", v)
+	}
+	if v := n.MaxConnectionsPerAddress; v < 1 || v > n.MaxConnections {
+		return fmt.Errorf("config: nvme.max_connections_per_address %d: must be 1..max_connections", v)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,51 @@ func TestISCSIResourceLimits(t *testing.T) {
 	} {
 		if _, _, err := load(t, args...); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestNVMeSettings(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	c, _, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NVMe{Enabled: true, Listen: "0.0.0.0:4420", DiscoveryListen: "0.0.0.0:8009", InCapsuleData: 8192, MaxIOQueues: 8, MaxQueueEntries: 128, MaxConnections: 1024, MaxConnectionsPerAddress: 128}
+	if c.NVMe != want {
+		t.Fatalf("NVMe defaults = %+v, want %+v", c.NVMe, want)
+	}
+	yaml := "nvme:\n  listen: 127.0.0.1:1420\n  discovery_listen: \"\"\n  max_io_queues: 4\n"
+	if err := os.WriteFile(filepath.Join(dir, "anvil.yaml"), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ANVIL_NVME_IN_CAPSULE_DATA", "4096")
+	c, _, err = load(t, "--nvme-max-queue-entries", "64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.NVMe
+	if n.Listen != "127.0.0.1:1420" || n.DiscoveryListen != "" || n.MaxIOQueues != 4 || n.InCapsuleData != 4096 || n.MaxQueueEntries != 64 || !n.Enabled {
+		t.Fatalf("NVMe from file, env and flag = %+v", n)
+	}
+	c, _, err = load(t, "--nvme=false")
+	if err != nil || c.NVMe.Enabled {
+		t.Fatalf("--nvme=false: enabled=%v err=%v", c != nil && c.NVMe.Enabled, err)
+	}
+	for args, key := range map[string]string{
+		"--nvme-in-capsule-data=100":              "nvme.in_capsule_data",
+		"--nvme-max-io-queues=0":                  "nvme.max_io_queues",
+		"--nvme-max-queue-entries=1":              "nvme.max_queue_entries",
+		"--nvme-max-queue-entries=70000":          "nvme.max_queue_entries",
+		"--nvme-max-connections=0":                "nvme.max_connections",
+		"--nvme-max-connections-per-address=2000": "nvme.max_connections_per_address",
+		"--nvme-listen=":                          "nvme.listen",
+		"--nvme-discovery-listen=127.0.0.1:1420":  "nvme.discovery_listen",
+	} {
+		_, _, err := load(t, args)
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s: err = %v, want one naming %s", args, err, key)
 		}
 	}
 }

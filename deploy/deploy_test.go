@@ -129,7 +129,7 @@ func TestPrebuiltImage(t *testing.T) {
 	if c.User != "10001:10001" {
 		t.Errorf("user %q, want the non-root 10001:10001", c.User)
 	}
-	for _, p := range []string{"3260/tcp", "8080/tcp"} {
+	for _, p := range []string{"3260/tcp", "4420/tcp", "8009/tcp", "8080/tcp"} {
 		if _, ok := c.ExposedPorts[p]; !ok {
 			t.Errorf("port %s not exposed: %v", p, c.ExposedPorts)
 		}
@@ -240,7 +240,7 @@ func TestCompose(t *testing.T) {
 		t.Errorf("build context/dockerfile %s/%s: %v", s.Build.Context, s.Build.Dockerfile, err)
 	}
 	ports := strings.Join(s.Ports, " ")
-	for _, p := range []string{"3260:3260", "8080:8080"} {
+	for _, p := range []string{"3260:3260", "4420:4420", "8009:8009", "8080:8080"} {
 		if !strings.Contains(ports, p) {
 			t.Errorf("port %s not published: %v", p, s.Ports)
 		}

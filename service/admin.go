@@ -85,6 +85,7 @@ func (s *Service) ResizeVolume(ctx context.Context, name string, size int64) (ca
 	}
 	lv.rec = rec
 	lv.lu.CapacityChanged()
+	s.namespacesChangedLocked(name)
 	s.log.Info("resized volume", "volume", name, "old_size_bytes", old, "size_bytes", size)
 	return rec, nil
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/anvilproject/anvil/catalog"
 	"github.com/anvilproject/anvil/engine"
+	"github.com/anvilproject/anvil/internal/rangelock"
 	"github.com/anvilproject/anvil/target/scsi"
 )
 
@@ -121,18 +122,27 @@ type Service struct {
 	volumes map[string]*liveVolume
 	offline map[string]*offlineVolume // catalogued volumes restore could not open
 	targets map[string]*liveTarget    // key: lower-case IQN
+	// subsystems are the NVMe subsystems, keyed by NQN (case-sensitive).
+	subsystems map[string]*liveSubsystem
 	// discCHAP are the discovery sessions' CHAP credentials (nil: none).
 	discCHAP *catalog.CHAP
 
 	// accessHook is called after every change that can revoke a live
 	// session's access (SetAccessHook).
 	accessHook atomic.Pointer[func()]
+	// nvmeHook is called after a subsystem is created or deleted
+	// (SetNVMeDiscoveryHook).
+	nvmeHook atomic.Pointer[func()]
 }
 
 type liveVolume struct {
 	rec catalog.Volume
 	vol engine.Volume
 	lu  *scsi.LogicalUnit
+	// locks are the volume's block range locks, shared by its logical
+	// unit and every namespace exporting it, so that a Compare-and-Write
+	// on one front end is atomic against writes on the other.
+	locks *rangelock.Locks
 }
 
 const metaInitialized = "initialized"
@@ -182,6 +192,7 @@ func Open(opts Options) (*Service, error) {
 		volumes:        map[string]*liveVolume{},
 		offline:        map[string]*offlineVolume{},
 		targets:        map[string]*liveTarget{},
+		subsystems:     map[string]*liveSubsystem{},
 		space:          space{warnPercent: opts.SpaceWarnPercent, statfs: statfsFree},
 	}
 	if err := s.restore(); err != nil {
@@ -218,7 +229,13 @@ func (s *Service) createDemo() error {
 	if err := s.MapLUN(DemoIQN, 0, DemoVolume); err != nil {
 		return err
 	}
-	s.log.Info("created demo volume", "volume", DemoVolume, "target", DemoIQN, "lun", 0, "size_bytes", DemoSize)
+	if _, err := s.CreateSubsystem(SubsystemSpec{NQN: DemoNQN, AllowAnyHost: true}); err != nil {
+		return err
+	}
+	if _, err := s.AddNamespace(DemoNQN, 1, DemoVolume); err != nil {
+		return err
+	}
+	s.log.Info("created demo volume", "volume", DemoVolume, "target", DemoIQN, "lun", 0, "subsystem", DemoNQN, "nsid", 1, "size_bytes", DemoSize)
 	return nil
 }
 
@@ -226,12 +243,16 @@ func (s *Service) createDemo() error {
 func (s *Service) restore() error {
 	var vols []catalog.Volume
 	var tgts []catalog.Target
+	var subs []catalog.Subsystem
 	err := s.cat.View(func(tx *catalog.Tx) error {
 		var err error
 		if vols, err = tx.Volumes(); err != nil {
 			return err
 		}
 		if tgts, err = tx.Targets(); err != nil {
+			return err
+		}
+		if subs, err = tx.Subsystems(); err != nil {
 			return err
 		}
 		s.discCHAP, err = tx.DiscoveryCHAP()
@@ -258,7 +279,14 @@ func (s *Service) restore() error {
 		}
 		s.targets[strings.ToLower(rec.IQN)] = lt
 	}
-	s.log.Info("restored state from catalog", "volumes", len(vols), "offline", len(s.offline), "targets", len(tgts))
+	for _, rec := range subs {
+		ls, err := s.buildSubsystem(rec)
+		if err != nil {
+			return err
+		}
+		s.subsystems[rec.NQN] = ls
+	}
+	s.log.Info("restored state from catalog", "volumes", len(vols), "offline", len(s.offline), "targets", len(tgts), "subsystems", len(subs))
 	return nil
 }
 
@@ -277,6 +305,10 @@ func (s *Service) Close() error {
 	s.volumes = map[string]*liveVolume{}
 	s.offline = map[string]*offlineVolume{}
 	s.targets = map[string]*liveTarget{}
+	for _, ls := range s.subsystems {
+		ls.nvme.Close()
+	}
+	s.subsystems = map[string]*liveSubsystem{}
 	if s.cat != nil {
 		if err := s.cat.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close catalog: %w", err))
@@ -547,7 +579,9 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		return nil, err
 	}
 	name := rec.Name
+	locks := new(rangelock.Locks)
 	lu := scsi.NewLogicalUnit(vol, scsi.LUConfig{
+		RangeLocks:     locks,
 		VendorID:       "ANVIL",
 		ProductID:      "Anvil Volume",
 		Revision:       "0001",
@@ -558,7 +592,7 @@ func (s *Service) openVolume(rec catalog.Volume, create bool) (*liveVolume, erro
 		SaveWriteCache: func(on bool) error { return s.saveWriteCache(name, on) },
 		Logger:         s.log.With("volume", rec.Name),
 	})
-	return &liveVolume{rec: rec, vol: vol, lu: lu}, nil
+	return &liveVolume{rec: rec, vol: vol, lu: lu, locks: locks}, nil
 }
 
 // loadReservation reads the persistent reservation state a volume's logical
@@ -654,8 +688,9 @@ func (s *Service) Volumes() []catalog.Volume {
 }
 
 // DeleteVolume closes and removes a volume and its data file. A volume
-// mapped by a target is refused with ErrInUse unless force is set, in which
-// case its mappings are removed first. An offline volume is deleted the
+// mapped by a target or exported as a namespace is refused with ErrInUse
+// unless force is set, in which case its mappings and namespaces are
+// removed first. An offline volume is deleted the
 // same way (whatever is left of its files goes).
 func (s *Service) DeleteVolume(name string, force bool) error {
 	s.mu.Lock()
@@ -668,14 +703,27 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 		}
 		lv = &liveVolume{rec: off.rec}
 	}
-	var mappedBy []string
+	var mappedBy, exportedBy []string
 	err := s.cat.Update(func(tx *catalog.Tx) error {
 		var err error
 		if mappedBy, err = tx.MappedBy(name); err != nil {
 			return err
 		}
-		if len(mappedBy) > 0 && !force {
-			return fmt.Errorf("volume %q is mapped by %s: %w", name, strings.Join(mappedBy, ", "), ErrInUse)
+		if exportedBy, err = tx.ExportedBy(name); err != nil {
+			return err
+		}
+		if users := append(append([]string(nil), mappedBy...), exportedBy...); len(users) > 0 && !force {
+			return fmt.Errorf("volume %q is mapped by %s: %w", name, strings.Join(users, ", "), ErrInUse)
+		}
+		for _, nqn := range exportedBy {
+			sub, err := tx.Subsystem(nqn)
+			if err != nil {
+				return err
+			}
+			sub.Namespaces = dropNamespaces(sub.Namespaces, name)
+			if err := tx.PutSubsystem(sub); err != nil {
+				return err
+			}
 		}
 		for _, iqn := range mappedBy {
 			tg, err := tx.Target(iqn)
@@ -701,6 +749,15 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 		}
 		lt.rec.LUNs = dropVolume(lt.rec.LUNs, name)
 	}
+	for _, nqn := range exportedBy {
+		ls := s.subsystems[nqn]
+		for _, n := range ls.rec.Namespaces {
+			if n.Volume == name && lv.vol != nil {
+				ls.nvme.RemoveNamespace(n.NSID)
+			}
+		}
+		ls.rec.Namespaces = dropNamespaces(ls.rec.Namespaces, name)
+	}
 	delete(s.volumes, name)
 	delete(s.offline, name)
 	if lv.vol != nil {
@@ -711,7 +768,7 @@ func (s *Service) DeleteVolume(name string, force bool) error {
 	if err := s.removeFiles(lv.rec); err != nil {
 		return err
 	}
-	s.log.Info("deleted volume", "volume", name, "unmapped_from", mappedBy)
+	s.log.Info("deleted volume", "volume", name, "unmapped_from", mappedBy, "unexported_from", exportedBy)
 	return nil
 }
 
@@ -720,6 +777,16 @@ func dropVolume(luns []catalog.LUN, name string) []catalog.LUN {
 	for _, l := range luns {
 		if l.Volume != name {
 			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func dropNamespaces(nss []catalog.Namespace, name string) []catalog.Namespace {
+	out := []catalog.Namespace{}
+	for _, n := range nss {
+		if n.Volume != name {
+			out = append(out, n)
 		}
 	}
 	return out

@@ -110,6 +110,7 @@ func (s *Service) RecheckVolume(name string) error {
 			}
 		}
 	}
+	s.addNamespacesLocked(name)
 	s.log.Info("volume is back online", "volume", name)
 	return nil
 }

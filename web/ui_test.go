@@ -89,7 +89,7 @@ func TestUIInChromium(t *testing.T) {
 		Steps []string
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || !res.OK || len(res.Steps) != 11 {
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || !res.OK || len(res.Steps) != 15 {
 		t.Fatalf("UI script result: %v\n%s", err, out)
 	}
 	st, err := os.Stat(shot)
@@ -111,6 +111,23 @@ func TestUIInChromium(t *testing.T) {
 	var tg targetView
 	if err := json.NewDecoder(resp.Body).Decode(&tg); err != nil || resp.StatusCode != 200 || !tg.ACL.Open || len(tg.LUNs) != 0 {
 		t.Errorf("target after the UI run: %d %+v %v", resp.StatusCode, tg, err)
+	}
+	// The subsystem it created admits the one host it was given and
+	// exports nothing (the namespace was removed in the UI).
+	req, _ = http.NewRequest("GET", base+"/api/v1/subsystems/nqn.2026-11.io.anvil:ui", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	sresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	var sub struct {
+		AllowAnyHost bool              `json:"allow_any_host"`
+		Hosts        []string          `json:"hosts"`
+		Namespaces   []json.RawMessage `json:"namespaces"`
+	}
+	if err := json.NewDecoder(sresp.Body).Decode(&sub); err != nil || sresp.StatusCode != 200 || sub.AllowAnyHost || len(sub.Hosts) != 1 || len(sub.Namespaces) != 0 {
+		t.Errorf("subsystem after the UI run: %d %+v %v", sresp.StatusCode, sub, err)
 	}
 }
 

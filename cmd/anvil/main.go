@@ -19,6 +19,8 @@ func main() {
 	root.AddCommand(newServeCmd())
 	root.AddCommand(newVolumeCmd())
 	root.AddCommand(newTargetCmd())
+	root.AddCommand(newSubsystemCmd())
+	root.AddCommand(newControllerCmd())
 	root.AddCommand(newDiscoveryCmd())
 	root.AddCommand(newSessionCmd())
 	root.AddCommand(newHealthCmd())

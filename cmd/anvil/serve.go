@@ -77,7 +77,11 @@ func dataOutBudget(configured, cacheSize int64) int64 {
 func serve(cfg *config.Config) error {
 	log := newLogger(cfg.Log)
 	slog.SetDefault(log)
-	raiseFileLimit(log, cfg.ISCSI.MaxConnections)
+	maxConns := cfg.ISCSI.MaxConnections
+	if cfg.NVMe.Enabled {
+		maxConns += cfg.NVMe.MaxConnections
+	}
+	raiseFileLimit(log, maxConns)
 
 	cache := engine.NewCache(engine.CacheOptions{Size: cfg.Cache.Size, DirtyLimit: cfg.Cache.DirtyLimit})
 	svc, err := service.Open(service.Options{
@@ -124,9 +128,16 @@ func serve(cfg *config.Config) error {
 	// An ACL, CHAP or target change drops the sessions it revokes.
 	svc.SetAccessHook(func() { portal.Revalidate() })
 
+	nv, err := startNVMe(cfg.NVMe, svc, log)
+	if err != nil {
+		iscsiLn.Close()
+		return err
+	}
+
 	token, created, err := api.ResolveToken(cfg.DataDir, cfg.API.Token)
 	if err != nil {
 		iscsiLn.Close()
+		nv.closeListeners()
 		return err
 	}
 	if created {
@@ -134,6 +145,7 @@ func serve(cfg *config.Config) error {
 	}
 	if rotated, err := svc.RecordAPIToken(token); err != nil {
 		iscsiLn.Close()
+		nv.closeListeners()
 		return err
 	} else if rotated {
 		log.Warn("the API token differs from the one in use at the last start; clients with the old token get 401")
@@ -141,11 +153,13 @@ func serve(cfg *config.Config) error {
 	certFile, keyFile, err := apiCertificate(cfg, log)
 	if err != nil {
 		iscsiLn.Close()
+		nv.closeListeners()
 		return err
 	}
 	apiLn, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		iscsiLn.Close()
+		nv.closeListeners()
 		return fmt.Errorf("API listener: %w", err)
 	}
 	// net/http retries only the accept errors it deems temporary (EMFILE,
@@ -153,13 +167,14 @@ func serve(cfg *config.Config) error {
 	// the API and so the daemon.
 	apiLn = netguard.NewListener(apiLn, log.With("frontend", "api"))
 	httpSrv := &http.Server{
-		Handler:           api.New(api.Options{Service: svc, Sessions: service.ISCSISessions(portal), UI: web.Handler(), Token: token, Logger: log.With("frontend", "api")}),
+		Handler:           api.New(api.Options{Service: svc, Sessions: service.ISCSISessions(portal), NVMe: nv.controllers(), UI: web.Handler(), Token: token, Logger: log.With("frontend", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12},
 	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	go func() { errc <- portal.Serve(iscsiLn) }()
+	nv.serve(errc)
 	go func() {
 		var err error
 		if certFile != "" {
@@ -173,7 +188,7 @@ func serve(cfg *config.Config) error {
 		}
 		errc <- nil
 	}()
-	log.Info("anvil serving", "iscsi", iscsiLn.Addr().String(), "api", apiLn.Addr().String(), "api_tls", certFile != "", "data_dir", cfg.DataDir)
+	log.Info("anvil serving", "iscsi", iscsiLn.Addr().String(), "nvme", nv.addrs(), "api", apiLn.Addr().String(), "api_tls", certFile != "", "data_dir", cfg.DataDir)
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
@@ -190,6 +205,9 @@ func serve(cfg *config.Config) error {
 	defer cancel()
 	if err := portal.Shutdown(ctx); err != nil {
 		log.Warn("iSCSI shutdown", "err", err)
+	}
+	if err := nv.shutdown(ctx); err != nil {
+		log.Warn("NVMe/TCP shutdown", "err", err)
 	}
 	if err := httpSrv.Shutdown(ctx); err != nil {
 		log.Warn("API shutdown", "err", err)

@@ -78,13 +78,16 @@ type Daemon struct {
 	DataDir string
 	ISCSI   string // host:port of the iSCSI portal
 	API     string // host:port of the REST API
-	Args    []string
-	Env     []string
-	Prefix  []string
-	cmd     *exec.Cmd
-	log     *os.File
-	LogPath string
-	exited  chan struct{}
+	// NVMePort and NVMeDiscoveryPort are the host:port of the NVMe/TCP
+	// I/O and discovery listeners.
+	NVMePort, NVMeDiscoveryPort string
+	Args                        []string
+	Env                         []string
+	Prefix                      []string
+	cmd                         *exec.Cmd
+	log                         *os.File
+	LogPath                     string
+	exited                      chan struct{}
 	// last is the exit status of the most recent process that ended.
 	last *os.ProcessState
 }
@@ -96,6 +99,9 @@ type Options struct {
 	Env     []string // extra environment
 	ISCSI   string   // fixed iSCSI address (restart on the same port); empty means free port
 	API     string
+	// NVMePort and NVMeDiscoveryPort fix the NVMe/TCP addresses (restart
+	// on the same ports); empty means free ports.
+	NVMePort, NVMeDiscoveryPort string
 	// Prefix is a command the daemon runs under, e.g. {"prlimit",
 	// "--nofile=256:256"}; it must exec the daemon (same process).
 	Prefix []string
@@ -105,7 +111,7 @@ type Options struct {
 // connections. The daemon is killed when the test ends.
 func Start(t testing.TB, o Options) *Daemon {
 	t.Helper()
-	d := &Daemon{t: t, DataDir: o.DataDir, ISCSI: o.ISCSI, API: o.API, Args: o.Args, Env: o.Env, Prefix: o.Prefix}
+	d := &Daemon{t: t, DataDir: o.DataDir, ISCSI: o.ISCSI, API: o.API, NVMePort: o.NVMePort, NVMeDiscoveryPort: o.NVMeDiscoveryPort, Args: o.Args, Env: o.Env, Prefix: o.Prefix}
 	if d.DataDir == "" {
 		d.DataDir = t.TempDir()
 	}
@@ -114,6 +120,14 @@ func Start(t testing.TB, o Options) *Daemon {
 	}
 	if d.API == "" {
 		d.API = FreePort(t)
+	}
+	// Never the default 4420/8009: tests run in parallel, and a host's
+	// own nvmet may hold those.
+	if d.NVMePort == "" {
+		d.NVMePort = FreePort(t)
+	}
+	if d.NVMeDiscoveryPort == "" {
+		d.NVMeDiscoveryPort = FreePort(t)
 	}
 	d.start()
 	t.Cleanup(func() { d.Kill() })
@@ -124,7 +138,8 @@ func (d *Daemon) start() {
 	t := d.t
 	t.Helper()
 	bin := Binary(t)
-	args := append([]string{"serve", "--data-dir", d.DataDir, "--iscsi-listen", d.ISCSI, "--api-listen", d.API}, d.Args...)
+	args := append([]string{"serve", "--data-dir", d.DataDir, "--iscsi-listen", d.ISCSI, "--api-listen", d.API,
+		"--nvme-listen", d.NVMePort, "--nvme-discovery-listen", d.NVMeDiscoveryPort}, d.Args...)
 	logf, err := os.CreateTemp("", "anvil-daemon-*.log")
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ const state = {
   series: new Map(),
   volumes: [],
   targets: [],
+  subsystems: [],
 };
 
 // ---- helpers ----
@@ -97,7 +98,7 @@ function route() {
   if (!state.token) { $('#nav').hidden = true; show('login'); stopPolling(); return; }
   $('#nav').hidden = false;
   const page = (location.hash.replace(/^#\//, '') || 'dashboard');
-  show(['dashboard', 'volumes', 'targets', 'sessions'].includes(page) ? page : 'dashboard');
+  show(['dashboard', 'volumes', 'targets', 'subsystems', 'sessions'].includes(page) ? page : 'dashboard');
   startPolling();
 }
 
@@ -125,15 +126,19 @@ function stopPolling() {
 async function refresh() {
   if (!state.token) return;
   try {
-    const [vols, tgts, sess] = await Promise.all([api('GET', '/volumes'), api('GET', '/targets'), api('GET', '/sessions')]);
+    const [vols, tgts, sess, subs, ctrls] = await Promise.all([api('GET', '/volumes'), api('GET', '/targets'), api('GET', '/sessions'),
+      api('GET', '/subsystems'), api('GET', '/controllers')]);
     state.volumes = vols;
     state.targets = tgts;
+    state.subsystems = subs;
     sample(vols);
-    renderSummary(vols, tgts, sess);
+    renderSummary(vols, tgts, sess, subs, ctrls);
     renderCharts(vols);
     renderVolumes(vols);
     renderTargets(tgts, vols);
+    renderSubsystems(subs, vols);
     renderSessions(sess);
+    renderControllers(ctrls);
   } catch (e) {
     if (state.token) flash('refresh failed: ' + e.message, true);
   }
@@ -173,12 +178,14 @@ function sample(vols) {
 
 // ---- rendering ----
 
-function renderSummary(vols, tgts, sess) {
+function renderSummary(vols, tgts, sess, subs, ctrls) {
   const box = $('#summary');
   box.replaceChildren(
     el('div', { 'data-testid': 'sum-volumes' }, el('b', {}, vols.length), 'volumes'),
     el('div', { 'data-testid': 'sum-targets' }, el('b', {}, tgts.length), 'targets'),
     el('div', { 'data-testid': 'sum-sessions' }, el('b', {}, sess.length), 'sessions'),
+    el('div', { 'data-testid': 'sum-subsystems' }, el('b', {}, subs.length), 'subsystems'),
+    el('div', { 'data-testid': 'sum-controllers' }, el('b', {}, ctrls.filter(c => !c.discovery).length), 'NVMe controllers'),
     el('div', {}, el('b', {}, fmtBytes(vols.reduce((a, v) => a + v.size_bytes, 0))), 'provisioned'),
   );
 }
@@ -311,6 +318,54 @@ function renderTargets(tgts, vols) {
   }));
 }
 
+function renderSubsystems(subs, vols) {
+  const add = $('#ns-add');
+  const keep = (sel, opts) => {
+    const cur = sel.value;
+    sel.replaceChildren(...opts.map(o => el('option', { value: o }, o)));
+    if (opts.includes(cur)) sel.value = cur;
+  };
+  if (!add.contains(document.activeElement)) {
+    keep(add.elements.nqn, subs.map(s => s.nqn));
+    keep(add.elements.volume, vols.map(v => v.name));
+  }
+  const body = $('#subsystems-body');
+  if (body.contains(document.activeElement) && ['INPUT', 'TEXTAREA'].includes(document.activeElement.tagName)) return;
+  body.replaceChildren(...subs.map(s => {
+    const enc = encodeURIComponent(s.nqn);
+    const nss = s.namespaces.map(n => el('div', { title: `NGUID ${n.nguid}\nUUID ${n.uuid}` }, `NSID ${n.nsid} → ${n.volume} `,
+      el('button', { class: 'small', type: 'button', 'data-testid': `nsremove-${s.nqn}-${n.nsid}`, onclick: () => act(() => api('DELETE', `/subsystems/${enc}/namespaces/${n.nsid}`), `removed namespace ${n.nsid}`) }, 'Remove')));
+    const any = el('input', { type: 'checkbox', checked: s.allow_any_host });
+    const list = el('textarea', { placeholder: 'one host NQN per line', 'aria-label': 'allowed hosts' });
+    list.value = (s.hosts || []).join('\n');
+    const hosts = el('div', { class: 'acl' },
+      el('label', {}, any, ' any host'), list,
+      el('button', {
+        class: 'small', type: 'button', 'data-testid': 'hosts-' + s.nqn,
+        onclick: () => act(() => api('PUT', `/subsystems/${enc}/hosts`, any.checked ? { allow_any_host: true } : { hosts: list.value.split(/\s+/).filter(Boolean) }), 'hosts saved'),
+      }, 'Save hosts'));
+    return el('tr', { 'data-testid': 'subsystem-' + s.nqn },
+      el('td', {}, s.nqn, el('div', { class: 'hint' }, 'serial ' + s.serial)),
+      el('td', {}, nss.length ? nss : '—'),
+      el('td', {}, hosts),
+      el('td', {}, el('button', {
+        class: 'small danger', type: 'button',
+        onclick: () => { if (confirm(`Delete subsystem ${s.nqn}? Its hosts are disconnected; its volumes are kept.`)) act(() => api('DELETE', '/subsystems/' + enc), 'deleted ' + s.nqn); },
+      }, 'Delete')));
+  }));
+}
+
+function renderControllers(ctrls) {
+  $('#controllers-body').replaceChildren(...ctrls.map(c => el('tr', { 'data-testid': 'controller-' + c.id },
+    el('td', {}, c.id),
+    el('td', {}, c.host_nqn),
+    el('td', {}, c.discovery ? '(discovery)' : c.subsystem),
+    el('td', {}, c.queues),
+    el('td', {}, c.keep_alive_ms ? (c.keep_alive_ms / 1000) + ' s' : 'off'),
+    el('td', {}, c.local_addr || '—'),
+    el('td', {}, new Date(c.connected).toLocaleString()))));
+}
+
 function renderSessions(sess) {
   $('#sessions-body').replaceChildren(...sess.map(s => el('tr', {},
     el('td', {}, s.tsih),
@@ -364,6 +419,21 @@ function wire() {
     const f = ev.target.elements;
     act(() => api('POST', `/targets/${encodeURIComponent(f.iqn.value)}/luns`, { lun: Number(f.lun.value), volume: f.volume.value }),
       `mapped ${f.volume.value} as LUN ${f.lun.value}`);
+  });
+  $('#subsystem-create').addEventListener('submit', ev => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const nqn = f.nqn.value.trim();
+    const body = { nqn };
+    if (f.any.checked) body.allow_any_host = true;
+    act(async () => { await api('POST', '/subsystems', body); ev.target.reset(); }, 'created subsystem ' + nqn);
+  });
+  $('#ns-add').addEventListener('submit', ev => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const body = { volume: f.volume.value };
+    if (Number(f.nsid.value) > 0) body.nsid = Number(f.nsid.value);
+    act(() => api('POST', `/subsystems/${encodeURIComponent(f.nqn.value)}/namespaces`, body), `added ${f.volume.value} as a namespace`);
   });
   window.addEventListener('hashchange', route);
 }

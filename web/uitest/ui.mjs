@@ -1,6 +1,8 @@
 // Drives Anvil's web UI in headless Chromium through playwright-core:
-// log in, create a volume, resize it, create a target, map the volume, see
-// it on the dashboard, screenshot the dashboard, delete it again.
+// log in, create a volume, resize it, create a target, map the volume,
+// create an NVMe subsystem, add the volume as a namespace, set its hosts,
+// see the volume on the dashboard, screenshot the dashboard, remove the
+// namespace, delete the volume again.
 //
 // usage: node ui.mjs BASE_URL TOKEN SCREENSHOT_PATH
 // Exits non-zero, with the reason on stderr, when any step fails.
@@ -80,6 +82,29 @@ try {
     await f.locator('button[type=submit]').click();
     await page.waitForFunction(() => document.querySelector('[data-testid="target-iqn.2026-11.io.anvil:ui"]')?.innerText.includes('LUN 0 → uivol'));
   });
+  await step('create subsystem', async () => {
+    await page.click('nav a[data-page=subsystems]');
+    const f = page.locator('#subsystem-create');
+    await f.locator('[name=nqn]').fill('nqn.2026-11.io.anvil:ui');
+    await f.locator('[name=any]').check();
+    await f.locator('button[type=submit]').click();
+    await page.locator('[data-testid="subsystem-nqn.2026-11.io.anvil:ui"]').waitFor();
+  });
+  await step('add namespace', async () => {
+    const f = page.locator('#ns-add');
+    await f.locator('[name=nqn]').selectOption('nqn.2026-11.io.anvil:ui');
+    await f.locator('[name=nsid]').fill('3');
+    await f.locator('[name=volume]').selectOption('uivol');
+    await f.locator('button[type=submit]').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="subsystem-nqn.2026-11.io.anvil:ui"]')?.innerText.includes('NSID 3 → uivol'));
+  });
+  await step('set subsystem hosts', async () => {
+    const row = page.locator('[data-testid="subsystem-nqn.2026-11.io.anvil:ui"]');
+    await row.locator('input[type=checkbox]').uncheck();
+    await row.locator('textarea').fill('nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427');
+    await page.click('[data-testid="hosts-nqn.2026-11.io.anvil:ui"]');
+    await page.locator('#flash:not(.error)').filter({ hasText: 'hosts saved' }).waitFor({ state: 'visible' });
+  });
   await step('volume on the dashboard', async () => {
     await page.click('nav a[data-page=dashboard]');
     const chart = page.locator('[data-testid="chart-uivol"]');
@@ -100,6 +125,11 @@ try {
       await page.waitForFunction(() => document.querySelector('#sessions-body')?.innerText.includes('iqn.2026-11.io.anvil:ui'));
     });
   }
+  await step('remove namespace', async () => {
+    await page.click('nav a[data-page=subsystems]');
+    await page.click('[data-testid="nsremove-nqn.2026-11.io.anvil:ui-3"]');
+    await page.waitForFunction(() => !document.querySelector('[data-testid="subsystem-nqn.2026-11.io.anvil:ui"]')?.innerText.includes('NSID 3'));
+  });
   await step('delete volume', async () => {
     await page.click('nav a[data-page=volumes]');
     await page.click('[data-testid="delete-uivol"]');
