@@ -1,11 +1,3 @@
-//go:build nvmetcp
-
-// target/nvmetcp (merged at 9d5dedc) does not export NewServer(Config,
-// *nvme.Target) yet: it reaches the core through an internal interface.
-// Until it does, this file builds only with -tags nvmetcp and
-// nvmefront_off.go stands in; drop both build lines (and the one in
-// test/api/nvme_daemon_test.go) when it exports the constructor.
-
 package main
 
 import (

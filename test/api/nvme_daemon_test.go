@@ -1,5 +1,3 @@
-//go:build nvmetcp
-
 package apitest
 
 import (

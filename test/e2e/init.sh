@@ -131,8 +131,7 @@ if [ "$TRANSPORT" = iscsi ]; then
 	fi
 else
 	# nvme-tcp without nvme-cli: the fabrics module takes the connect options
-	# as a string, exactly what nvme-cli would write. Not yet exercised:
-	# Anvil's NVMe/TCP front end does not exist yet.
+	# as a string, exactly what nvme-cli would write.
 	echo "transport=tcp,traddr=$ADDR,trsvcid=$PORT,nqn=$IQN,hostnqn=nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000e2e00" \
 		>/dev/nvme-fabrics 2>/tmp/nvme-connect.log || fail "nvme connect: $(cat /tmp/nvme-connect.log)"
 fi
