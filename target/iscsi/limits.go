@@ -2,7 +2,6 @@ package iscsi
 
 import (
 	"fmt"
-	"net"
 	"sync/atomic"
 	"time"
 
@@ -17,13 +16,9 @@ type resources struct {
 	// holders counts the initiator addresses holding Data-Out buffers.
 	holders atomic.Int64
 
-	refusedTotal   atomic.Uint64
-	refusedPerAddr atomic.Uint64
-	dataOutFull    atomic.Uint64
-	dataOutStalls  atomic.Uint64
-	acceptErrors   atomic.Uint64 // of listeners no longer served
-
-	refuseLog netguard.Limiter
+	dataOutFull   atomic.Uint64
+	dataOutStalls atomic.Uint64
+	acceptErrors  atomic.Uint64 // of listeners no longer served
 }
 
 // ResourceStats are the server's resource counters, for metrics.
@@ -57,51 +52,12 @@ func (s *Server) ResourceStats() ResourceStats {
 		}
 	}
 	s.mu.Unlock()
-	st.RefusedTotal = s.res.refusedTotal.Load()
-	st.RefusedPerAddress = s.res.refusedPerAddr.Load()
+	st.RefusedTotal, st.RefusedPerAddress = s.caps.Refused()
 	st.DataOutBytes = s.res.dataOut.Load()
 	st.DataOutLimit = s.cfg.MaxDataOut
 	st.DataOutFull = s.res.dataOutFull.Load()
 	st.DataOutStalls = s.res.dataOutStalls.Load()
 	return st
-}
-
-// peerIP is the connection's remote IP address, the key of the
-// per-address cap (the port differs for every connection).
-func peerIP(nc net.Conn) string {
-	a := nc.RemoteAddr()
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	if host, _, err := net.SplitHostPort(a.String()); err == nil {
-		return host
-	}
-	return a.String()
-}
-
-// overLimit says which connection cap a new connection from addr would
-// exceed, or "". Called with s.mu held.
-func (s *Server) overLimit(addr string) string {
-	switch {
-	case len(s.conns) >= s.cfg.MaxConnections:
-		s.res.refusedTotal.Add(1)
-		return "max_connections"
-	case s.peers[addr] != nil && s.peers[addr].conns >= s.cfg.MaxConnectionsPerAddress:
-		s.res.refusedPerAddr.Add(1)
-		return "max_connections_per_address"
-	}
-	return ""
-}
-
-// refuse logs a connection closed at accept: every one at debug level,
-// and a warning at most every netguard.LogInterval.
-func (s *Server) refuse(addr, limit string) {
-	s.log.Debug("iscsi: connection refused", "remote", addr, "limit", limit)
-	if ok, n := s.res.refuseLog.Allow(); ok {
-		s.log.Warn("iscsi: refusing connections over a limit", "remote", addr, "limit", limit,
-			"max_connections", s.cfg.MaxConnections, "max_connections_per_address", s.cfg.MaxConnectionsPerAddress,
-			"refused_not_logged", n)
-	}
 }
 
 // peer is the accounting for one initiator IP address.

@@ -312,6 +312,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]string // value: the peer's IP address
 	peers     map[string]*peer // by IP address, while it has connections
+	caps      *netguard.Caps   // MaxConnections and MaxConnectionsPerAddress
 	sessions  map[uint16]*session
 	nextTSIH  uint16
 	closing   bool
@@ -333,7 +334,7 @@ func NewServer(cfg Config, reg Registry) *Server {
 		sessions:  map[uint16]*session{},
 		nextTSIH:  1,
 	}
-	s.res.refuseLog.Interval = netguard.LogInterval
+	s.caps = netguard.NewCaps(s.cfg.MaxConnections, s.cfg.MaxConnectionsPerAddress)
 	return s
 }
 
@@ -372,17 +373,17 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("iscsi: accept: %w", err)
 		}
-		addr := peerIP(nc)
+		addr := netguard.PeerIP(nc)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			nc.Close()
 			continue
 		}
-		if why := s.overLimit(addr); why != "" {
+		if why := s.caps.Admit(addr); why != "" {
 			s.mu.Unlock()
 			nc.Close()
-			s.refuse(addr, why)
+			s.caps.LogRefusal(s.log, addr, why)
 			continue
 		}
 		c := newConn(s, nc)
@@ -581,6 +582,7 @@ func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	if addr, ok := s.conns[c]; ok {
 		delete(s.conns, c)
+		s.caps.Release(addr)
 		if p := s.peers[addr]; p != nil {
 			if p.conns--; p.conns <= 0 {
 				delete(s.peers, addr)

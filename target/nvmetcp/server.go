@@ -108,12 +108,11 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]string // value: the peer's IP address
-	peers     map[string]int   // connections per IP address
+	caps      *netguard.Caps   // MaxConnections and MaxConnectionsPerAddress
 	closing   bool
 	connWG    sync.WaitGroup
 
-	refusedTotal, refusedPerAddr, acceptErrors atomic.Uint64
-	refuseLog                                  netguard.Limiter
+	acceptErrors atomic.Uint64 // of listeners no longer served
 }
 
 func newServer(cfg Config, core coreTarget) *Server {
@@ -124,9 +123,8 @@ func newServer(cfg Config, core coreTarget) *Server {
 		log:       cfg.Logger.With("component", "nvmetcp"),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]string{},
-		peers:     map[string]int{},
+		caps:      netguard.NewCaps(cfg.MaxConnections, cfg.MaxConnectionsPerAddress),
 	}
-	s.refuseLog.Interval = netguard.LogInterval
 	return s
 }
 
@@ -164,21 +162,20 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("nvmetcp: accept: %w", err)
 		}
-		addr := peerIP(nc)
+		addr := netguard.PeerIP(nc)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			nc.Close()
 			continue
 		}
-		if why := s.overLimit(addr); why != "" {
+		if why := s.caps.Admit(addr); why != "" {
 			s.mu.Unlock()
 			nc.Close()
-			s.refuse(addr, why)
+			s.caps.LogRefusal(s.log, addr, why)
 			continue
 		}
 		c := newConn(s, nc)
-		s.peers[addr]++
 		s.conns[c] = addr
 		s.connWG.Add(1)
 		s.mu.Unlock()
@@ -186,38 +183,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// overLimit says which cap a new connection from addr would exceed, or
-// "". Called with s.mu held.
-func (s *Server) overLimit(addr string) string {
-	switch {
-	case len(s.conns) >= s.cfg.MaxConnections:
-		s.refusedTotal.Add(1)
-		return "max_connections"
-	case s.peers[addr] >= s.cfg.MaxConnectionsPerAddress:
-		s.refusedPerAddr.Add(1)
-		return "max_connections_per_address"
-	}
-	return ""
-}
-
-// refuse logs a connection closed at accept: each at debug level, and a
-// warning at most every netguard.LogInterval.
-func (s *Server) refuse(addr, limit string) {
-	s.log.Debug("nvmetcp: connection refused", "remote", addr, "limit", limit)
-	if ok, n := s.refuseLog.Allow(); ok {
-		s.log.Warn("nvmetcp: refusing connections over a limit", "remote", addr, "limit", limit,
-			"max_connections", s.cfg.MaxConnections, "max_connections_per_address", s.cfg.MaxConnectionsPerAddress,
-			"refused_not_logged", n)
-	}
-}
-
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	if addr, ok := s.conns[c]; ok {
 		delete(s.conns, c)
-		if s.peers[addr]--; s.peers[addr] <= 0 {
-			delete(s.peers, addr)
-		}
+		s.caps.Release(addr)
 	}
 	s.mu.Unlock()
 	s.connWG.Done()
@@ -297,20 +267,6 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	s.mu.Unlock()
-	st.RefusedTotal = s.refusedTotal.Load()
-	st.RefusedPerAddress = s.refusedPerAddr.Load()
+	st.RefusedTotal, st.RefusedPerAddress = s.caps.Refused()
 	return st
-}
-
-// peerIP is the connection's remote IP address, the key of the
-// per-address cap.
-func peerIP(nc net.Conn) string {
-	a := nc.RemoteAddr()
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	if host, _, err := net.SplitHostPort(a.String()); err == nil {
-		return host
-	}
-	return a.String()
 }
