@@ -92,6 +92,9 @@ func tailLines(s string, n int) string {
 // every block holds the last flushed generation or the one in flight, never
 // an older one: the engine's promise that a completed flush is durable and
 // the only writes a crash may drop are the unflushed ones.
+//
+// The guest attaches over iSCSI, or over NVMe/TCP when iqn is an NQN (a
+// subsystem of the daemon's).
 func PowerCut(t *testing.T, opts harness.Options, iqn string, cutAfter int) {
 	t.Helper()
 	d := harness.Start(t, opts)
@@ -105,9 +108,13 @@ func PowerCut(t *testing.T, opts harness.Options, iqn string, cutAfter int) {
 		flushed int
 		seed    = Seed(t)
 	)
+	portal, transport := d.ISCSI, "iscsi"
+	if strings.HasPrefix(iqn, "nqn.") {
+		portal, transport = d.NVMePort, "nvme"
+	}
 	cfg := GuestConfig{
-		Portal: d.ISCSI, IQN: iqn, Phase: PhasePowerCutWrite, Seed: seed, Name: "power-cut-write",
-		Params: map[string]string{"rawsize": strconv.Itoa(16 << 20)},
+		Portal: portal, IQN: iqn, Phase: PhasePowerCutWrite, Seed: seed, Name: "power-cut-write",
+		Params: map[string]string{"rawsize": strconv.Itoa(16 << 20), "transport": transport},
 		OnMarker: func(m string) bool {
 			g, ok := strings.CutPrefix(m, "flushed gen=")
 			if !ok {
@@ -146,7 +153,7 @@ func PowerCut(t *testing.T, opts harness.Options, iqn string, cutAfter int) {
 	d.Restart()
 	v := cfg
 	v.Phase, v.Name, v.OnMarker = PhasePowerCutVerify, "power-cut-verify", nil
-	v.Params = map[string]string{"rawsize": strconv.Itoa(16 << 20), "lo": strconv.Itoa(last), "hi": strconv.Itoa(last + 1)}
+	v.Params = map[string]string{"rawsize": strconv.Itoa(16 << 20), "transport": transport, "lo": strconv.Itoa(last), "hi": strconv.Itoa(last + 1)}
 	vb := RunPhase(t, v)
 	gens, _ := vb.Marker("gens-ok")
 	t.Logf("blocks per generation after the cut:%s", strings.TrimPrefix(gens, " gens"))

@@ -37,3 +37,12 @@ func TestNVMeTCPGuest(t *testing.T) {
 	t.Logf("boot times: write %s, verify %s", b1.Elapsed.Round(100e6), b2.Elapsed.Round(100e6))
 	CheckDaemonLog(t, d)
 }
+
+// TestNVMeTCPGuestPowerCut cuts the power under the kernel's nvme-tcp host
+// while it overwrites flushed data (four O_DIRECT writers, an NVMe Flush
+// after each generation): after a restart every block holds the last
+// flushed generation or the one in flight, never older data.
+func TestNVMeTCPGuestPowerCut(t *testing.T) {
+	harness.NeedTool(t, "qemu-system-x86_64")
+	PowerCut(t, harness.Options{}, demoNQN, 2)
+}
